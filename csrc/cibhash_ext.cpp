@@ -1,0 +1,24 @@
+// Every operator schema of the cibhash_ext library, and the Python module stub that lets
+// `import cibhash_ext._C` load this shared library (which registers the ops). Kernels live in ops/.
+#include <Python.h>
+#include <torch/library.h>
+
+// Importing `cibhash_ext._C` from Python only needs a module object; the ops register through
+// static initialisers when the library is loaded. PyMODINIT_FUNC exports it despite -fvisibility=hidden.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(cibhash_ext, m) {
+  // Bit packing: bit j of a code is bit (j % 8) of byte j / 8, least-significant bit first.
+  m.def("pack_bits(Tensor x) -> Tensor");
+  m.def("unpack_bits(Tensor codes, int nbits) -> Tensor");
+  // Stochastic binary layer. Randomness enters as (seed, offset) for a Philox4x32-10 stream.
+  m.def("stochastic_binarize_forward(Tensor logits, bool stochastic, int seed, int offset) -> Tensor");
+  m.def("stochastic_binarize_backward(Tensor grad_codes, Tensor logits) -> Tensor");
+  // Exact Hamming search on packed uint8 codes; ties go to the lower database index.
+  m.def("hamming_distance(Tensor queries, Tensor database) -> Tensor");
+  m.def("hamming_topk(Tensor queries, Tensor database, int k) -> (Tensor, Tensor)");
+  m.def("hamming_radius(Tensor queries, Tensor database, int radius) -> (Tensor, Tensor, Tensor)");
+}

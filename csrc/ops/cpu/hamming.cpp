@@ -1,0 +1,538 @@
+// CPU kernels of hamming_distance, hamming_topk and hamming_radius. One scan engine serves all three:
+// it streams database tiles past register blocks of queries with XOR + popcount, and hands only
+// the codes that beat a per-query threshold to a "sink" (a top-k heap, a radius list, a matrix).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "ops/hamming.h"
+
+namespace cibhash {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Code layout inside the engine. A code of B bytes is read as W = ceil(B/8) little-endian 64-bit
+// words, zero padded. A database tile is stored word-major, tile[w * n + j] = word w of code j, so
+// one vector load brings word w of 8 (AVX-512) or 4 (AVX2) consecutive codes, and distances of
+// several database codes come out in the lanes of one register without horizontal sums. 64-bit
+// codes are already in that layout and are read in place; other widths are repacked per tile
+// (cost O(tile) per tile, amortised over every query of the thread).
+// ---------------------------------------------------------------------------------------------
+
+constexpr int kQueryBlock = 4;  // queries held in registers while a tile streams past
+
+enum class Isa { kScalar, kAvx2, kAvx512 };
+
+Isa detect_isa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq")) return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2")) return Isa::kAvx2;
+  return Isa::kScalar;
+}
+
+Isa active_isa() {
+  static const Isa isa = [] {
+    // CIBHASH_ISA=scalar|avx2 lowers the path (tests use it to check every path on one machine).
+    const char* forced = std::getenv("CIBHASH_ISA");
+    const Isa best = detect_isa();
+    if (forced && std::strcmp(forced, "scalar") == 0) return Isa::kScalar;
+    if (forced && std::strcmp(forced, "avx2") == 0 && best != Isa::kScalar) return Isa::kAvx2;
+    return best;
+  }();
+  return isa;
+}
+
+// Repacks codes [n, B] (bytes) into the word-major tile [W, n]. WB is B when it is a specialised
+// width (fixed-size copies compile to single moves) and 0 otherwise.
+template <int WB>
+void repack_tile(const uint8_t* codes, int64_t n, int64_t bytes, int64_t words, uint64_t* tile) {
+  const int64_t B = WB > 0 ? WB : bytes;
+  for (int64_t j = 0; j < n; ++j) {
+    const uint8_t* code = codes + j * B;
+    for (int64_t w = 0; w < words; ++w) {
+      uint64_t v = 0;
+      const int64_t take = std::min<int64_t>(8, B - w * 8);
+      std::memcpy(&v, code + w * 8, static_cast<size_t>(take));
+      tile[w * n + j] = v;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sinks. Each receives (query, database index, distance) for codes whose distance is below
+// threshold(query), in increasing database index order for a given query and range.
+// ---------------------------------------------------------------------------------------------
+
+// Max-heap of the k best (distance, index) pairs seen so far. Codes arrive in increasing index
+// order, so a newcomer with the same distance as the current worst never displaces it: the strict
+// "distance < worst distance" test alone implements the lower-index tie rule.
+struct TopkHeap {
+  int32_t* dist;
+  int64_t* idx;
+  int64_t size;
+  int64_t cap;
+
+  bool worse(int64_t a, int64_t b) const {
+    return dist[a] > dist[b] || (dist[a] == dist[b] && idx[a] > idx[b]);
+  }
+  void swap_items(int64_t a, int64_t b) {
+    std::swap(dist[a], dist[b]);
+    std::swap(idx[a], idx[b]);
+  }
+  int32_t threshold() const { return size < cap ? INT32_MAX : dist[0]; }
+
+  void push(int64_t i, int32_t d) {
+    if (size < cap) {
+      int64_t c = size++;
+      dist[c] = d;
+      idx[c] = i;
+      while (c > 0) {
+        const int64_t p = (c - 1) / 2;
+        if (!worse(c, p)) break;
+        swap_items(c, p);
+        c = p;
+      }
+      return;
+    }
+    if (d >= dist[0]) return;
+    dist[0] = d;
+    idx[0] = i;
+    int64_t p = 0;
+    for (;;) {
+      const int64_t l = 2 * p + 1, r = l + 1;
+      int64_t top = p;
+      if (l < size && worse(l, top)) top = l;
+      if (r < size && worse(r, top)) top = r;
+      if (top == p) break;
+      swap_items(p, top);
+      p = top;
+    }
+  }
+
+  // Sorts the heap's items by (distance, index) in place.
+  void sort() {
+    std::vector<std::pair<int32_t, int64_t>> items(size);
+    for (int64_t j = 0; j < size; ++j) items[j] = {dist[j], idx[j]};
+    std::sort(items.begin(), items.end());
+    for (int64_t j = 0; j < size; ++j) {
+      dist[j] = items[j].first;
+      idx[j] = items[j].second;
+    }
+  }
+};
+
+struct TopkSink {
+  TopkHeap* heaps;  // indexed by query - first_query
+  int64_t first_query;
+  int32_t threshold(int64_t q) const { return heaps[q - first_query].threshold(); }
+  void push(int64_t q, int64_t i, int32_t d) { heaps[q - first_query].push(i, d); }
+};
+
+struct RadiusSink {
+  std::vector<std::pair<int64_t, int32_t>>* lists;  // indexed by query - first_query
+  int64_t first_query;
+  int32_t limit;  // radius + 1
+  int32_t threshold(int64_t) const { return limit; }
+  void push(int64_t q, int64_t i, int32_t d) { lists[q - first_query].emplace_back(i, d); }
+};
+
+struct MatrixSink {
+  int32_t* out;
+  int64_t n;
+  int32_t threshold(int64_t) const { return INT32_MAX; }
+  void push(int64_t q, int64_t i, int32_t d) { out[q * n + i] = d; }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Tile scans: queries [q0, q0 + R) (their words at qwords, W per query) against the tile of n codes
+// whose first code has database index base. WT is W when specialised, 0 for a runtime width.
+// ---------------------------------------------------------------------------------------------
+
+template <int WT, typename Sink>
+void scan_tile_scalar(const uint64_t* tile, int64_t n, int64_t base, const uint64_t* qwords, int64_t W, int64_t q0,
+                      int R, Sink& sink) {
+  const int64_t words = WT > 0 ? WT : W;
+  for (int r = 0; r < R; ++r) {
+    const uint64_t* q = qwords + r * words;
+    int32_t thr = sink.threshold(q0 + r);
+    for (int64_t j = 0; j < n; ++j) {
+      int32_t d = 0;
+      for (int64_t w = 0; w < words; ++w) d += __builtin_popcountll(tile[w * n + j] ^ q[w]);
+      if (d < thr) {
+        sink.push(q0 + r, base + j, d);
+        thr = sink.threshold(q0 + r);
+      }
+    }
+  }
+}
+
+// AVX2 has no vector popcount: per-byte counts come from a 16-entry nibble table (PSHUFB), and
+// PSADBW sums the bytes of each 64-bit lane.
+__attribute__((target("avx2"))) inline __m256i popcount_epi64_avx2(__m256i v) {
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2,
+                                         2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, low));
+  const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+  return _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
+}
+
+template <int WT, int RB, typename Sink>
+__attribute__((target("avx2"))) void scan_tile_avx2(const uint64_t* tile, int64_t n, int64_t base,
+                                                    const uint64_t* qwords, int64_t W, int64_t q0, Sink& sink) {
+  const int64_t words = WT > 0 ? WT : W;
+  __m256i thr[RB];
+  for (int r = 0; r < RB; ++r) thr[r] = _mm256_set1_epi64x(sink.threshold(q0 + r));
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    __m256i acc[RB];
+    for (int r = 0; r < RB; ++r) acc[r] = _mm256_setzero_si256();
+    for (int64_t w = 0; w < words; ++w) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + w * n + j));
+      for (int r = 0; r < RB; ++r) {
+        const __m256i q = _mm256_set1_epi64x(static_cast<long long>(qwords[r * words + w]));
+        acc[r] = _mm256_add_epi64(acc[r], popcount_epi64_avx2(_mm256_xor_si256(v, q)));
+      }
+    }
+    int any = 0;
+    int mask[RB];
+    for (int r = 0; r < RB; ++r) {
+      mask[r] = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(thr[r], acc[r])));
+      any |= mask[r];
+    }
+    if (__builtin_expect(any == 0, 1)) continue;
+    for (int r = 0; r < RB; ++r) {
+      if (!mask[r]) continue;
+      alignas(32) int64_t d[4];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(d), acc[r]);
+      for (int m = mask[r]; m; m &= m - 1) {
+        const int lane = __builtin_ctz(m);
+        if (d[lane] < sink.threshold(q0 + r)) sink.push(q0 + r, base + j + lane, static_cast<int32_t>(d[lane]));
+      }
+      thr[r] = _mm256_set1_epi64x(sink.threshold(q0 + r));
+    }
+  }
+  if (j < n) {
+    // The last partial group of codes: scalar, same order, same rule.
+    for (int r = 0; r < RB; ++r) {
+      for (int64_t t = j; t < n; ++t) {
+        int32_t d = 0;
+        for (int64_t w = 0; w < words; ++w) d += __builtin_popcountll(tile[w * n + t] ^ qwords[r * words + w]);
+        if (d < sink.threshold(q0 + r)) sink.push(q0 + r, base + t, d);
+      }
+    }
+  }
+}
+
+template <int WT, int RB, typename Sink>
+__attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_avx512(const uint64_t* tile, int64_t n,
+                                                                          int64_t base, const uint64_t* qwords,
+                                                                          int64_t W, int64_t q0, Sink& sink) {
+  const int64_t words = WT > 0 ? WT : W;
+  __m512i thr[RB];
+  for (int r = 0; r < RB; ++r) thr[r] = _mm512_set1_epi64(sink.threshold(q0 + r));
+  for (int64_t j = 0; j < n; j += 8) {
+    // Masked loads for the last partial group never touch memory past the tile.
+    const __mmask8 valid = n - j >= 8 ? __mmask8(0xff) : __mmask8((1u << (n - j)) - 1);
+    __m512i acc[RB];
+    for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_si512();
+    for (int64_t w = 0; w < words; ++w) {
+      const __m512i v = _mm512_maskz_loadu_epi64(valid, tile + w * n + j);
+      for (int r = 0; r < RB; ++r) {
+        const __m512i q = _mm512_set1_epi64(static_cast<long long>(qwords[r * words + w]));
+        acc[r] = _mm512_add_epi64(acc[r], _mm512_popcnt_epi64(_mm512_xor_si512(v, q)));
+      }
+    }
+    __mmask8 mask[RB];
+    __mmask8 any = 0;
+    for (int r = 0; r < RB; ++r) {
+      mask[r] = _mm512_mask_cmplt_epi64_mask(valid, acc[r], thr[r]);
+      any |= mask[r];
+    }
+    if (__builtin_expect(any == 0, 1)) continue;
+    for (int r = 0; r < RB; ++r) {
+      if (!mask[r]) continue;
+      alignas(64) int64_t d[8];
+      _mm512_store_si512(d, acc[r]);
+      for (unsigned m = mask[r]; m; m &= m - 1) {
+        const int lane = __builtin_ctz(m);
+        if (d[lane] < sink.threshold(q0 + r)) sink.push(q0 + r, base + j + lane, static_cast<int32_t>(d[lane]));
+      }
+      thr[r] = _mm512_set1_epi64(sink.threshold(q0 + r));
+    }
+  }
+}
+
+// Queries [q0, q0 + R) against one tile, on the fastest instruction set, R = kQueryBlock or less.
+template <int WT, typename Sink>
+void scan_tile(Isa isa, const uint64_t* tile, int64_t n, int64_t base, const uint64_t* qwords, int64_t W, int64_t q0,
+               int R, Sink& sink) {
+  if (isa == Isa::kAvx512) {
+    if (R == kQueryBlock) return scan_tile_avx512<WT, kQueryBlock>(tile, n, base, qwords, W, q0, sink);
+    for (int r = 0; r < R; ++r) scan_tile_avx512<WT, 1>(tile, n, base, qwords + r * W, W, q0 + r, sink);
+  } else if (isa == Isa::kAvx2) {
+    if (R == kQueryBlock) return scan_tile_avx2<WT, kQueryBlock>(tile, n, base, qwords, W, q0, sink);
+    for (int r = 0; r < R; ++r) scan_tile_avx2<WT, 1>(tile, n, base, qwords + r * W, W, q0 + r, sink);
+  } else {
+    scan_tile_scalar<WT>(tile, n, base, qwords, W, q0, R, sink);
+  }
+}
+
+// Everything the scan of one (query range x database range) needs.
+struct ScanProblem {
+  const uint64_t* qwords;  // [Q, W] queries as zero-padded 64-bit words
+  const uint8_t* database;  // [N, B]
+  int64_t bytes;  // B
+  int64_t words;  // W
+  Isa isa;
+};
+
+// Database tile length: word-major tiles of about 32 KiB stay in L1/L2 while every query block of
+// the thread streams over them.
+int64_t tile_codes(int64_t words) { return std::max<int64_t>(64, (32768 / (8 * words)) / 8 * 8); }
+
+template <int WT, int WB, typename Sink>
+void scan_range_impl(const ScanProblem& p, int64_t q0, int64_t q1, int64_t n0, int64_t n1, Sink& sink) {
+  const int64_t W = p.words;
+  const int64_t T = tile_codes(W);
+  const bool in_place = p.bytes == 8 * W && W == 1;
+  std::vector<uint64_t> buffer(in_place ? 0 : static_cast<size_t>(T * W));
+  for (int64_t t0 = n0; t0 < n1; t0 += T) {
+    const int64_t n = std::min(T, n1 - t0);
+    const uint64_t* tile;
+    if (in_place) {
+      tile = reinterpret_cast<const uint64_t*>(p.database) + t0;
+    } else {
+      repack_tile<WB>(p.database + t0 * p.bytes, n, p.bytes, W, buffer.data());
+      tile = buffer.data();
+    }
+    for (int64_t q = q0; q < q1; q += kQueryBlock) {
+      const int R = static_cast<int>(std::min<int64_t>(kQueryBlock, q1 - q));
+      scan_tile<WT>(p.isa, tile, n, t0, p.qwords + q * W, W, q, R, sink);
+    }
+  }
+}
+
+// The single switch that turns the runtime code width into template arguments: 16, 32, 64, 128
+// and 256-bit codes get fixed word counts and fixed-size repacking; any other width is generic.
+template <typename Sink>
+void scan_range(const ScanProblem& p, int64_t q0, int64_t q1, int64_t n0, int64_t n1, Sink& sink) {
+  switch (p.bytes) {
+    case 2: return scan_range_impl<1, 2>(p, q0, q1, n0, n1, sink);
+    case 4: return scan_range_impl<1, 4>(p, q0, q1, n0, n1, sink);
+    case 8: return scan_range_impl<1, 8>(p, q0, q1, n0, n1, sink);
+    case 16: return scan_range_impl<2, 16>(p, q0, q1, n0, n1, sink);
+    case 32: return scan_range_impl<4, 32>(p, q0, q1, n0, n1, sink);
+    default:
+      if (p.words == 1) return scan_range_impl<1, 0>(p, q0, q1, n0, n1, sink);
+      return scan_range_impl<0, 0>(p, q0, q1, n0, n1, sink);
+  }
+}
+
+// Queries as zero-padded words, so the engine never reads a query byte past its code.
+std::vector<uint64_t> query_words(const uint8_t* queries, int64_t Q, int64_t B, int64_t W) {
+  std::vector<uint64_t> out(static_cast<size_t>(Q * W), 0);
+  for (int64_t q = 0; q < Q; ++q) {
+    for (int64_t w = 0; w < W; ++w) {
+      std::memcpy(&out[q * W + w], queries + q * B + w * 8, static_cast<size_t>(std::min<int64_t>(8, B - w * 8)));
+    }
+  }
+  return out;
+}
+
+// How the work is split over threads: by queries when there are enough of them for every thread
+// to hold full register blocks, otherwise by database chunks whose results are merged afterwards.
+struct Split {
+  int64_t tasks;
+  bool by_database;
+};
+
+Split choose_split(int64_t Q, int64_t N) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  if (threads == 1) return {1, false};
+  if (Q >= threads * kQueryBlock * 4) return {threads, false};
+  const int64_t chunks = std::min<int64_t>(threads, std::max<int64_t>(1, N / 4096));
+  return {chunks, chunks > 1};
+}
+
+int64_t range_start(int64_t total, int64_t parts, int64_t i) { return total * i / parts; }
+
+// Inputs as the engine wants them; the tensors keep the contiguous copies alive.
+struct Prepared {
+  at::Tensor queries, database;
+  std::vector<uint64_t> qwords;
+  ScanProblem problem;
+};
+
+Prepared prepare(const at::Tensor& queries, const at::Tensor& database) {
+  Prepared pr;
+  pr.queries = queries.contiguous();
+  pr.database = database.contiguous();
+  const int64_t B = queries.size(1);
+  const int64_t W = (B + 7) / 8;
+  pr.qwords = query_words(pr.queries.const_data_ptr<uint8_t>(), queries.size(0), B, W);
+  pr.problem = ScanProblem{pr.qwords.data(), pr.database.const_data_ptr<uint8_t>(), B, W, active_isa()};
+  return pr;
+}
+
+at::Tensor hamming_distance_cpu(const at::Tensor& queries, const at::Tensor& database) {
+  check_query_database(queries, database, "hamming_distance");
+  const int64_t Q = queries.size(0), N = database.size(0);
+  auto out = at::empty({Q, N}, queries.options().dtype(at::kInt));
+  if (Q == 0 || N == 0) return out;
+  const Prepared pr = prepare(queries, database);
+  const Split split = choose_split(Q, N);
+  MatrixSink sink{out.mutable_data_ptr<int32_t>(), N};
+  at::parallel_for(0, split.tasks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      MatrixSink local = sink;
+      if (split.by_database) {
+        scan_range(pr.problem, 0, Q, range_start(N, split.tasks, t), range_start(N, split.tasks, t + 1), local);
+      } else {
+        scan_range(pr.problem, range_start(Q, split.tasks, t), range_start(Q, split.tasks, t + 1), 0, N, local);
+      }
+    }
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries, const at::Tensor& database, int64_t k) {
+  check_query_database(queries, database, "hamming_topk");
+  const int64_t Q = queries.size(0), N = database.size(0);
+  check_topk_k(k, N);
+  if (N == 0) k = 0;
+  auto dist = at::empty({Q, k}, queries.options().dtype(at::kInt));
+  auto idx = at::empty({Q, k}, queries.options().dtype(at::kLong));
+  if (Q == 0 || k == 0) return {dist, idx};
+  const Prepared pr = prepare(queries, database);
+  const Split split = choose_split(Q, N);
+  int32_t* out_d = dist.mutable_data_ptr<int32_t>();
+  int64_t* out_i = idx.mutable_data_ptr<int64_t>();
+
+  if (!split.by_database) {
+    // Each query's heap lives directly in its output row.
+    at::parallel_for(0, split.tasks, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t q0 = range_start(Q, split.tasks, t), q1 = range_start(Q, split.tasks, t + 1);
+        std::vector<TopkHeap> heaps;
+        for (int64_t q = q0; q < q1; ++q) heaps.push_back(TopkHeap{out_d + q * k, out_i + q * k, 0, k});
+        TopkSink sink{heaps.data(), q0};
+        scan_range(pr.problem, q0, q1, 0, N, sink);
+        for (auto& h : heaps) h.sort();
+      }
+    });
+    return {dist, idx};
+  }
+
+  // Few queries: each database chunk keeps its own k best per query, then the chunks' lists are
+  // merged per query by (distance, index).
+  const int64_t C = split.tasks;
+  std::vector<int32_t> part_d(static_cast<size_t>(C * Q * k));
+  std::vector<int64_t> part_i(static_cast<size_t>(C * Q * k));
+  std::vector<int64_t> part_n(static_cast<size_t>(C * Q));
+  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t n0 = range_start(N, C, c), n1 = range_start(N, C, c + 1);
+      std::vector<TopkHeap> heaps;
+      for (int64_t q = 0; q < Q; ++q) {
+        const int64_t off = (c * Q + q) * k;
+        heaps.push_back(TopkHeap{part_d.data() + off, part_i.data() + off, 0, std::min(k, n1 - n0)});
+      }
+      TopkSink sink{heaps.data(), 0};
+      scan_range(pr.problem, 0, Q, n0, n1, sink);
+      for (int64_t q = 0; q < Q; ++q) part_n[c * Q + q] = heaps[q].size;
+    }
+  });
+  at::parallel_for(0, Q, 1, [&](int64_t qa, int64_t qb) {
+    std::vector<std::pair<int32_t, int64_t>> all;
+    for (int64_t q = qa; q < qb; ++q) {
+      all.clear();
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t off = (c * Q + q) * k;
+        for (int64_t j = 0; j < part_n[c * Q + q]; ++j) all.emplace_back(part_d[off + j], part_i[off + j]);
+      }
+      std::partial_sort(all.begin(), all.begin() + k, all.end());
+      for (int64_t j = 0; j < k; ++j) {
+        out_d[q * k + j] = all[j].first;
+        out_i[q * k + j] = all[j].second;
+      }
+    }
+  });
+  return {dist, idx};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_cpu(const at::Tensor& queries,
+                                                                  const at::Tensor& database, int64_t radius) {
+  check_query_database(queries, database, "hamming_radius");
+  check_radius(radius);
+  const int64_t Q = queries.size(0), N = database.size(0);
+  auto lims = at::zeros({Q + 1}, queries.options().dtype(at::kLong));
+  if (Q == 0 || N == 0) {
+    return {lims, at::empty({0}, queries.options().dtype(at::kInt)), at::empty({0}, queries.options().dtype(at::kLong))};
+  }
+  const Prepared pr = prepare(queries, database);
+  const int64_t max_distance = 8 * queries.size(1);
+  const int32_t limit = static_cast<int32_t>(std::min(radius, max_distance) + 1);
+  const Split split = choose_split(Q, N);
+  const int64_t C = split.by_database ? split.tasks : 1;
+  // lists[c * Q + q]: query q's matches in database chunk c, in increasing index order.
+  std::vector<std::vector<std::pair<int64_t, int32_t>>> lists(static_cast<size_t>(C * Q));
+  at::parallel_for(0, split.tasks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      if (split.by_database) {
+        RadiusSink sink{lists.data() + t * Q, 0, limit};
+        scan_range(pr.problem, 0, Q, range_start(N, C, t), range_start(N, C, t + 1), sink);
+      } else {
+        const int64_t q0 = range_start(Q, split.tasks, t), q1 = range_start(Q, split.tasks, t + 1);
+        RadiusSink sink{lists.data() + q0, q0, limit};
+        scan_range(pr.problem, q0, q1, 0, N, sink);
+      }
+    }
+  });
+  int64_t* lp = lims.mutable_data_ptr<int64_t>();
+  for (int64_t q = 0; q < Q; ++q) {
+    int64_t count = 0;
+    for (int64_t c = 0; c < C; ++c) count += static_cast<int64_t>(lists[c * Q + q].size());
+    lp[q + 1] = lp[q] + count;
+  }
+  auto dist = at::empty({lp[Q]}, queries.options().dtype(at::kInt));
+  auto idx = at::empty({lp[Q]}, queries.options().dtype(at::kLong));
+  int32_t* dp = dist.mutable_data_ptr<int32_t>();
+  int64_t* ip = idx.mutable_data_ptr<int64_t>();
+  // A counting sort by distance per query: the chunks are visited in index order and the sort is
+  // stable, so each query's results come out ordered by (distance, index).
+  at::parallel_for(0, Q, 1, [&](int64_t qa, int64_t qb) {
+    std::vector<int64_t> start(static_cast<size_t>(limit) + 1);
+    for (int64_t q = qa; q < qb; ++q) {
+      std::fill(start.begin(), start.end(), 0);
+      for (int64_t c = 0; c < C; ++c)
+        for (const auto& m : lists[c * Q + q]) ++start[m.second + 1];
+      for (int32_t d = 0; d < limit; ++d) start[d + 1] += start[d];
+      for (int64_t c = 0; c < C; ++c) {
+        for (const auto& m : lists[c * Q + q]) {
+          const int64_t at_ = lp[q] + start[m.second]++;
+          dp[at_] = m.second;
+          ip[at_] = m.first;
+        }
+      }
+    }
+  });
+  return {lims, dist, idx};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cibhash_ext, CPU, m) {
+  m.impl("hamming_distance", &hamming_distance_cpu);
+  m.impl("hamming_topk", &hamming_topk_cpu);
+  m.impl("hamming_radius", &hamming_radius_cpu);
+}
+
+}  // namespace cibhash
