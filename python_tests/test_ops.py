@@ -1,0 +1,379 @@
+"""The compiled ops against the pure-PyTorch reference (exactly), faiss-cpu, opcheck and their errors."""
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import cibhash_ext as ops
+from cibhash_ext import _reference as ref
+from conftest import DEVICES, clear_padding, needs_cuda, random_codes
+
+WIDTHS = [8, 16, 24, 32, 64, 96, 128, 200, 256]
+SIZES = [(0, 7), (7, 0), (1, 1), (1, 1000), (7, 1000), (1000, 7), (1000, 1000)]
+INT_DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
+FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+BINARIZE_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Runs a test with 1 and with 2 intra-op threads (the two ways the CPU kernels split work)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def codes_pair(q, n, nbits, seed, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    nbytes = (nbits + 7) // 8
+    queries = clear_padding(random_codes(q, nbytes, gen), nbits)
+    # Planted duplicates (and a query copied into the database) make equal distances certain.
+    database = clear_padding(random_codes(n, nbytes, gen, duplicates=n // 4), nbits)
+    if q and n:
+        database[0] = queries[0]
+    return queries.to(device), database.to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# pack_bits / unpack_bits
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES + INT_DTYPES)
+@pytest.mark.parametrize("nbits", [1, 7, 8, 24, 64, 200])
+def test_pack_bits_matches_reference(device, dtype, nbits):
+    gen = torch.Generator().manual_seed(nbits)
+    if dtype.is_floating_point:
+        x = torch.randn(3, 5, nbits, generator=gen).to(dtype)
+        x[0, 0, 0] = 0.0  # zero packs to 0
+    elif dtype == torch.bool:
+        x = torch.rand(3, 5, nbits, generator=gen) > 0.5
+    else:
+        low = 0 if dtype == torch.uint8 else -3
+        x = torch.randint(low, 4, (3, 5, nbits), generator=gen).to(dtype)
+    got = ops.pack_bits(x.to(device)).cpu()
+    assert got.shape == (3, 5, (nbits + 7) // 8) and got.dtype == torch.uint8
+    torch.testing.assert_close(got, ref.pack_bits(x), rtol=0, atol=0)
+    torch.testing.assert_close(ops.unpack_bits(got.to(device), nbits).cpu(), (x > 0).to(torch.uint8), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pack_bits_agrees_on_01_pm1_and_logits(device):
+    logits = torch.randn(50, 96, generator=torch.Generator().manual_seed(0), device="cpu").to(device)
+    bits01 = (logits > 0).float()
+    pm1 = bits01 * 2 - 1
+    expected = ops.pack_bits(logits)
+    assert torch.equal(ops.pack_bits(bits01), expected) and torch.equal(ops.pack_bits(pm1), expected)
+    assert torch.equal(expected.cpu(), ref.pack_bits(logits.cpu()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pack_bits_nan_packs_to_zero_and_noncontiguous_works(device):
+    x = torch.randn(40, 33, generator=torch.Generator().manual_seed(1)).to(device)
+    x[:, 3] = float("nan")
+    t = x.t()  # non-contiguous [33, 40]
+    assert not t.is_contiguous()
+    packed = ops.pack_bits(t)
+    assert torch.equal(packed.cpu(), ref.pack_bits(t.cpu().contiguous()))
+    assert torch.equal(ops.unpack_bits(ops.pack_bits(x), 33)[:, 3].cpu(), torch.zeros(40, dtype=torch.uint8))
+    strided = ops.pack_bits(x)[:, :].t().contiguous().t()
+    assert torch.equal(ops.unpack_bits(strided, 33).cpu(), (x.cpu() > 0).to(torch.uint8))
+
+
+def test_pack_unpack_errors():
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        ops.pack_bits(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="at least 1 bit"):
+        ops.pack_bits(torch.zeros(3, 0))
+    with pytest.raises(TypeError, match="real, integer or bool tensor, got ComplexFloat"):
+        ops.pack_bits(torch.zeros(3, 4, dtype=torch.complex64))
+    with pytest.raises(TypeError, match="uint8"):
+        ops.unpack_bits(torch.zeros(3, 4, dtype=torch.int32), 32)
+    with pytest.raises(ValueError, match="need 2 bytes per code, but codes have 3"):
+        ops.unpack_bits(torch.zeros(3, 3, dtype=torch.uint8), 16)
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        ops.pack_bits([1.0, 2.0])
+
+
+# ----------------------------------------------------------------------------------------------
+# stochastic_binarize
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", BINARIZE_DTYPES)
+@pytest.mark.parametrize("shape", [(0, 4), (1,), (7, 3), (65, 64), (3, 5, 11)])
+def test_binarize_forward_and_backward_match_reference(device, dtype, shape):
+    gen = torch.Generator().manual_seed(math.prod(shape) + 1)
+    z = (torch.randn(shape, generator=gen) * 3).to(dtype)
+    for stochastic in (True, False):
+        seed, offset = 0x1234567890ABC, 77
+        got = torch.ops.cibhash_ext.stochastic_binarize_forward(z.to(device), stochastic, seed, offset).cpu()
+        assert got.dtype == dtype and got.shape == z.shape
+        assert torch.equal(got, ref.stochastic_binarize_forward(z, stochastic, seed, offset))
+    grad = torch.randn(shape, generator=gen).to(dtype)
+    got = torch.ops.cibhash_ext.stochastic_binarize_backward(grad.to(device), z.to(device)).cpu()
+    assert torch.equal(got, ref.stochastic_binarize_backward(grad, z))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_binarize_gradient_is_straight_through(device):
+    z = torch.randn(64, 64, generator=torch.Generator().manual_seed(2), device="cpu").to(device).requires_grad_()
+    upstream = torch.randn(64, 64, generator=torch.Generator().manual_seed(3)).to(device)
+    codes = ops.stochastic_binarize(z)
+    codes.backward(upstream)
+    p = torch.sigmoid(z.detach())
+    torch.testing.assert_close(z.grad, upstream * p * (1 - p), rtol=1e-6, atol=1e-7)
+    assert set(codes.unique().tolist()) == {0.0, 1.0}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_binarize_bits_have_mean_p(device):
+    # Per logit value, 200k draws: the mean must be within 5 binomial standard deviations of p.
+    logits = torch.tensor([-3.0, -1.0, -0.2, 0.0, 0.4, 2.0, 5.0])
+    z = logits.repeat(200_000, 1).to(device)
+    mean = ops.stochastic_binarize(z, generator=torch.Generator().manual_seed(5)).mean(0).cpu()
+    p = torch.sigmoid(logits)
+    bound = 5 * torch.sqrt(p * (1 - p) / 200_000)
+    assert ((mean - p).abs() <= bound).all(), (mean, p)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_binarize_seed_reproducibility(device):
+    z = torch.zeros(1000, 32, device=device)  # p = 0.5: every bit is a coin flip
+    a = ops.stochastic_binarize(z, generator=torch.Generator().manual_seed(11))
+    b = ops.stochastic_binarize(z, generator=torch.Generator().manual_seed(11))
+    c = ops.stochastic_binarize(z, generator=torch.Generator().manual_seed(12))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    torch.manual_seed(3)
+    d = ops.stochastic_binarize(z)
+    e = ops.stochastic_binarize(z)  # the default generator advanced: a new draw
+    torch.manual_seed(3)
+    assert torch.equal(d, ops.stochastic_binarize(z)) and not torch.equal(d, e)
+
+
+def test_binarize_deterministic_mode_and_nan():
+    z = torch.tensor([-1.0, 0.0, 1e-8, float("nan"), float("inf"), -float("inf")], requires_grad=True)
+    assert ops.stochastic_binarize(z, stochastic=False).tolist() == [0, 0, 1, 0, 1, 0]
+    nan_only = torch.full((10_000,), float("nan"))
+    assert ops.stochastic_binarize(nan_only).sum() == 0  # NaN logits give bit 0
+    codes = ops.stochastic_binarize(z)
+    codes.sum().backward()
+    assert torch.isnan(z.grad[3]) and z.grad[4] == 0 and z.grad[5] == 0
+
+
+@needs_cuda
+def test_binarize_cpu_and_cuda_give_the_same_bits():
+    z = torch.randn(4097, 64, generator=torch.Generator().manual_seed(9))
+    torch.manual_seed(21)
+    on_cpu = ops.stochastic_binarize(z)
+    torch.manual_seed(21)
+    on_cuda = ops.stochastic_binarize(z.cuda()).cpu()
+    assert torch.equal(on_cpu, on_cuda)
+
+
+def test_binarize_errors():
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        ops.stochastic_binarize(torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        ops.stochastic_binarize(torch.zeros(3, dtype=torch.int32))
+    with pytest.raises(ValueError, match="expected grad_codes of shape"):
+        torch.ops.cibhash_ext.stochastic_binarize_backward(torch.zeros(3), torch.zeros(4))
+
+
+# ----------------------------------------------------------------------------------------------
+# Hamming search
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("nbits", WIDTHS)
+@pytest.mark.parametrize("q,n", SIZES)
+def test_hamming_ops_match_reference(device, nbits, q, n, threads):
+    queries, database = codes_pair(q, n, nbits, seed=q + 7 * n + nbits, device=device)
+    qc, dc = queries.cpu(), database.cpu()
+    assert torch.equal(ops.hamming_distance(queries, database).cpu(), ref.hamming_distance(qc, dc))
+    for k in sorted({1, 5, n}) if n else [3]:
+        if n and k > n:
+            continue
+        d, i = ops.hamming_topk(queries, database, k)
+        rd, ri = ref.hamming_topk(qc, dc, k)
+        assert torch.equal(d.cpu(), rd.int()) and torch.equal(i.cpu(), ri)
+    for radius in (0, nbits // 2 - 3, nbits):
+        got = ops.hamming_radius(queries, database, max(radius, 0))
+        want = ref.hamming_radius(qc, dc, max(radius, 0))
+        for g, w in zip(got, want):
+            assert torch.equal(g.cpu(), w.to(g.dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ties_really_occur_and_go_to_the_lower_index(device):
+    queries, database = codes_pair(50, 1000, 16, seed=1, device=device)
+    d, i = ops.hamming_topk(queries, database, 50)
+    ties = d[:, 1:] == d[:, :-1]
+    assert ties.sum() > 1000  # the planted case is full of equal distances
+    assert (i[:, 1:][ties] > i[:, :-1][ties]).all()
+    assert d[0, 0] == 0 and i[0, 0] == 0  # query 0 was copied into database row 0
+
+
+@pytest.mark.parametrize("q", [1, 3, 100])
+@pytest.mark.parametrize("nbits", [16, 32, 64, 128, 256, 40, 520])
+def test_large_database_split_paths(q, nbits, threads):
+    # Few queries split the database over threads and merge; many queries split the queries.
+    queries, database = codes_pair(q, 20_000, nbits, seed=nbits + q)
+    for k in (1, 10, 1000):
+        d, i = ops.hamming_topk(queries, database, k)
+        rd, ri = ref.hamming_topk(queries, database, k)
+        assert torch.equal(d, rd.int()) and torch.equal(i, ri)
+    radius = nbits // 2 - max(2, nbits // 16)
+    for g, w in zip(ops.hamming_radius(queries, database, radius), ref.hamming_radius(queries, database, radius)):
+        assert torch.equal(g, w.to(g.dtype))
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+def test_every_cpu_popcount_path(isa):
+    # The instruction set is chosen once per process; a child process runs the lowered paths.
+    script = (
+        "import torch, cibhash_ext as ops\n"
+        "from cibhash_ext import _reference as ref\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "for nbytes in (1, 2, 3, 4, 8, 12, 16, 25, 32, 40):\n"
+        "    q = torch.randint(0, 256, (37, nbytes), dtype=torch.uint8, generator=g)\n"
+        "    db = torch.randint(0, 256, (3001, nbytes), dtype=torch.uint8, generator=g)\n"
+        "    db[2000:] = db[:1001]\n"
+        "    for k in (1, 17, 3001):\n"
+        "        d, i = ops.hamming_topk(q, db, k); rd, ri = ref.hamming_topk(q, db, k)\n"
+        "        assert torch.equal(d, rd.int()) and torch.equal(i, ri), (nbytes, k)\n"
+        "    for a, b in zip(ops.hamming_radius(q, db, 4 * nbytes - 2), ref.hamming_radius(q, db, 4 * nbytes - 2)):\n"
+        "        assert torch.equal(a, b.to(a.dtype)), nbytes\n"
+        "    assert torch.equal(ops.hamming_distance(q, db), ref.hamming_distance(q, db))\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, CIBHASH_ISA=isa)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("nbits", [16, 32, 64, 128, 256, 96])
+def test_topk_and_radius_match_faiss(nbits):
+    faiss = pytest.importorskip("faiss", reason="faiss-cpu is the oracle of this test; the test command installs it")
+    queries, database = codes_pair(200, 5000, nbits, seed=nbits)
+    index = faiss.IndexBinaryFlat(nbits)
+    index.add(database.numpy())
+    k = 100
+    fd, fi = index.search(queries.numpy(), k)
+    d, i = ops.hamming_topk(queries, database, k)
+    np.testing.assert_array_equal(d.numpy(), fd)
+    # faiss orders ties arbitrarily: the same sets strictly inside the k-th distance, and at the
+    # k-th distance ours are the lowest indices among all database codes at that distance.
+    full = ref.hamming_distance(queries, database).numpy()
+    for row in range(len(queries)):
+        kth = fd[row, -1]
+        assert set(fi[row][fd[row] < kth]) == set(i[row].numpy()[d[row].numpy() < kth])
+        at_kth = np.flatnonzero(full[row] == kth)
+        np.testing.assert_array_equal(i[row].numpy()[d[row].numpy() == kth], at_kth[: (d[row].numpy() == kth).sum()])
+    radius = nbits // 2 - max(2, nbits // 10)
+    # faiss's binary range_search keeps distances < radius; ours keeps <= radius.
+    flims, fdist, fidx = index.range_search(queries.numpy(), radius + 1)
+    lims, rd, ri = ops.hamming_radius(queries, database, radius)
+    np.testing.assert_array_equal(lims.numpy(), flims)
+    assert lims[-1] > 0
+    for row in range(len(queries)):
+        a, b = flims[row], flims[row + 1]
+        order = np.lexsort((fidx[a:b], fdist[a:b]))
+        np.testing.assert_array_equal(rd[a:b].numpy(), fdist[a:b][order])
+        np.testing.assert_array_equal(ri[a:b].numpy(), fidx[a:b][order])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_noncontiguous_codes(device):
+    queries, database = codes_pair(33, 500, 128, seed=3, device=device)
+    qn, dn = queries[::2], database.t().contiguous().t()
+    assert not qn.is_contiguous() and not dn.is_contiguous()
+    d, i = ops.hamming_topk(qn, dn, 10)
+    rd, ri = ref.hamming_topk(qn.cpu(), dn.cpu(), 10)
+    assert torch.equal(d.cpu(), rd.int()) and torch.equal(i.cpu(), ri)
+
+
+def test_hamming_errors():
+    q = torch.zeros(3, 8, dtype=torch.uint8)
+    db = torch.zeros(10, 8, dtype=torch.uint8)
+    with pytest.raises(TypeError, match="expected queries of dtype uint8"):
+        ops.hamming_topk(q.float(), db, 1)
+    with pytest.raises(TypeError, match="expected database of dtype uint8"):
+        ops.hamming_distance(q, db.int())
+    with pytest.raises(ValueError, match=r"expected queries of shape \[rows, bytes_per_code\], got a 1-d"):
+        ops.hamming_topk(q[0], db, 1)
+    with pytest.raises(ValueError, match="same code width, got 8 bytes and 4 bytes"):
+        ops.hamming_radius(q, db[:, :4], 1)
+    with pytest.raises(ValueError, match="at least 1 byte"):
+        ops.hamming_distance(q[:, :0], db[:, :0])
+    with pytest.raises(ValueError, match="expected k >= 1, got 0"):
+        ops.hamming_topk(q, db, 0)
+    with pytest.raises(ValueError, match="expected k <= database size 10, got k=11"):
+        ops.hamming_topk(q, db, 11)
+    with pytest.raises(ValueError, match="expected radius >= 0, got -1"):
+        ops.hamming_radius(q, db, -1)
+
+
+@needs_cuda
+def test_hamming_device_mismatch_error():
+    q = torch.zeros(3, 8, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="same device"):
+        ops.hamming_topk(q, q.cuda(), 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_inputs_give_empty_results(device):
+    q = torch.zeros(0, 8, dtype=torch.uint8, device=device)
+    db = torch.zeros(5, 8, dtype=torch.uint8, device=device)
+    d, i = ops.hamming_topk(q, db, 3)
+    assert d.shape == (0, 3) and i.shape == (0, 3)
+    d, i = ops.hamming_topk(db, q, 3)
+    assert d.shape == (5, 0) and i.shape == (5, 0)
+    lims, d, i = ops.hamming_radius(db, q, 4)
+    assert lims.tolist() == [0] * 6 and d.numel() == 0 and i.numel() == 0
+    lims, d, i = ops.hamming_radius(q, db, 4)
+    assert lims.tolist() == [0] and d.numel() == 0
+    assert ops.hamming_distance(q, db).shape == (0, 5)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library registration
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_every_op(device):
+    opcheck = torch.library.opcheck
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 20, generator=gen).to(device)
+    codes = ops.pack_bits(x)
+    db = torch.randint(0, 256, (50, 4), dtype=torch.uint8, generator=gen).to(device)
+    q = db[:5].clone()
+    lib = torch.ops.cibhash_ext
+    opcheck(lib.pack_bits.default, (x,))
+    opcheck(lib.unpack_bits.default, (codes, 20))
+    opcheck(lib.stochastic_binarize_forward.default, (x.requires_grad_(), True, 5, 6))
+    opcheck(lib.stochastic_binarize_backward.default, (torch.randn_like(x), x.detach()))
+    opcheck(lib.hamming_distance.default, (q, db))
+    opcheck(lib.hamming_topk.default, (q, db, 7))
+    opcheck(lib.hamming_radius.default, (q, db, 12), test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_torch_compile_traces_the_ops():
+    def search(logits, database):
+        return ops.hamming_topk(ops.pack_bits(logits), database, 4)
+
+    logits = torch.randn(9, 64)
+    database = torch.randint(0, 256, (300, 8), dtype=torch.uint8)
+    compiled = torch.compile(search, fullgraph=True, backend="aot_eager")
+    got, want = compiled(logits, database), search(logits, database)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
