@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a virtual environment in .venv with the pinned packages, then the extension
+# built in place (C++ always; CUDA kernels too when a CUDA toolkit is found). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.requirements-installed
+if [ ! -f "$stamp" ] || ! cmp -s requirements-dev.txt "$stamp"; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-compile -r requirements-dev.txt
+  cp requirements-dev.txt "$stamp"
+fi
+# Editable install: the compiled library lands in cibhash_ext/, so tests run against this tree.
+MAX_JOBS=${MAX_JOBS:-2} .venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+.venv/bin/python -c "import cibhash_ext._C, torch; print('cibhash_ext built; torch', torch.__version__, '| CUDA kernels:', hasattr(torch.ops.cibhash_ext, 'hamming_topk') and torch._C._dispatch_has_kernel_for_dispatch_key('cibhash_ext::hamming_topk', 'CUDA'))"
