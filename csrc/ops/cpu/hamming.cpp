@@ -10,6 +10,9 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <new>
+#include <type_traits>
 #include <vector>
 
 #include "ops/hamming.h"
@@ -26,7 +29,7 @@ namespace {
 // (cost O(tile) per tile, amortised over every query of the thread).
 // ---------------------------------------------------------------------------------------------
 
-constexpr int kQueryBlock = 4;  // queries held in registers while a tile streams past
+constexpr int kQueryBlock = 8;  // queries held in registers while a tile streams past
 
 enum class Isa { kScalar, kAvx2, kAvx512 };
 
@@ -70,77 +73,115 @@ void repack_tile(const uint8_t* codes, int64_t n, int64_t bytes, int64_t words, 
 // threshold(query), in increasing database index order for a given query and range.
 // ---------------------------------------------------------------------------------------------
 
-// Max-heap of the k best (distance, index) pairs seen so far. Codes arrive in increasing index
-// order, so a newcomer with the same distance as the current worst never displaces it: the strict
-// "distance < worst distance" test alone implements the lower-index tie rule.
-struct TopkHeap {
-  int32_t* dist;
-  int64_t* idx;
-  int64_t size;
-  int64_t cap;
+// The k best (distance, index) pairs seen so far, for codes that arrive in increasing index order.
+// Distances are small integers (0 .. 8B), so instead of a heap it keeps an append-only buffer and a
+// histogram of the buffered distances. The threshold t is the smallest distance with at least k
+// buffered codes at or below it: a later code at distance >= t can never enter the result (it
+// loses on distance, or on index against the earlier codes at t), so only d < t is accepted.
+// Appends are O(1); when the buffer reaches twice k it is compacted in order to at most k items.
+struct TopkBuffer {
+  int64_t k;
+  int32_t threshold_ = INT32_MAX;  // accept d < threshold_
+  int64_t below = 0;  // buffered codes with d < threshold_
+  std::vector<int32_t> counts;  // buffered codes per distance, 0 .. max distance
+  std::vector<std::pair<int32_t, int64_t>> items;  // (distance, index) in index order
 
-  bool worse(int64_t a, int64_t b) const {
-    return dist[a] > dist[b] || (dist[a] == dist[b] && idx[a] > idx[b]);
+  // Accepts codes at distance <= bound only (bound = max distance: every code).
+  TopkBuffer(int64_t k_, int64_t max_distance, int64_t bound)
+      : k(k_), threshold_(static_cast<int32_t>(bound + 1)), counts(static_cast<size_t>(max_distance + 2), 0) {
+    items.reserve(static_cast<size_t>(std::min<int64_t>(2 * k, 1 << 16)));
   }
-  void swap_items(int64_t a, int64_t b) {
-    std::swap(dist[a], dist[b]);
-    std::swap(idx[a], idx[b]);
-  }
-  int32_t threshold() const { return size < cap ? INT32_MAX : dist[0]; }
+
+  int32_t threshold() const { return threshold_; }
 
   void push(int64_t i, int32_t d) {
-    if (size < cap) {
-      int64_t c = size++;
-      dist[c] = d;
-      idx[c] = i;
-      while (c > 0) {
-        const int64_t p = (c - 1) / 2;
-        if (!worse(c, p)) break;
-        swap_items(c, p);
-        c = p;
-      }
-      return;
+    items.emplace_back(d, i);
+    ++counts[d];
+    ++below;
+    while (below >= k) {
+      --threshold_;
+      below -= counts[threshold_];
     }
-    if (d >= dist[0]) return;
-    dist[0] = d;
-    idx[0] = i;
-    int64_t p = 0;
-    for (;;) {
-      const int64_t l = 2 * p + 1, r = l + 1;
-      int64_t top = p;
-      if (l < size && worse(l, top)) top = l;
-      if (r < size && worse(r, top)) top = r;
-      if (top == p) break;
-      swap_items(p, top);
-      p = top;
-    }
+    if (static_cast<int64_t>(items.size()) >= 2 * k) compact();
   }
 
-  // Sorts the heap's items by (distance, index) in place.
-  void sort() {
-    std::vector<std::pair<int32_t, int64_t>> items(size);
-    for (int64_t j = 0; j < size; ++j) items[j] = {dist[j], idx[j]};
-    std::sort(items.begin(), items.end());
-    for (int64_t j = 0; j < size; ++j) {
-      dist[j] = items[j].first;
-      idx[j] = items[j].second;
+  // Keeps every item below the threshold and, at the threshold, the first ones in index order
+  // until k items are kept; the histogram follows.
+  void compact() {
+    int64_t room_at_threshold = k - below;
+    size_t kept = 0;
+    for (const auto& item : items) {
+      const bool keep = item.first < threshold_ || (item.first == threshold_ && room_at_threshold-- > 0);
+      if (keep) {
+        items[kept++] = item;
+      } else {
+        --counts[item.first];
+      }
     }
+    items.resize(kept);
+  }
+
+  // Writes the (at most k) kept items ordered by (distance, index): a stable counting sort.
+  int64_t write_sorted(int32_t* dist, int64_t* idx) {
+    compact();
+    std::vector<int64_t> start(counts.size() + 1, 0);
+    for (const auto& item : items) ++start[item.first + 1];
+    for (size_t d = 1; d < start.size(); ++d) start[d] += start[d - 1];
+    for (const auto& item : items) {
+      const int64_t at_ = start[item.first]++;
+      dist[at_] = item.first;
+      idx[at_] = item.second;
+    }
+    return static_cast<int64_t>(items.size());
   }
 };
 
 struct TopkSink {
-  TopkHeap* heaps;  // indexed by query - first_query
+  TopkBuffer* buffers;  // indexed by query - first_query
   int64_t first_query;
-  int32_t threshold(int64_t q) const { return heaps[q - first_query].threshold(); }
-  void push(int64_t q, int64_t i, int32_t d) { heaps[q - first_query].push(i, d); }
+  int32_t threshold(int64_t q) const { return buffers[q - first_query].threshold(); }
+  void push(int64_t q, int64_t i, int32_t d) { buffers[q - first_query].push(i, d); }
+};
+
+// Matches of one query in increasing index order. The arrays keep at least 8 free slots past
+// `size`, so a group of 8 lanes can be stored whole and `size` advanced by the lanes that matched.
+// They grow with realloc: no zero fill, and large blocks are remapped rather than copied.
+struct MatchList {
+  struct Free {
+    void operator()(void* p) const { std::free(p); }
+  };
+  std::unique_ptr<int64_t[], Free> idx;
+  std::unique_ptr<int32_t[], Free> dist;
+  size_t size = 0, capacity = 0;
+
+  void reserve_group() {
+    if (size + 8 <= capacity) return;
+    capacity = std::max<size_t>(64, 2 * capacity);
+    idx.reset(static_cast<int64_t*>(grow(idx.release(), capacity * sizeof(int64_t))));
+    dist.reset(static_cast<int32_t*>(grow(dist.release(), capacity * sizeof(int32_t))));
+  }
+  static void* grow(void* p, size_t bytes) {
+    void* q = std::realloc(p, bytes);
+    if (q == nullptr) {
+      std::free(p);
+      throw std::bad_alloc();
+    }
+    return q;
+  }
+  void push(int64_t i, int32_t d) {
+    reserve_group();
+    idx[size] = i;
+    dist[size] = d;
+    ++size;
+  }
 };
 
 struct RadiusSink {
-  std::vector<std::pair<int64_t, int32_t>>* lists;  // indexed by query - first_query
+  MatchList* lists;  // indexed by query - first_query
   int64_t first_query;
   int32_t limit;  // radius + 1
   int32_t threshold(int64_t) const { return limit; }
-  void push(int64_t q, int64_t i, int32_t d) { lists[q - first_query].emplace_back(i, d); }
+  void push(int64_t q, int64_t i, int32_t d) { lists[q - first_query].push(i, d); }
 };
 
 struct MatrixSink {
@@ -149,6 +190,15 @@ struct MatrixSink {
   int32_t threshold(int64_t) const { return INT32_MAX; }
   void push(int64_t q, int64_t i, int32_t d) { out[q * n + i] = d; }
 };
+
+// The distance matrix takes every lane, so it gets whole groups of 8 (AVX-512 path).
+template <typename Sink>
+constexpr bool kTakesGroups = std::is_same_v<Sink, MatrixSink>;
+
+__attribute__((target("avx512f"))) inline void push_group(MatrixSink& sink, int64_t q, int64_t first_index,
+                                                          __mmask8 hits, __m512i dist) {
+  _mm512_mask_cvtepi64_storeu_epi32(sink.out + q * sink.n + first_index, hits, dist);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Tile scans: queries [q0, q0 + R) (their words at qwords, W per query) against the tile of n codes
@@ -231,6 +281,44 @@ __attribute__((target("avx2"))) void scan_tile_avx2(const uint64_t* tile, int64_
   }
 }
 
+// Distances of the codes j .. j+7 of the tile (lanes beyond `valid` are ignored) to RB queries,
+// handed to the sink where they beat its threshold. The hot loop below calls this only for the
+// rare groups with a hit. The RB hit masks are gathered into one bitmap whose set bits are then
+// visited with a scalar popcount each: usually one or two, with no per-query branch to mispredict.
+template <int WT, int RB, typename Sink>
+__attribute__((target("avx512f,avx512vpopcntdq"), noinline)) void push_hits_avx512(
+    const uint64_t* tile, int64_t n, int64_t j, __mmask8 valid, int64_t base, const uint64_t* qwords, int64_t words,
+    int64_t q0, Sink& sink) {
+  static_assert(RB <= 8, "the hit bitmap holds 8 queries of 8 lanes");
+  uint64_t bitmap = 0;
+  for (int r = 0; r < RB; ++r) {
+    __m512i acc = _mm512_setzero_si512();
+    for (int64_t w = 0; w < words; ++w) {
+      const __m512i v = _mm512_maskz_loadu_epi64(valid, tile + w * n + j);
+      const __m512i q = _mm512_set1_epi64(static_cast<long long>(qwords[r * words + w]));
+      acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(v, q)));
+    }
+    const __mmask8 hits = _mm512_mask_cmplt_epi64_mask(valid, acc, _mm512_set1_epi64(sink.threshold(q0 + r)));
+    if constexpr (kTakesGroups<Sink>) {
+      push_group(sink, q0 + r, base + j, hits, acc);
+    } else {
+      bitmap |= static_cast<uint64_t>(hits) << (8 * r);
+    }
+  }
+  for (; bitmap; bitmap &= bitmap - 1) {
+    const int bit = __builtin_ctzll(bitmap), r = bit >> 3, lane = bit & 7;
+    int32_t d = 0;
+    for (int64_t w = 0; w < words; ++w) {
+      d += static_cast<int32_t>(_mm_popcnt_u64(tile[w * n + j + lane] ^ qwords[r * words + w]));
+    }
+    if (d < sink.threshold(q0 + r)) sink.push(q0 + r, base + j + lane, d);
+  }
+}
+
+// The hot loop: 8 database codes per vector, RB queries per loaded vector. A lane beats query r's
+// threshold iff popcount - threshold < 0, so the sign bits of the OR of those differences over
+// the RB queries say in one test whether any query has a hit in this group; the per-query
+// distances then stay in registers (nothing is spilled) and are recomputed only on a hit.
 template <int WT, int RB, typename Sink>
 __attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_avx512(const uint64_t* tile, int64_t n,
                                                                           int64_t base, const uint64_t* qwords,
@@ -238,36 +326,36 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_avx512(const u
   const int64_t words = WT > 0 ? WT : W;
   __m512i thr[RB];
   for (int r = 0; r < RB; ++r) thr[r] = _mm512_set1_epi64(sink.threshold(q0 + r));
-  for (int64_t j = 0; j < n; j += 8) {
-    // Masked loads for the last partial group never touch memory past the tile.
-    const __mmask8 valid = n - j >= 8 ? __mmask8(0xff) : __mmask8((1u << (n - j)) - 1);
-    __m512i acc[RB];
-    for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_si512();
-    for (int64_t w = 0; w < words; ++w) {
-      const __m512i v = _mm512_maskz_loadu_epi64(valid, tile + w * n + j);
+  const __m512i zero = _mm512_setzero_si512();
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    __m512i any = zero;
+    if (WT == 1) {
+      const __m512i v = _mm512_loadu_si512(tile + j);
       for (int r = 0; r < RB; ++r) {
-        const __m512i q = _mm512_set1_epi64(static_cast<long long>(qwords[r * words + w]));
-        acc[r] = _mm512_add_epi64(acc[r], _mm512_popcnt_epi64(_mm512_xor_si512(v, q)));
+        const __m512i q = _mm512_set1_epi64(static_cast<long long>(qwords[r]));
+        any = _mm512_or_si512(any, _mm512_sub_epi64(_mm512_popcnt_epi64(_mm512_xor_si512(v, q)), thr[r]));
       }
-    }
-    __mmask8 mask[RB];
-    __mmask8 any = 0;
-    for (int r = 0; r < RB; ++r) {
-      mask[r] = _mm512_mask_cmplt_epi64_mask(valid, acc[r], thr[r]);
-      any |= mask[r];
-    }
-    if (__builtin_expect(any == 0, 1)) continue;
-    for (int r = 0; r < RB; ++r) {
-      if (!mask[r]) continue;
-      alignas(64) int64_t d[8];
-      _mm512_store_si512(d, acc[r]);
-      for (unsigned m = mask[r]; m; m &= m - 1) {
-        const int lane = __builtin_ctz(m);
-        if (d[lane] < sink.threshold(q0 + r)) sink.push(q0 + r, base + j + lane, static_cast<int32_t>(d[lane]));
+    } else {
+      __m512i acc[RB];
+      for (int r = 0; r < RB; ++r) acc[r] = zero;
+      for (int64_t w = 0; w < words; ++w) {
+        const __m512i v = _mm512_loadu_si512(tile + w * n + j);
+        for (int r = 0; r < RB; ++r) {
+          const __m512i q = _mm512_set1_epi64(static_cast<long long>(qwords[r * words + w]));
+          acc[r] = _mm512_add_epi64(acc[r], _mm512_popcnt_epi64(_mm512_xor_si512(v, q)));
+        }
       }
-      thr[r] = _mm512_set1_epi64(sink.threshold(q0 + r));
+      for (int r = 0; r < RB; ++r) any = _mm512_or_si512(any, _mm512_sub_epi64(acc[r], thr[r]));
+    }
+    if (__builtin_expect(_mm512_cmplt_epi64_mask(any, zero) == 0, 1)) continue;
+    push_hits_avx512<WT, RB>(tile, n, j, __mmask8(0xff), base, qwords, words, q0, sink);
+    if constexpr (std::is_same_v<Sink, TopkSink>) {
+      for (int r = 0; r < RB; ++r) thr[r] = _mm512_set1_epi64(sink.threshold(q0 + r));
     }
   }
+  // The last partial group: masked loads never touch memory past the tile.
+  if (j < n) push_hits_avx512<WT, RB>(tile, n, j, __mmask8((1u << (n - j)) - 1), base, qwords, words, q0, sink);
 }
 
 // Queries [q0, q0 + R) against one tile, on the fastest instruction set, R = kQueryBlock or less.
@@ -403,6 +491,54 @@ at::Tensor hamming_distance_cpu(const at::Tensor& queries, const at::Tensor& dat
   return out;
 }
 
+// A scan in index order pushes about k (1 + ln(N / k)) codes per query into its buffer before
+// the threshold settles. For large k a starting bound cuts that to about 2k: the distance within
+// which a strided 1/16 sample of the database holds 2k/16 (+8) codes, so about 2k codes of the
+// whole database are expected within it. The bound only has to be an estimate: a query that ends
+// with fewer than k codes within its bound is scanned again without one, so results stay exact.
+constexpr int64_t kSampleStride = 16;
+constexpr int64_t kMinSampledK = 256;
+
+struct Sample {
+  std::vector<uint8_t> codes;  // every kSampleStride-th database code, [S, B]
+  int64_t size = 0;
+  int64_t k = 0;  // codes of the sample that set the bound; 0: no sampling
+};
+
+Sample make_sample(const Prepared& pr, int64_t N, int64_t k) {
+  Sample sample;
+  const int64_t B = pr.problem.bytes;
+  sample.size = N / kSampleStride;
+  sample.k = (2 * k + kSampleStride - 1) / kSampleStride + 8;
+  if (k < kMinSampledK || sample.k > sample.size) return Sample{};
+  sample.codes.resize(static_cast<size_t>(sample.size * B));
+  for (int64_t j = 0; j < sample.size; ++j) {
+    std::memcpy(&sample.codes[j * B], pr.problem.database + j * kSampleStride * B, static_cast<size_t>(B));
+  }
+  return sample;
+}
+
+// Per query of [q0, q1): the bound to start its top-k scan with (the max distance if none).
+std::vector<int32_t> sampled_bounds(const Prepared& pr, const Sample& sample, int64_t q0, int64_t q1) {
+  const int64_t max_distance = 8 * pr.problem.bytes;
+  std::vector<int32_t> bounds(static_cast<size_t>(q1 - q0), static_cast<int32_t>(max_distance));
+  if (sample.k == 0) return bounds;
+  ScanProblem problem = pr.problem;
+  problem.database = sample.codes.data();
+  std::vector<TopkBuffer> buffers;
+  buffers.reserve(static_cast<size_t>(q1 - q0));
+  for (int64_t q = q0; q < q1; ++q) buffers.emplace_back(sample.k, max_distance, max_distance);
+  TopkSink sink{buffers.data(), q0};
+  scan_range(problem, q0, q1, 0, sample.size, sink);
+  std::vector<int32_t> dist(static_cast<size_t>(sample.k));
+  std::vector<int64_t> idx(static_cast<size_t>(sample.k));
+  for (int64_t q = q0; q < q1; ++q) {
+    buffers[q - q0].write_sorted(dist.data(), idx.data());
+    bounds[q - q0] = dist.back();
+  }
+  return bounds;
+}
+
 std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries, const at::Tensor& database, int64_t k) {
   check_query_database(queries, database, "hamming_topk");
   const int64_t Q = queries.size(0), N = database.size(0);
@@ -416,38 +552,53 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries, c
   int32_t* out_d = dist.mutable_data_ptr<int32_t>();
   int64_t* out_i = idx.mutable_data_ptr<int64_t>();
 
+  const int64_t max_distance = 8 * queries.size(1);
   if (!split.by_database) {
-    // Each query's heap lives directly in its output row.
+    const Sample sample = make_sample(pr, N, k);
     at::parallel_for(0, split.tasks, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t q0 = range_start(Q, split.tasks, t), q1 = range_start(Q, split.tasks, t + 1);
-        std::vector<TopkHeap> heaps;
-        for (int64_t q = q0; q < q1; ++q) heaps.push_back(TopkHeap{out_d + q * k, out_i + q * k, 0, k});
-        TopkSink sink{heaps.data(), q0};
-        scan_range(pr.problem, q0, q1, 0, N, sink);
-        for (auto& h : heaps) h.sort();
+        // Queries go in batches whose buffers and histograms fit a fixed budget, so memory stays
+        // O(k) per query in flight whatever Q is.
+        const int64_t q_first = range_start(Q, split.tasks, t), q_last = range_start(Q, split.tasks, t + 1);
+        const int64_t per_query = 2 * k * 16 + (max_distance + 2) * 4;
+        const int64_t batch = std::max<int64_t>(kQueryBlock, (int64_t{64} << 20) / per_query);
+        for (int64_t q0 = q_first; q0 < q_last; q0 += batch) {
+          const int64_t q1 = std::min(q_last, q0 + batch);
+          const std::vector<int32_t> bounds = sampled_bounds(pr, sample, q0, q1);
+          std::vector<TopkBuffer> buffers;
+          buffers.reserve(static_cast<size_t>(q1 - q0));
+          for (int64_t q = q0; q < q1; ++q) buffers.emplace_back(k, max_distance, bounds[q - q0]);
+          TopkSink sink{buffers.data(), q0};
+          scan_range(pr.problem, q0, q1, 0, N, sink);
+          for (int64_t q = q0; q < q1; ++q) {
+            if (buffers[q - q0].write_sorted(out_d + q * k, out_i + q * k) == k) continue;
+            // Fewer than k codes lie within the sampled bound: scan this query again, unbounded.
+            TopkBuffer exact(k, max_distance, max_distance);
+            TopkSink one{&exact, q};
+            scan_range(pr.problem, q, q + 1, 0, N, one);
+            exact.write_sorted(out_d + q * k, out_i + q * k);
+          }
+        }
       }
     });
     return {dist, idx};
   }
 
-  // Few queries: each database chunk keeps its own k best per query, then the chunks' lists are
-  // merged per query by (distance, index).
+  // Few queries: each database chunk keeps its own k best per query, then the chunks' sorted lists
+  // are merged per query by (distance, index).
   const int64_t C = split.tasks;
   std::vector<int32_t> part_d(static_cast<size_t>(C * Q * k));
   std::vector<int64_t> part_i(static_cast<size_t>(C * Q * k));
   std::vector<int64_t> part_n(static_cast<size_t>(C * Q));
   at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      const int64_t n0 = range_start(N, C, c), n1 = range_start(N, C, c + 1);
-      std::vector<TopkHeap> heaps;
+      std::vector<TopkBuffer> buffers(static_cast<size_t>(Q), TopkBuffer(k, max_distance, max_distance));
+      TopkSink sink{buffers.data(), 0};
+      scan_range(pr.problem, 0, Q, range_start(N, C, c), range_start(N, C, c + 1), sink);
       for (int64_t q = 0; q < Q; ++q) {
         const int64_t off = (c * Q + q) * k;
-        heaps.push_back(TopkHeap{part_d.data() + off, part_i.data() + off, 0, std::min(k, n1 - n0)});
+        part_n[c * Q + q] = buffers[q].write_sorted(part_d.data() + off, part_i.data() + off);
       }
-      TopkSink sink{heaps.data(), 0};
-      scan_range(pr.problem, 0, Q, n0, n1, sink);
-      for (int64_t q = 0; q < Q; ++q) part_n[c * Q + q] = heaps[q].size;
     }
   });
   at::parallel_for(0, Q, 1, [&](int64_t qa, int64_t qb) {
@@ -483,7 +634,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_cpu(const at::Tens
   const Split split = choose_split(Q, N);
   const int64_t C = split.by_database ? split.tasks : 1;
   // lists[c * Q + q]: query q's matches in database chunk c, in increasing index order.
-  std::vector<std::vector<std::pair<int64_t, int32_t>>> lists(static_cast<size_t>(C * Q));
+  std::vector<MatchList> lists(static_cast<size_t>(C * Q));
   at::parallel_for(0, split.tasks, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       if (split.by_database) {
@@ -499,7 +650,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_cpu(const at::Tens
   int64_t* lp = lims.mutable_data_ptr<int64_t>();
   for (int64_t q = 0; q < Q; ++q) {
     int64_t count = 0;
-    for (int64_t c = 0; c < C; ++c) count += static_cast<int64_t>(lists[c * Q + q].size());
+    for (int64_t c = 0; c < C; ++c) count += static_cast<int64_t>(lists[c * Q + q].size);
     lp[q + 1] = lp[q] + count;
   }
   auto dist = at::empty({lp[Q]}, queries.options().dtype(at::kInt));
@@ -513,14 +664,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_cpu(const at::Tens
     for (int64_t q = qa; q < qb; ++q) {
       std::fill(start.begin(), start.end(), 0);
       for (int64_t c = 0; c < C; ++c)
-        for (const auto& m : lists[c * Q + q]) ++start[m.second + 1];
+        for (size_t m = 0; m < lists[c * Q + q].size; ++m) ++start[lists[c * Q + q].dist[m] + 1];
       for (int32_t d = 0; d < limit; ++d) start[d + 1] += start[d];
       for (int64_t c = 0; c < C; ++c) {
-        for (const auto& m : lists[c * Q + q]) {
-          const int64_t at_ = lp[q] + start[m.second]++;
-          dp[at_] = m.second;
-          ip[at_] = m.first;
+        const MatchList& list = lists[c * Q + q];
+        for (size_t m = 0; m < list.size; ++m) {
+          const int64_t at_ = lp[q] + start[list.dist[m]]++;
+          dp[at_] = list.dist[m];
+          ip[at_] = list.idx[m];
         }
+        lists[c * Q + q] = MatchList{};  // free as we go
       }
     }
   });
