@@ -239,7 +239,8 @@ def test_large_database_split_paths(q, nbits, threads):
 
 @pytest.mark.parametrize("isa", ["scalar", "avx2"])
 def test_every_cpu_popcount_path(isa):
-    # The instruction set is chosen once per process; a child process runs the lowered paths.
+    # The instruction set is chosen once per process; a child process runs the lowered paths of
+    # the Hamming scan and of the binary layer.
     script = (
         "import torch, cibhash_ext as ops\n"
         "from cibhash_ext import _reference as ref\n"
@@ -254,6 +255,13 @@ def test_every_cpu_popcount_path(isa):
         "    for a, b in zip(ops.hamming_radius(q, db, 4 * nbytes - 2), ref.hamming_radius(q, db, 4 * nbytes - 2)):\n"
         "        assert torch.equal(a, b.to(a.dtype)), nbytes\n"
         "    assert torch.equal(ops.hamming_distance(q, db), ref.hamming_distance(q, db))\n"
+        "z = torch.randn(300, 67, generator=g) * 4\n"
+        "for dtype in (torch.float32, torch.float16, torch.bfloat16):\n"
+        "    x = z.to(dtype)\n"
+        "    got = torch.ops.cibhash_ext.stochastic_binarize_forward(x, True, 123, 456)\n"
+        "    assert torch.equal(got, ref.stochastic_binarize_forward(x, True, 123, 456)), dtype\n"
+        "    grad = torch.ops.cibhash_ext.stochastic_binarize_backward(x, x)\n"
+        "    assert torch.equal(grad, ref.stochastic_binarize_backward(x, x)), dtype\n"
         "print('ok')\n"
     )
     env = dict(os.environ, CIBHASH_ISA=isa)

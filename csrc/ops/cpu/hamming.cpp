@@ -15,6 +15,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "ops/cpu/isa.h"
 #include "ops/hamming.h"
 
 namespace cibhash {
@@ -30,27 +31,6 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 
 constexpr int kQueryBlock = 8;  // queries held in registers while a tile streams past
-
-enum class Isa { kScalar, kAvx2, kAvx512 };
-
-Isa detect_isa() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq")) return Isa::kAvx512;
-  if (__builtin_cpu_supports("avx2")) return Isa::kAvx2;
-  return Isa::kScalar;
-}
-
-Isa active_isa() {
-  static const Isa isa = [] {
-    // CIBHASH_ISA=scalar|avx2 lowers the path (tests use it to check every path on one machine).
-    const char* forced = std::getenv("CIBHASH_ISA");
-    const Isa best = detect_isa();
-    if (forced && std::strcmp(forced, "scalar") == 0) return Isa::kScalar;
-    if (forced && std::strcmp(forced, "avx2") == 0 && best != Isa::kScalar) return Isa::kAvx2;
-    return best;
-  }();
-  return isa;
-}
 
 // Repacks codes [n, B] (bytes) into the word-major tile [W, n]. WB is B when it is a specialised
 // width (fixed-size copies compile to single moves) and 0 otherwise.

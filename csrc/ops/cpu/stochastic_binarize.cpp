@@ -10,18 +10,13 @@
 #include <type_traits>
 
 #include "ops/binarize_math.h"
+#include "ops/cpu/isa.h"
 #include "ops/stochastic_binarize.h"
 
 namespace cibhash {
 namespace {
 
-bool has_avx512() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") != 0;
-  }();
-  return yes;
-}
+bool has_avx512() { return active_isa() == Isa::kAvx512; }
 
 // Scalar path: groups [g0, g1) of 4 elements; element i takes word i % 4 of Philox block i / 4.
 template <typename T>
