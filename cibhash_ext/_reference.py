@@ -65,9 +65,8 @@ def _f32(value: float, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(value, dtype=torch.float32, device=like.device)
 
 
-def sigmoid_exact(z: torch.Tensor) -> torch.Tensor:
-    """float32 sigmoid, bit-identical to ``sigmoid_exact`` in csrc/ops/binarize_math.h."""
-    z = z.to(torch.float32)
+def _exp_neg_abs(z: torch.Tensor) -> torch.Tensor:
+    """t = e^-|z| in float32, bit-identical to ``exp_nonpositive(-|z|)`` in binarize_math.h."""
     x = -z.abs()
     n = torch.floor(x * _f32(1.44269504088896341, z) + _f32(0.5, z))
     r = x - n * _f32(0.693359375, z)
@@ -77,7 +76,13 @@ def sigmoid_exact(z: torch.Tensor) -> torch.Tensor:
         y = y * r + _f32(c, z)
     y = (y * (r * r) + r) + _f32(1.0, z)
     exponent = (n.clamp(min=-126).to(torch.int32) + 127) << 23
-    t = torch.where(x < -87.0, torch.zeros_like(y), y * exponent.view(torch.float32))
+    return torch.where(x < -87.0, torch.zeros_like(y), y * exponent.view(torch.float32))
+
+
+def sigmoid_exact(z: torch.Tensor) -> torch.Tensor:
+    """float32 sigmoid, bit-identical to ``sigmoid_exact`` in csrc/ops/binarize_math.h."""
+    z = z.to(torch.float32)
+    t = _exp_neg_abs(z)
     d = t + _f32(1.0, z)
     p = torch.where(z >= 0, _f32(1.0, z) / d, t / d)
     return torch.where(torch.isnan(z), z, p)
@@ -94,8 +99,12 @@ def stochastic_binarize_forward(logits: torch.Tensor, stochastic: bool, seed: in
 
 
 def stochastic_binarize_backward(grad_codes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    p = sigmoid_exact(logits)
-    return ((grad_codes.to(torch.float32) * p) * (_f32(1.0, p) - p)).to(logits.dtype)
+    # p (1 - p) = (1/d) (t/d) with t = e^-|z|, d = 1 + t: no cancellation in 1 - p.
+    z = logits.to(torch.float32)
+    t = _exp_neg_abs(z)
+    d = t + _f32(1.0, z)
+    grad = grad_codes.to(torch.float32) * ((_f32(1.0, z) / d) * (t / d))
+    return torch.where(torch.isnan(z), z, grad).to(logits.dtype)
 
 
 def hamming_distance(queries: torch.Tensor, database: torch.Tensor) -> torch.Tensor:

@@ -135,6 +135,18 @@ def test_binarize_gradient_is_straight_through(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_binarize_gradient_is_accurate_for_large_logits(device):
+    # p (1 - p) is computed without the cancellation of 1 - p: under 8 float32 ulp of relative
+    # error against float64 for every logit, even where p rounds to 1.
+    z = torch.linspace(-60, 60, 100_001)
+    upstream = torch.ones_like(z)
+    got = torch.ops.cibhash_ext.stochastic_binarize_backward(upstream.to(device), z.to(device)).cpu().double()
+    t = torch.exp(-z.double().abs())
+    want = t / (1 + t) ** 2  # p (1 - p) in float64, itself free of the cancellation
+    assert ((got - want).abs() / want).max().item() < 8 * 2.0**-24  # 1 - p computed directly: ~2e-3
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_binarize_bits_have_mean_p(device):
     # Per logit value, 200k draws: the mean must be within 5 binomial standard deviations of p.
     logits = torch.tensor([-3.0, -1.0, -0.2, 0.0, 0.4, 2.0, 5.0])

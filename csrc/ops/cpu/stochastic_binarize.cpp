@@ -90,10 +90,11 @@ __attribute__((target("avx512f"))) inline void philox16_avx512(uint64_t seed, ui
   out[3] = _mm512_shuffle_i64x2(a1, a3, 0xDD);
 }
 
-// sigmoid_exact of binarize_math.h on 16 lanes: the same operations in the same order.
-__attribute__((target("avx512f"))) inline __m512 sigmoid_exact_avx512(__m512 z) {
+// exp_nonpositive(-|z|) of binarize_math.h on 16 lanes (the same operations in the same order);
+// also returns which lanes have z >= 0.
+__attribute__((target("avx512f"))) inline __m512 exp_neg_abs_avx512(__m512 z, __mmask16& nonneg) {
   const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
-  const __mmask16 nonneg = _mm512_cmp_ps_mask(z, zero, _CMP_GE_OQ);
+  nonneg = _mm512_cmp_ps_mask(z, zero, _CMP_GE_OQ);
   const __m512 x = _mm512_mask_sub_ps(z, nonneg, zero, z);  // z >= 0 ? -z : z
   const __m512 n = _mm512_roundscale_ps(_mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                                       _mm512_set1_ps(0.5f)),
@@ -109,11 +110,16 @@ __attribute__((target("avx512f"))) inline __m512 sigmoid_exact_avx512(__m512 z) 
   y = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(y, _mm512_mul_ps(r, r)), r), one);
   const __m512i exponent = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
   const __mmask16 underflow = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
-  const __m512 t = _mm512_mask_blend_ps(underflow, _mm512_mul_ps(y, _mm512_castsi512_ps(exponent)), zero);
-  const __m512 d = _mm512_add_ps(one, t);
-  const __m512 p = _mm512_div_ps(_mm512_mask_blend_ps(nonneg, t, one), d);
-  const __mmask16 nan = _mm512_cmp_ps_mask(z, z, _CMP_UNORD_Q);
-  return _mm512_mask_blend_ps(nan, p, z);
+  return _mm512_mask_blend_ps(underflow, _mm512_mul_ps(y, _mm512_castsi512_ps(exponent)), zero);
+}
+
+// sigmoid_exact of binarize_math.h on 16 lanes.
+__attribute__((target("avx512f"))) inline __m512 sigmoid_exact_avx512(__m512 z) {
+  __mmask16 nonneg;
+  const __m512 t = exp_neg_abs_avx512(z, nonneg);
+  const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), t);
+  const __m512 p = _mm512_div_ps(_mm512_mask_blend_ps(nonneg, t, _mm512_set1_ps(1.0f)), d);
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, z, _CMP_UNORD_Q), p, z);
 }
 
 // 16 logits as float32, and 16 {0, 1} results stored in the logits' dtype.
@@ -181,14 +187,18 @@ void binarize_forward(const T* z, T* out, int64_t n, bool stochastic, uint64_t s
   });
 }
 
-// grad * p * (1 - p) on 16 float32 lanes, the scalar binarize_grad's operations in its order.
+// binarize_grad on 16 float32 lanes: grad * ((1/d) * (t/d)), its operations in its order.
 __attribute__((target("avx512f"))) void binarize_grad_avx512(const float* g, const float* z, float* out, int64_t i0,
                                                              int64_t i1) {
   int64_t i = i0;
   for (; i + 16 <= i1; i += 16) {
-    const __m512 p = sigmoid_exact_avx512(_mm512_loadu_ps(z + i));
-    const __m512 gp = _mm512_mul_ps(_mm512_loadu_ps(g + i), p);
-    _mm512_storeu_ps(out + i, _mm512_mul_ps(gp, _mm512_sub_ps(_mm512_set1_ps(1.0f), p)));
+    const __m512 zv = _mm512_loadu_ps(z + i);
+    __mmask16 nonneg;
+    const __m512 t = exp_neg_abs_avx512(zv, nonneg);
+    const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), t);
+    const __m512 pq = _mm512_mul_ps(_mm512_div_ps(_mm512_set1_ps(1.0f), d), _mm512_div_ps(t, d));
+    const __m512 grad = _mm512_mul_ps(_mm512_loadu_ps(g + i), pq);
+    _mm512_storeu_ps(out + i, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(zv, zv, _CMP_UNORD_Q), grad, zv));
   }
   for (; i < i1; ++i) out[i] = binarize_grad(g[i], z[i]);
 }
