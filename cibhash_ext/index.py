@@ -1,0 +1,582 @@
+"""HammingIndex: exact Hamming search over packed binary codes with user ids, saved atomically in a
+versioned file format (:mod:`cibhash_ext.index_file`), memory-mapped loading with chunked search,
+and faiss interop.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cibhash_ext import index_file, ops
+from cibhash_ext.index_file import FORMAT_VERSION, MAGIC, MAX_CODES, MAX_NBITS, padding_mask
+
+__all__ = ["HammingIndex", "FORMAT_VERSION", "MAGIC"]
+
+# Ties are merged on one int64 key, distance << 40 | position; positions must fit in 40 bits.
+_POSITION_BITS = 40
+DEFAULT_CHUNK_BYTES = 64 << 20
+_IO_BLOCK = 16 << 20
+
+
+def _tensor_view(array: np.ndarray) -> Tensor:
+    """A zero-copy tensor over a (possibly read-only, memory-mapped) array; nothing writes to it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "array is not writable": the index never writes
+        return torch.from_numpy(array)
+
+
+def _describe(value) -> str:
+    if isinstance(value, (Tensor, np.ndarray)):
+        return f"{value.dtype} array of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def as_packed_codes(codes, nbits: int, name: str = "codes", device: torch.device | str | None = None) -> Tensor:
+    """Converts codes given packed or unpacked to packed uint8 rows of ``nbits`` bits.
+
+    Packed codes are uint8 with ``ceil(nbits/8)`` columns; unpacked codes have ``nbits`` columns of
+    {0, 1} or {-1, +1} values of any real dtype (or bool). The one shape both could have (nbits = 1,
+    uint8) means the same code either way.
+
+    Args:
+        codes (Tensor[n, ceil(nbits/8)] uint8 or Tensor[n, nbits] real, or numpy arrays of those).
+        nbits (int): bits per code.
+        name (str): argument name used in error messages.
+        device: where the result goes (default: where ``codes`` is).
+
+    Returns:
+        Tensor[n, ceil(nbits/8)], uint8, contiguous, padding bits 0.
+
+    Raises:
+        TypeError: codes is not an array, or packed-width codes are not uint8.
+        ValueError: wrong shape, values outside {0, 1} / {-1, +1}, or padding bits set.
+    """
+    if isinstance(codes, np.ndarray):
+        codes = _tensor_view(codes)
+    if not isinstance(codes, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {_describe(codes)}")
+    if codes.dim() != 2:
+        raise ValueError(
+            f"{name} must be 2-D [n, {(nbits + 7) // 8}] packed or [n, {nbits}] unpacked, got shape {tuple(codes.shape)}"
+        )
+    if device is not None:
+        codes = codes.to(device)
+    code_size = (nbits + 7) // 8
+    width = codes.shape[1]
+    if width == code_size and (codes.dtype == torch.uint8 or width != nbits):
+        if codes.dtype != torch.uint8:
+            raise TypeError(f"{name} has {width} columns, so it must be packed uint8 codes, got {codes.dtype}")
+        codes = codes.contiguous()
+        mask = padding_mask(nbits)
+        if mask and codes.shape[0] and bool((codes[:, -1] & mask).any()):
+            raise ValueError(
+                f"{name} has bits set beyond nbits={nbits} in its last byte; padding bits must be 0 (is nbits right?)"
+            )
+        return codes
+    if width == nbits:
+        if codes.dtype.is_complex:
+            raise TypeError(f"{name} must be real, got {codes.dtype}")
+        if codes.dtype != torch.bool and codes.numel():
+            zero_one = ((codes == 0) | (codes == 1)).all()
+            if not bool(zero_one) and not bool(((codes == -1) | (codes == 1)).all()):
+                raise ValueError(f"unpacked {name} must hold {{0, 1}} or {{-1, +1}} values only")
+        return ops.pack_bits(codes)
+    raise ValueError(
+        f"{name} must have {code_size} columns (packed uint8) or {nbits} columns (unpacked) for nbits={nbits}, "
+        f"got shape {tuple(codes.shape)}"
+    )
+
+
+def merge_topk(dist: Tensor, positions: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k smallest of each row by (distance, position); positions are unique in a row.
+
+    Args:
+        dist (Tensor[Q, M], int32 or int64): distances in [0, 2^22]; padding entries may hold any
+            value with position -1.
+        positions (Tensor[Q, M], int64): positions in [0, 2^40), or -1 for padding (sorted last).
+        k (int): results per row, k <= M.
+
+    Returns:
+        (order Tensor[Q, k] int64 column indices into the inputs, keys Tensor[Q, k] int64).
+    """
+    key = (dist.to(torch.int64) << _POSITION_BITS) | positions
+    key = torch.where(positions < 0, torch.full_like(key, torch.iinfo(torch.int64).max), key)
+    keys, order = torch.topk(key, k, dim=1, largest=False, sorted=True)
+    return order, keys
+
+
+def sort_matches(qrow: Tensor, dist: Tensor, pos: Tensor, num_queries: int) -> tuple[Tensor, Tensor]:
+    """Orders range-search matches by (query, distance, position) and returns FAISS lims.
+
+    Args:
+        qrow (Tensor[M], int64): query of each match.
+        dist (Tensor[M], int32): distances.
+        pos (Tensor[M], int64): positions in [0, 2^40).
+        num_queries (int): Q.
+
+    Returns:
+        (order Tensor[M] int64 permutation of the matches, lims Tensor[Q + 1] int64)
+    """
+    key = (dist.to(torch.int64) << _POSITION_BITS) | pos
+    order = torch.sort(key, stable=True).indices
+    order = order[torch.sort(qrow[order], stable=True).indices]
+    lims = torch.zeros(num_queries + 1, dtype=torch.int64, device=qrow.device)
+    lims[1:] = torch.cumsum(torch.bincount(qrow, minlength=num_queries), 0)
+    return order, lims
+
+
+def _check_int(value, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+class HammingIndex:
+    """Exact Hamming k-NN and radius search over binary codes, with user ids.
+
+    Codes are stored packed (uint8, ``ceil(nbits/8)`` bytes per code, FAISS layout). Every result
+    is ordered by (distance, position in the index): equal distances go to the code added first.
+    :meth:`remove_ids` compacts the positions in insertion order, so the survivors keep their
+    relative tie order. Results are reported as the user's ids.
+
+    An index lives on CPU or a CUDA device (``.to(device)``; the CUDA path runs the extension's
+    CUDA ops but is not exercised by this project's CPU-only CI). An index loaded with
+    ``mmap=True`` keeps its codes in the file's memory map (read-only): searches stream the
+    database in chunks of ``chunk_bytes`` and merge them with the same tie rule, so the results
+    equal an in-memory search and the anonymous memory used stays O(Q * k + chunk).
+
+    Args:
+        nbits (int): bits per code, 1 <= nbits <= 2^20.
+        device (torch.device or str): where codes and results live (default CPU).
+    """
+
+    def __init__(self, nbits: int, device: torch.device | str = "cpu") -> None:
+        nbits = _check_int(nbits, "nbits", 1)
+        if nbits > MAX_NBITS:
+            raise ValueError(f"nbits must be <= {MAX_NBITS}, got {nbits}")
+        self.nbits = nbits
+        self.code_size = (nbits + 7) // 8
+        self.device = torch.device(device)
+        self.chunk_bytes = DEFAULT_CHUNK_BYTES
+        self._codes: Tensor | np.ndarray = torch.empty(0, self.code_size, dtype=torch.uint8, device=self.device)
+        self._ids: Tensor | np.ndarray | None = None  # None: id = _id_base + position
+        self._id_base = 0
+        self._path: str | None = None
+
+    def __len__(self) -> int:
+        return int(self._codes.shape[0])
+
+    def __repr__(self) -> str:
+        where = f"mmap={self._path!r}" if self.is_mmap else f"device={self.device}"
+        return f"HammingIndex(nbits={self.nbits}, ntotal={len(self)}, {where})"
+
+    @property
+    def is_mmap(self) -> bool:
+        """True when the codes are read from a file's memory map (read-only)."""
+        return isinstance(self._codes, np.ndarray)
+
+    @property
+    def codes(self) -> Tensor:
+        """Tensor[n, code_size], uint8: the packed codes (a zero-copy view when memory-mapped)."""
+        return _tensor_view(self._codes) if self.is_mmap else self._codes
+
+    @property
+    def ids(self) -> Tensor:
+        """Tensor[n], int64: the id of each code, in position order."""
+        return self._ids_at(None)
+
+    def _ids_at(self, positions: Tensor | None) -> Tensor:
+        if self._ids is None:
+            if positions is None:
+                return torch.arange(self._id_base, self._id_base + len(self), dtype=torch.int64, device=self.device)
+            return positions + self._id_base
+        if isinstance(self._ids, np.ndarray):
+            if positions is None:
+                return torch.from_numpy(np.array(self._ids, dtype=np.int64))
+            picked = self._ids[positions.cpu().numpy().reshape(-1)].astype(np.int64)
+            return torch.from_numpy(picked).reshape(positions.shape).to(positions.device)
+        return self._ids.clone() if positions is None else self._ids[positions]
+
+    def _require_writable(self, what: str) -> None:
+        if self.is_mmap:
+            raise RuntimeError(
+                f"{what}: this index is memory-mapped read-only from {self._path!r}; load it with mmap=False to modify it"
+            )
+
+    def to(self, device: torch.device | str) -> "HammingIndex":
+        """Moves the index to ``device`` in place and returns it (like ``nn.Module.to``).
+
+        A memory-mapped index moved to a CUDA device is copied there (it is no longer mapped);
+        moved to the CPU it stays mapped.
+        """
+        device = torch.device(device)
+        if device.type == "cpu" and self.is_mmap:
+            return self
+        self._codes = self.codes.to(device).contiguous()
+        if self._ids is not None:
+            self._ids = self._ids_at(None).to(device)
+        self.device, self._path = device, None
+        return self
+
+    def slice(self, start: int, stop: int) -> "HammingIndex":
+        """A new index over rows [start, stop) that shares this one's codes (no copy) and keeps their ids.
+
+        A slice of a memory-mapped index is memory-mapped too. Tie order within the slice is the
+        original position order.
+
+        Args:
+            start (int): first row, 0 <= start <= stop.
+            stop (int): one past the last row, stop <= len(self).
+        """
+        start, stop = _check_int(start, "start", 0), _check_int(stop, "stop", 0)
+        if not start <= stop <= len(self):
+            raise ValueError(f"start and stop must satisfy 0 <= start <= stop <= {len(self)}, got {start} and {stop}")
+        out = HammingIndex(self.nbits, self.device)
+        out.chunk_bytes, out._path = self.chunk_bytes, self._path
+        out._codes = self._codes[start:stop]
+        if self._ids is None:
+            out._id_base = self._id_base + start
+        else:
+            out._ids = self._ids[start:stop]
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # Mutation
+    # ------------------------------------------------------------------------------------------
+
+    def add(self, codes, ids=None) -> None:
+        """Appends codes, with ids or the next sequential ones.
+
+        Args:
+            codes (Tensor[n, ceil(nbits/8)] uint8 packed, or Tensor[n, nbits] {0,1}/{-1,+1} of any
+                real dtype; numpy arrays too): the codes, detected by shape and dtype.
+            ids (Tensor[n] or array of integers, optional): one id per code, unique and not yet in
+                the index. Default: ``max(existing ids) + 1`` onwards (0 onwards when empty).
+
+        Raises:
+            TypeError, ValueError: bad codes or ids (the message names the argument); duplicate ids.
+            RuntimeError: the index is memory-mapped (read-only).
+        """
+        self._require_writable("add")
+        packed = as_packed_codes(codes, self.nbits, "codes", self.device)
+        n = packed.shape[0]
+        if len(self) + n > MAX_CODES:
+            raise ValueError(f"codes: an index holds at most 2^{_POSITION_BITS} codes, {len(self)} + {n} is more")
+        if ids is None:
+            if self._ids is None:
+                self._codes = torch.cat([self._codes, packed])
+                return
+            start = int(self._ids.max()) + 1 if len(self) else self._id_base
+            new_ids = torch.arange(start, start + n, dtype=torch.int64, device=self.device)
+        else:
+            new_ids = self._check_new_ids(ids, n)
+        old_ids = self._ids_at(None)
+        self._codes = torch.cat([self._codes, packed])
+        self._ids = torch.cat([old_ids, new_ids])
+
+    def _check_new_ids(self, ids, n: int) -> Tensor:
+        if isinstance(ids, np.ndarray):
+            ids = torch.from_numpy(np.ascontiguousarray(ids))
+        if not isinstance(ids, Tensor):
+            raise TypeError(f"ids must be a torch.Tensor or numpy array of integers, got {_describe(ids)}")
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise TypeError(f"ids must hold integers, got {ids.dtype}")
+        if ids.shape != (n,):
+            raise ValueError(f"ids must have shape ({n},), one per code, got {tuple(ids.shape)}")
+        ids = ids.to(device=self.device, dtype=torch.int64)
+        unique = torch.unique(ids)
+        if unique.numel() != n:
+            counts = torch.unique(ids, return_counts=True)
+            dup = counts[0][counts[1] > 1][:5].tolist()
+            raise ValueError(f"ids must be unique, got duplicates {dup}")
+        if len(self):
+            clash = ids[torch.isin(ids, self._ids_at(None))]
+            if clash.numel():
+                raise ValueError(f"ids already in the index: {clash[:5].tolist()}")
+        return ids
+
+    def remove_ids(self, ids) -> int:
+        """Removes the codes with these ids; ids not in the index are ignored.
+
+        The remaining codes keep their insertion order (positions are compacted), so equal
+        distances still go to the code added first.
+
+        Args:
+            ids (Tensor[m] or array of integers): ids to remove.
+
+        Returns:
+            int: how many codes were removed.
+
+        Raises:
+            TypeError: ids are not integers.
+            RuntimeError: the index is memory-mapped (read-only).
+        """
+        self._require_writable("remove_ids")
+        if isinstance(ids, np.ndarray):
+            ids = torch.from_numpy(np.ascontiguousarray(ids))
+        if not isinstance(ids, Tensor) or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise TypeError(f"ids must be a tensor or numpy array of integers, got {_describe(ids)}")
+        current = self._ids_at(None)
+        drop = torch.isin(current, ids.reshape(-1).to(device=self.device, dtype=torch.int64))
+        removed = int(drop.sum())
+        if removed:
+            keep = ~drop
+            self._codes = self._codes[keep].contiguous()
+            self._ids = current[keep]
+        return removed
+
+    # ------------------------------------------------------------------------------------------
+    # Search
+    # ------------------------------------------------------------------------------------------
+
+    def _chunks(self) -> Iterator[tuple[int, Tensor]]:
+        """(first position, codes) blocks: the whole tensor in memory, bounded blocks from a map."""
+        n = len(self)
+        if not self.is_mmap:
+            yield 0, self._codes
+            return
+        rows = max(1, int(self.chunk_bytes) // self.code_size)
+        for start in range(0, n, rows):
+            yield start, _tensor_view(self._codes[start : start + rows])
+
+    def _prepare_queries(self, queries) -> Tensor:
+        return as_packed_codes(queries, self.nbits, "queries", self.device)
+
+    def search_positions(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Top-k by (distance, position) over packed queries; k may exceed len(self).
+
+        Args:
+            queries (Tensor[Q, code_size], uint8): packed queries on this index's device.
+            k (int): k >= 1.
+
+        Returns:
+            (distances Tensor[Q, min(k, n)] int32, positions Tensor[Q, min(k, n)] int64)
+        """
+        k = min(k, len(self))
+        best_d = torch.empty(queries.shape[0], 0, dtype=torch.int32, device=self.device)
+        best_p = torch.empty(queries.shape[0], 0, dtype=torch.int64, device=self.device)
+        if k == 0:
+            return best_d, best_p
+        for start, chunk in self._chunks():
+            d, p = ops.hamming_topk(queries, chunk, min(k, chunk.shape[0]))
+            if start:
+                p = p + start
+            if best_d.shape[1] == 0:
+                best_d, best_p = d, p
+                continue
+            d, p = torch.cat([best_d, d], 1), torch.cat([best_p, p], 1)
+            order, _ = merge_topk(d, p, min(k, d.shape[1]))
+            best_d, best_p = d.gather(1, order), p.gather(1, order)
+        return best_d, best_p
+
+    def search(self, queries, k: int) -> tuple[Tensor, Tensor]:
+        """Exact k nearest codes of each query.
+
+        Args:
+            queries (Tensor[Q, ceil(nbits/8)] uint8 packed, or Tensor[Q, nbits] unpacked).
+            k (int): 1 <= k <= len(self).
+
+        Returns:
+            (distances Tensor[Q, k] int32, ids Tensor[Q, k] int64), ordered by (distance,
+            position in the index), on the index's device.
+        """
+        k = _check_int(k, "k", 1)
+        if k > len(self):
+            raise ValueError(f"k must be <= the number of codes in the index ({len(self)}), got {k}")
+        q = self._prepare_queries(queries)
+        dist, pos = self.search_positions(q, k)
+        return dist, self._ids_at(pos)
+
+    def range_positions(self, queries: Tensor, radius: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Radius search over packed queries, results as positions (see :meth:`range_search`)."""
+        chunks = [
+            (start, ops.hamming_radius(queries, chunk, radius)) for start, chunk in self._chunks() if chunk.shape[0]
+        ]
+        if not chunks:
+            lims = torch.zeros(queries.shape[0] + 1, dtype=torch.int64, device=self.device)
+            empty = torch.empty(0, dtype=torch.int64, device=self.device)
+            return lims, empty.to(torch.int32), empty
+        if len(chunks) == 1:
+            return chunks[0][1]
+        qrows, dists, positions = [], [], []
+        rows = torch.arange(queries.shape[0], device=self.device)
+        for start, (lims, d, p) in chunks:
+            qrows.append(torch.repeat_interleave(rows, lims.diff()))
+            dists.append(d)
+            positions.append(p + start)
+        qrow, dist, pos = torch.cat(qrows), torch.cat(dists), torch.cat(positions)
+        order, lims = sort_matches(qrow, dist, pos, queries.shape[0])
+        return lims, dist[order], pos[order]
+
+    def range_search(self, queries, radius: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Every code within Hamming distance ``<= radius`` of each query (FAISS layout).
+
+        Args:
+            queries (Tensor[Q, ceil(nbits/8)] uint8 packed, or Tensor[Q, nbits] unpacked).
+            radius (int): radius >= 0 (inclusive, unlike faiss's binary range_search, which is strict).
+
+        Returns:
+            (lims Tensor[Q + 1] int64, distances Tensor[M] int32, ids Tensor[M] int64): query i's
+            results are ``lims[i]:lims[i+1]``, ordered by (distance, position in the index).
+        """
+        radius = _check_int(radius, "radius", 0)
+        q = self._prepare_queries(queries)
+        lims, dist, pos = self.range_positions(q, radius)
+        return lims, dist, self._ids_at(pos)
+
+    # ------------------------------------------------------------------------------------------
+    # Files
+    # ------------------------------------------------------------------------------------------
+
+    def _has_stored_ids(self) -> bool:
+        if self._ids is None:
+            return self._id_base != 0 and len(self) > 0
+        ids = self._ids_at(None)
+        return not torch.equal(ids.cpu(), torch.arange(len(self), dtype=torch.int64))
+
+    def _code_blocks(self) -> Iterator[memoryview]:
+        rows = max(1, _IO_BLOCK // self.code_size)
+        for start in range(0, len(self), rows):
+            block = self._codes[start : start + rows]
+            block = np.ascontiguousarray(block) if self.is_mmap else block.cpu().numpy()
+            yield memoryview(block.reshape(-1))
+
+    def _id_blocks(self) -> Iterator[memoryview]:
+        rows = _IO_BLOCK // 8
+        for start in range(0, len(self), rows):
+            if self._ids is None:
+                stop = min(start + rows, len(self))
+                block = np.arange(self._id_base + start, self._id_base + stop, dtype=np.int64)
+            else:
+                block = self._ids[start : start + rows]
+                block = np.asarray(block if isinstance(block, np.ndarray) else block.cpu().numpy())
+            yield memoryview(np.ascontiguousarray(block, dtype="<i8").view(np.uint8))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the index in the format of :mod:`cibhash_ext.index_file`, atomically.
+
+        The data go to a temporary file in the same directory, which is fsync'ed and renamed over
+        ``path``; a failure or crash at any point leaves an existing ``path`` untouched (after a
+        hard kill a stray ``.<name>.*.tmp`` file may remain). Ids are stored only when they differ
+        from the positions 0..n-1.
+
+        Args:
+            path (str or PathLike): destination file.
+        """
+        ids = self._id_blocks() if self._has_stored_ids() else None
+        index_file.write(os.fspath(path), self.nbits, len(self), self._code_blocks(), ids)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    ) -> "HammingIndex":
+        """Reads an index written by :meth:`save`.
+
+        The header is always checked (magic, version, header checksum, consistency of nbits,
+        sizes and offsets, exact file size). ``verify=True`` also streams the codes and ids
+        through zlib.crc32 (and checks padding bits are 0), reading the whole file once;
+        ``verify=False`` skips that pass, which makes loading a huge mapped file O(1).
+
+        Args:
+            path (str or PathLike): index file.
+            mmap (bool): map the codes and ids read-only instead of reading them into memory; the
+                index is then read-only and searches stream it in ``chunk_bytes`` blocks.
+            verify (bool): check the data checksum.
+            chunk_bytes (int): search block size in bytes for a mapped index.
+
+        Returns:
+            HammingIndex on the CPU.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: the file is not a valid index; the message names the file and the problem.
+        """
+        path = os.fspath(path)
+        header = index_file.read_header(path)
+        index = cls(header.nbits)
+        index.chunk_bytes = _check_int(chunk_bytes, "chunk_bytes", 1)
+        codes, ids = index_file.open_arrays(path, header, mmap)
+        if verify:
+            index_file.verify(path, codes, ids, header)
+        if mmap and header.count:
+            index._codes, index._ids, index._path = codes, ids, path
+        else:
+            index._codes = torch.from_numpy(np.ascontiguousarray(codes))
+            index._ids = None if ids is None else torch.from_numpy(ids.astype(np.int64))
+        return index
+
+    # ------------------------------------------------------------------------------------------
+    # faiss
+    # ------------------------------------------------------------------------------------------
+
+    def to_faiss(self):
+        """A faiss binary index holding the same codes.
+
+        Returns ``faiss.IndexBinaryFlat`` when the ids are the positions 0..n-1, otherwise an
+        ``IndexBinaryIDMap`` around one. faiss counts dimensions in whole bytes: for nbits not a
+        multiple of 8 the faiss index has ``8 * code_size`` dimensions; the padding bits are 0, so
+        distances are unchanged. faiss orders equal distances its own way; distances agree exactly.
+
+        Raises:
+            ImportError: faiss is not installed.
+        """
+        faiss = _import_faiss("to_faiss")
+        codes = np.ascontiguousarray(self.codes.cpu().numpy())
+        flat = faiss.IndexBinaryFlat(self.code_size * 8)
+        if not self._has_stored_ids():
+            flat.add(codes)
+            return flat
+        mapped = faiss.IndexBinaryIDMap(flat)
+        mapped.add_with_ids(codes, self._ids_at(None).cpu().numpy())
+        return mapped
+
+    @classmethod
+    def from_faiss(cls, index, nbits: int | None = None) -> "HammingIndex":
+        """Builds an index from ``faiss.IndexBinaryFlat`` (ids 0..n-1) or an ``IndexBinaryIDMap`` around one.
+
+        Args:
+            index: the faiss index.
+            nbits (int, optional): bits per code when fewer than the faiss dimension (padding bits
+                must then be 0); default ``index.d``.
+
+        Raises:
+            ImportError: faiss is not installed.
+            TypeError: another kind of faiss index.
+        """
+        faiss = _import_faiss("from_faiss")
+        ids = None
+        inner = index
+        if isinstance(index, faiss.IndexBinaryIDMap):
+            ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+            inner = faiss.downcast_IndexBinary(index.index)
+        if not isinstance(inner, faiss.IndexBinaryFlat):
+            raise TypeError(
+                f"index must be a faiss IndexBinaryFlat or IndexBinaryIDMap of one, got {type(index).__name__}"
+            )
+        nbits = inner.d if nbits is None else _check_int(nbits, "nbits", 1)
+        if (nbits + 7) // 8 != inner.code_size:
+            raise ValueError(
+                f"nbits={nbits} needs {(nbits + 7) // 8} bytes per code, the faiss index has {inner.code_size}"
+            )
+        codes = faiss.vector_to_array(inner.xb).reshape(inner.ntotal, inner.code_size)
+        out = cls(nbits)
+        out.add(torch.from_numpy(codes.copy()), None if ids is None else torch.from_numpy(ids))
+        return out
+
+
+def _import_faiss(what: str):
+    try:
+        import faiss
+    except ImportError as error:
+        raise ImportError(
+            f"HammingIndex.{what} needs faiss, which is not installed: pip install faiss-cpu ({error})"
+        ) from error
+    return faiss

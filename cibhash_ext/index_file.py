@@ -1,0 +1,249 @@
+"""The index file format: header packing and checks, atomic writing, mapping and verification.
+
+File format, version 1 (all integers little-endian; offsets in bytes from the start of the file)::
+
+    offset size  field
+    0      8     magic          b"CIBHIDX\\0"
+    8      4     version        uint32, 1
+    12     4     header_size    uint32, 64
+    16     4     nbits          uint32, bits per code, >= 1
+    20     4     code_size      uint32, bytes per code = ceil(nbits / 8)
+    24     8     count          uint64, number of codes
+    32     4     flags          uint32, bit 0: has_ids (an ids array follows the codes)
+    36     4     reserved       uint32, 0
+    40     8     codes_offset   uint64, 64
+    48     8     ids_offset     uint64, codes_offset + count * code_size rounded up to 8; 0 without ids
+    56     4     data_crc32     uint32, zlib.crc32 of the codes bytes followed by the ids bytes
+    60     4     header_crc32   uint32, zlib.crc32 of bytes 0..59
+    64     ...   codes          uint8 [count, code_size], FAISS layout (bit j is bit j % 8 of byte j // 8,
+                                padding bits 0)
+    ...    ...   zero padding to ids_offset, then ids int64 [count] (only with has_ids)
+
+The file ends right after the last array. Without has_ids the ids are the positions 0..count-1.
+count is at most 2^40 (searches merge (distance, position) in one int64). A reader rejects any other
+version; a later version bumps ``version`` and may change everything after byte 12.
+Reading it with numpy alone::
+
+    head = np.fromfile(path, dtype=np.uint8, count=64)
+    nbits, code_size = head[16:24].view("<u4"); count = int(head[24:32].view("<u8")[0])
+    codes = np.memmap(path, np.uint8, "r", offset=64, shape=(count, code_size))
+    ids_offset = int(head[48:56].view("<u8")[0])
+    ids = np.memmap(path, "<i8", "r", offset=ids_offset, shape=(count,)) if head[32] & 1 else np.arange(count)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import struct
+import tempfile
+import zlib
+from typing import Iterable
+
+import numpy as np
+
+__all__ = [
+    "MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "MAX_CODES", "Header",
+    "padding_mask", "write", "read_header", "open_arrays", "verify",
+]
+
+MAGIC = b"CIBHIDX\0"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<8sIIIIQIIQQII")
+HEADER_SIZE = _HEADER.size  # 64
+_FLAG_HAS_IDS = 1
+MAX_NBITS = 1 << 20
+MAX_CODES = 1 << 40  # searches merge (distance, position) in one int64 with 40 position bits
+_IO_BLOCK = 16 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    """The checked header of an index file."""
+
+    nbits: int
+    code_size: int
+    count: int
+    has_ids: bool
+    ids_offset: int
+    data_crc: int
+
+
+def padding_mask(nbits: int) -> int:
+    """Bits of the last byte of a code that lie beyond nbits (they must be 0)."""
+    return 0 if nbits % 8 == 0 else (0xFF << (nbits % 8)) & 0xFF
+
+
+def _ids_offset(count: int, code_size: int, has_ids: bool) -> int:
+    return (HEADER_SIZE + count * code_size + 7) // 8 * 8 if has_ids else 0
+
+
+def write(path: str, nbits: int, count: int, code_blocks: Iterable, id_blocks: Iterable | None) -> None:
+    """Writes an index file atomically.
+
+    The data go to a temporary file in the same directory, which is flushed, fsync'ed and renamed
+    over ``path`` (``os.replace``); the directory is fsync'ed last. A failure or crash at any point
+    leaves an existing ``path`` untouched. After an exception the temporary file is removed; after
+    a hard kill a stray ``.<name>.*.tmp`` file may remain and can be deleted.
+
+    Args:
+        path (str): destination.
+        nbits (int): bits per code.
+        count (int): number of codes.
+        code_blocks (iterable of buffers): the codes, uint8 rows in order, count * ceil(nbits/8) bytes.
+        id_blocks (iterable of buffers, optional): the ids as little-endian int64, or None.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    code_size = (nbits + 7) // 8
+    codes_end = HEADER_SIZE + count * code_size
+    ids_offset = _ids_offset(count, code_size, id_blocks is not None)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            _write_all(fh, bytes(HEADER_SIZE))
+            crc = 0
+            for block in code_blocks:
+                _write_all(fh, block)
+                crc = zlib.crc32(block, crc)
+            if id_blocks is not None:
+                _write_all(fh, bytes(ids_offset - codes_end))
+                for block in id_blocks:
+                    _write_all(fh, block)
+                    crc = zlib.crc32(block, crc)
+            fh.seek(0)
+            _write_all(fh, _pack_header(nbits, count, id_blocks is not None, ids_offset, crc))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _file_mode(path))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def read_header(path: str) -> Header:
+    """Reads and checks the header of ``path`` against the file's size.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: bad magic, unsupported version, header checksum mismatch, inconsistent fields,
+            truncated or overlong file; the message names the file.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(HEADER_SIZE)
+    return _parse_header(head, size, path)
+
+
+def open_arrays(path: str, header: Header, mmap: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The codes uint8 [count, code_size] and ids int64 [count] (None without ids) of a checked file,
+    memory-mapped read-only (np.memmap) or read into memory."""
+    count, code_size = header.count, header.code_size
+    if count == 0:
+        return np.zeros((0, code_size), np.uint8), (np.zeros(0, np.int64) if header.has_ids else None)
+    if mmap:
+        codes = np.memmap(path, np.uint8, "r", offset=HEADER_SIZE, shape=(count, code_size))
+        ids = np.memmap(path, "<i8", "r", offset=header.ids_offset, shape=(count,)) if header.has_ids else None
+        return codes, ids
+    codes = np.fromfile(path, np.uint8, count * code_size, offset=HEADER_SIZE).reshape(count, code_size)
+    ids = np.fromfile(path, "<i8", count, offset=header.ids_offset) if header.has_ids else None
+    return codes, ids
+
+
+def _write_all(fh, data) -> None:
+    """Writes one block (a seam the atomic-save tests use to fail a write midway)."""
+    fh.write(data)
+
+
+def _file_mode(path: str) -> int:
+    try:
+        return os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _fsync_directory(directory: str) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pack_header(nbits: int, count: int, has_ids: bool, ids_offset: int, data_crc: int) -> bytes:
+    fields = (MAGIC, FORMAT_VERSION, HEADER_SIZE, nbits, (nbits + 7) // 8, count,
+              _FLAG_HAS_IDS if has_ids else 0, 0, HEADER_SIZE, ids_offset, data_crc, 0)
+    head = _HEADER.pack(*fields)
+    return head[:-4] + struct.pack("<I", zlib.crc32(head[:-4]))
+
+
+def _parse_header(head: bytes, size: int, path: str) -> dict:
+    def fail(what: str) -> ValueError:
+        return ValueError(f"cannot load index {path!r}: {what}")
+
+    if head[:8] != MAGIC[: len(head[:8])] or not head:
+        raise fail(f"not a cibhash index file (starts with {head[:8]!r}, expected magic {MAGIC!r})")
+    if len(head) < HEADER_SIZE:
+        raise fail(f"truncated: the file has {size} bytes, the header alone needs {HEADER_SIZE}")
+    (_, version, header_size, nbits, code_size, count, flags, reserved, codes_offset, ids_offset, data_crc,
+     header_crc) = _HEADER.unpack(head)
+    if version != FORMAT_VERSION:
+        raise fail(f"format version {version} is not supported (this library reads version {FORMAT_VERSION})")
+    if zlib.crc32(head[:-4]) != header_crc:
+        raise fail("header checksum mismatch: the header is corrupted")
+    has_ids = bool(flags & _FLAG_HAS_IDS)
+    codes_end = HEADER_SIZE + count * code_size
+    expected_ids_offset = _ids_offset(count, code_size, has_ids)
+    problems = []
+    if header_size != HEADER_SIZE or codes_offset != HEADER_SIZE:
+        problems.append(f"header_size={header_size}, codes_offset={codes_offset} (expected {HEADER_SIZE})")
+    if not 1 <= nbits <= MAX_NBITS or code_size != (nbits + 7) // 8:
+        problems.append(f"nbits={nbits} is inconsistent with {code_size} bytes per code")
+    if flags & ~_FLAG_HAS_IDS or reserved:
+        problems.append(f"unknown flags {flags:#x} or reserved field {reserved}")
+    if count > MAX_CODES:
+        problems.append(f"count={count} exceeds 2^40")
+    if ids_offset != expected_ids_offset:
+        problems.append(f"ids_offset={ids_offset}, expected {expected_ids_offset}")
+    if problems:
+        raise fail("inconsistent header: " + "; ".join(problems))
+    expected = ids_offset + 8 * count if has_ids else codes_end
+    what = f"{count} codes of {nbits} bits" + (" with ids" if has_ids else "")
+    if size < expected:
+        raise fail(f"truncated: {what} need {expected} bytes, the file has {size}")
+    if size > expected:
+        raise fail(f"{size - expected} unexpected bytes after the data ({what} need {expected} bytes)")
+    return Header(nbits, code_size, count, has_ids, ids_offset, data_crc)
+
+
+def verify(path: str, codes: np.ndarray, ids: np.ndarray | None, header: Header) -> None:
+    """Streams the codes and ids through zlib.crc32 against the header, and checks the padding
+    bits and the alignment padding are 0. Raises ValueError naming the file otherwise."""
+    crc = 0
+    mask = padding_mask(header.nbits)
+    rows = max(1, _IO_BLOCK // header.code_size)
+    padding_ok = True
+    for start in range(0, codes.shape[0], rows):
+        block = codes[start : start + rows]
+        crc = zlib.crc32(memoryview(np.ascontiguousarray(block).reshape(-1)), crc)
+        if mask and np.any(block[:, -1] & mask):
+            padding_ok = False
+    if ids is not None:
+        codes_end = HEADER_SIZE + codes.shape[0] * header.code_size
+        with open(path, "rb") as fh:
+            fh.seek(codes_end)
+            if any(fh.read(header.ids_offset - codes_end)):
+                raise ValueError(f"cannot load index {path!r}: the alignment padding before the ids is not zero")
+        for start in range(0, ids.shape[0], _IO_BLOCK // 8):
+            crc = zlib.crc32(memoryview(np.ascontiguousarray(ids[start : start + _IO_BLOCK // 8]).view(np.uint8)), crc)
+    if crc != header.data_crc:
+        raise ValueError(f"cannot load index {path!r}: data checksum mismatch (stored {header.data_crc:#010x}, "
+                         f"computed {crc:#010x}): the codes or ids are corrupted")
+    if not padding_ok:
+        raise ValueError(f"cannot load index {path!r}: codes have bits set beyond nbits={header.nbits}")

@@ -1,0 +1,298 @@
+"""HammingIndex: search against the NumPy oracle with planted ties and user ids, remove_ids, argument
+errors, memory-mapped chunked search and its memory use, and faiss interop (the file format is
+tested in test_index_file.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from cibhash_ext import pack_bits
+from cibhash_ext.index import HammingIndex
+from conftest import DEVICES, clear_padding, random_codes
+
+
+def make_codes(n: int, nbits: int, seed: int, duplicates: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return clear_padding(random_codes(n, (nbits + 7) // 8, gen, duplicates=duplicates), nbits)
+
+
+def shuffled_ids(n: int, seed: int) -> torch.Tensor:
+    """Ids whose order differs from insertion order, so the tie rule on positions is visible."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)) * 3 + 10
+
+
+def expected_topk(oracle, queries, database, ids, k):
+    dist, pos = oracle.topk(queries.numpy(), database.numpy(), k)
+    return dist, ids.numpy()[pos]
+
+
+def build(nbits=20, n=200, seed=0, with_ids=True):
+    codes = make_codes(n, nbits, seed, duplicates=n // 3)
+    index = HammingIndex(nbits)
+    ids = shuffled_ids(n, seed) if with_ids else torch.arange(n)
+    index.add(codes, ids if with_ids else None)
+    return index, codes, ids
+
+
+# ----------------------------------------------------------------------------------------------
+# add / search / range_search / remove_ids
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nbits", [1, 12, 64, 200])
+def test_search_matches_oracle_with_ties_and_user_ids(oracle, nbits):
+    index, codes, ids = build(nbits, n=150, seed=nbits)
+    queries = torch.cat([codes[:3], make_codes(5, nbits, 99)])
+    k = 40
+    dist, got_ids = index.search(queries, k)
+    want_d, want_ids = expected_topk(oracle, queries, codes, ids, k)
+    assert (np.diff(want_d, axis=1) == 0).any(), "ties must be planted"
+    assert dist.dtype == torch.int32 and got_ids.dtype == torch.int64 and dist.shape == (8, k)
+    np.testing.assert_array_equal(dist.numpy(), want_d)
+    np.testing.assert_array_equal(got_ids.numpy(), want_ids)
+
+
+@pytest.mark.parametrize("nbits", [12, 64])
+def test_range_search_matches_oracle(oracle, nbits):
+    index, codes, ids = build(nbits, n=150, seed=3)
+    queries = torch.cat([codes[:2], make_codes(4, nbits, 7)])
+    radius = nbits * 2 // 5
+    lims, dist, got_ids = index.range_search(queries, radius)
+    want_lims, want_d, want_pos = oracle.radius(queries.numpy(), codes.numpy(), radius)
+    assert want_lims[-1] > len(queries)
+    np.testing.assert_array_equal(lims.numpy(), want_lims)
+    np.testing.assert_array_equal(dist.numpy(), want_d)
+    np.testing.assert_array_equal(got_ids.numpy(), ids.numpy()[want_pos])
+
+
+def test_unpacked_and_packed_codes_are_the_same_index():
+    nbits = 13
+    bits = torch.randint(0, 2, (30, nbits), generator=torch.Generator().manual_seed(1))
+    packed = pack_bits(bits)
+    variants = [packed, packed.numpy(), bits, bits.bool(), bits.float(), (bits * 2 - 1).to(torch.int8),
+                (bits * 2 - 1).double().numpy()]
+    results = []
+    for codes in variants:
+        index = HammingIndex(nbits)
+        index.add(codes)
+        assert torch.equal(index.codes, packed)
+        results.append(index.search(bits.float() * 2 - 1, 30))
+    for d, i in results[1:]:
+        assert torch.equal(d, results[0][0]) and torch.equal(i, results[0][1])
+
+
+def test_default_ids_are_sequential_after_the_largest():
+    index = HammingIndex(8)
+    index.add(make_codes(3, 8, 0))
+    index.add(make_codes(2, 8, 1), ids=torch.tensor([50, 40]))
+    index.add(make_codes(2, 8, 2))
+    assert index.ids.tolist() == [0, 1, 2, 50, 40, 51, 52] and len(index) == 7
+
+
+def test_remove_ids_compacts_in_insertion_order(oracle):
+    index, codes, ids = build(16, n=120, seed=5)
+    gone = ids[::3]
+    assert index.remove_ids(torch.cat([gone, torch.tensor([-5, 10**9])])) == len(gone)
+    assert index.remove_ids(gone.numpy()) == 0
+    keep = torch.ones(120, dtype=torch.bool)
+    keep[::3] = False
+    assert len(index) == int(keep.sum()) and torch.equal(index.ids, ids[keep])
+    queries = codes[:4]
+    dist, got = index.search(queries, 50)
+    want_d, want_ids = expected_topk(oracle, queries, codes[keep], ids[keep], 50)
+    assert (np.diff(want_d, axis=1) == 0).any()
+    np.testing.assert_array_equal(dist.numpy(), want_d)
+    np.testing.assert_array_equal(got.numpy(), want_ids)
+    # Removed ids may be added again; they go after the survivors.
+    index.add(codes[:1], ids=gone[:1])
+    assert index.ids[-1] == gone[0]
+
+
+def test_slice_shares_codes_and_keeps_ids():
+    index, codes, ids = build(24, n=50, seed=2)
+    part = index.slice(10, 30)
+    assert part.codes.data_ptr() == index.codes[10].data_ptr() and torch.equal(part.ids, ids[10:30])
+    plain = HammingIndex(24)
+    plain.add(codes)
+    assert plain.slice(10, 30).ids.tolist() == list(range(10, 30))
+    with pytest.raises(ValueError, match="start and stop"):
+        index.slice(30, 10)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda ix: ix.add([[1, 2]]), TypeError, "codes must be a torch.Tensor or numpy array, got list"),
+        (lambda ix: ix.add(torch.zeros(3, 2, 5, dtype=torch.uint8)), ValueError, "codes must be 2-D"),
+        (lambda ix: ix.add(torch.zeros(3, 5, dtype=torch.uint8)), ValueError, r"2 columns \(packed uint8\) or 12"),
+        (lambda ix: ix.add(torch.zeros(3, 2, dtype=torch.int32)), TypeError, "must be packed uint8 codes, got torch.int32"),
+        (lambda ix: ix.add(torch.full((3, 2), 255, dtype=torch.uint8)), ValueError, "bits set beyond nbits=12"),
+        (lambda ix: ix.add(torch.full((3, 12), 0.5)), ValueError, r"\{0, 1\} or \{-1, \+1\}"),
+        (lambda ix: ix.add(torch.zeros(3, 2, dtype=torch.uint8), ids=torch.tensor([1, 2, 1])), ValueError, r"duplicates \[1\]"),
+        (lambda ix: ix.add(torch.zeros(3, 2, dtype=torch.uint8), ids=torch.tensor([1, 2])), ValueError, r"ids must have shape \(3,\)"),
+        (lambda ix: ix.add(torch.zeros(1, 2, dtype=torch.uint8), ids=torch.tensor([0.5])), TypeError, "ids must hold integers"),
+        (lambda ix: ix.add(torch.zeros(1, 2, dtype=torch.uint8), ids=torch.tensor([4])), ValueError, r"already in the index: \[4\]"),
+        (lambda ix: ix.search(torch.zeros(2, 2, dtype=torch.uint8), 0), ValueError, "k must be >= 1, got 0"),
+        (lambda ix: ix.search(torch.zeros(2, 2, dtype=torch.uint8), 9), ValueError, r"k must be <= .* \(5\), got 9"),
+        (lambda ix: ix.search(torch.zeros(2, 3, dtype=torch.uint8), 1), ValueError, "queries must have 2 columns"),
+        (lambda ix: ix.search(torch.zeros(2, 2, dtype=torch.uint8), 2.0), TypeError, "k must be an int"),
+        (lambda ix: ix.range_search(torch.zeros(2, 2, dtype=torch.uint8), -1), ValueError, "radius must be >= 0"),
+        (lambda ix: ix.remove_ids([1]), TypeError, "ids must be a tensor"),
+    ],
+)
+def test_argument_errors_name_the_argument(call, error, match):
+    index = HammingIndex(12)
+    index.add(torch.zeros(5, 2, dtype=torch.uint8))
+    with pytest.raises(error, match=match):
+        call(index)
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="nbits must be >= 1, got 0"):
+        HammingIndex(0)
+    with pytest.raises(TypeError, match="nbits must be an int, got float"):
+        HammingIndex(8.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_to_device_gives_the_same_results(device):
+    index, codes, _ = build(64, n=100, seed=4)
+    want = index.search(codes[:5], 20)
+    moved = index.to(device)
+    assert moved is index and index.device.type == device
+    got = index.search(codes[:5].to(device), 20)
+    assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory-mapped, chunked search
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_bytes", [9, 150, 10**6])  # 3 rows, 50 rows, one chunk
+def test_chunked_mmap_search_equals_in_memory(tmp_path, chunk_bytes):
+    index, codes, _ = build(20, n=300, seed=11)  # duplicates straddle the chunk borders
+    index.save(tmp_path / "a.idx")
+    mapped = HammingIndex.load(tmp_path / "a.idx", chunk_bytes=chunk_bytes)
+    assert mapped.is_mmap and isinstance(mapped._codes, np.memmap)
+    queries = torch.cat([codes[:5], make_codes(3, 20, 1)])
+    for k in (1, 7, 300):
+        want = index.search(queries, k)
+        got = mapped.search(queries, k)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), k
+    for got, want in zip(mapped.range_search(queries, 6), index.range_search(queries, 6)):
+        assert torch.equal(got, want)
+
+
+def _anon_kib() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("RssAnon:"))
+
+
+def memory_probe(path: str, queries_path: str, out_path: str) -> None:
+    """Runs in a fresh interpreter: the anonymous memory a mapped search and an in-memory load add."""
+    queries = torch.from_numpy(np.load(queries_path))
+    warm = HammingIndex(128)  # thread pools and allocator caches first, so they are not counted
+    warm.add(queries)
+    warm.search(queries, 1)
+    before = _anon_kib()
+    mapped = HammingIndex.load(path, mmap=True, verify=True, chunk_bytes=1 << 20)
+    dist, ids = mapped.search(queries, 10)
+    grown = _anon_kib() - before
+    before = _anon_kib()
+    copied = HammingIndex.load(path, mmap=False)
+    copy_grown = _anon_kib() - before
+    np.savez(out_path, dist=dist.numpy(), ids=ids.numpy(), grown=grown, copy_grown=copy_grown, n=len(copied))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads RssAnon from /proc/self/status (Linux)")
+def test_search_of_an_index_larger_than_its_memory_budget(tmp_path):
+    """The documented equivalent of "larger than RAM": in a fresh process, a 24 MiB file searched
+    with a 1 MiB chunk budget grows the anonymous memory (RssAnon) by far less than the file
+    (mapped file pages are page cache, reclaimable, and not anonymous); reading the same file into
+    memory does grow it by the file's size, which shows the measurement sees a copy."""
+    nbits, n = 128, 3 << 19  # 1.5M codes x 16 bytes = 24 MiB
+    codes = np.random.default_rng(0).integers(0, 256, (n, 16), dtype=np.uint8)
+    codes[-1] = codes[0]  # a tie between the first and the last chunk
+    index = HammingIndex(nbits)
+    index.add(codes)
+    path = tmp_path / "big.idx"
+    index.save(path)
+    np.save(tmp_path / "queries.npy", codes[[0, 5, 77]])
+    want = index.search(torch.from_numpy(codes[[0, 5, 77]]), 10)
+    file_kib = os.path.getsize(path) // 1024
+
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    probe = f"import sys; sys.path.insert(0, {tests_dir!r}); import test_index; test_index.memory_probe(*sys.argv[1:])"
+    subprocess.run([sys.executable, "-c", probe, str(path), str(tmp_path / "queries.npy"), str(tmp_path / "probe.npz")],
+                   check=True, cwd=os.path.dirname(tests_dir), timeout=120)
+    result = np.load(tmp_path / "probe.npz")
+    np.testing.assert_array_equal(result["dist"], want[0].numpy())
+    np.testing.assert_array_equal(result["ids"], want[1].numpy())
+    assert result["ids"][0, :2].tolist() == [0, n - 1]
+    assert result["grown"] < file_kib // 4, f"anonymous memory grew by {result['grown']} KiB for a {file_kib} KiB file"
+    assert result["copy_grown"] > file_kib * 3 // 4 and result["n"] == n
+
+
+# ----------------------------------------------------------------------------------------------
+# faiss
+# ----------------------------------------------------------------------------------------------
+
+
+def _faiss_in_our_order(dist, labels, ids):
+    """faiss orders equal distances its own way: map its ids to positions and sort rows by (distance, position)."""
+    position = {int(v): p for p, v in enumerate(ids.tolist())}
+    pos = np.vectorize(position.__getitem__, otypes=[np.int64])(labels)
+    order = np.lexsort((pos, dist), axis=-1)
+    return np.take_along_axis(dist, order, -1), np.take_along_axis(labels, order, -1)
+
+
+@pytest.mark.parametrize("nbits, with_ids", [(64, False), (64, True), (12, True)])
+def test_faiss_round_trip_and_identical_results(nbits, with_ids):
+    faiss = pytest.importorskip("faiss")
+    index, codes, ids = build(nbits, n=90, seed=12, with_ids=with_ids)
+    queries = torch.cat([codes[:3], make_codes(4, nbits, 5)])
+    fidx = index.to_faiss()
+    assert isinstance(fidx, faiss.IndexBinaryIDMap if with_ids else faiss.IndexBinaryFlat) and fidx.ntotal == 90
+    # The full ranking: identical distances, and identical ids once faiss's ties follow our rule.
+    fd, fl = fidx.search(queries.numpy(), 90)
+    d, i = index.search(queries, 90)
+    assert (np.diff(fd, axis=1) == 0).any(), "ties must be planted"
+    np.testing.assert_array_equal(fd, d.numpy())
+    np.testing.assert_array_equal(_faiss_in_our_order(fd, fl, ids)[1], i.numpy())
+    fd5, _ = fidx.search(queries.numpy(), 5)
+    np.testing.assert_array_equal(fd5, index.search(queries, 5)[0].numpy())
+    flims, fdist, flabels = fidx.range_search(queries.numpy(), 5)  # faiss's binary radius is strict: < 5
+    lims, dist, rids = index.range_search(queries, 4)
+    np.testing.assert_array_equal(flims, lims.numpy())
+    for q in range(len(queries)):
+        part = slice(flims[q], flims[q + 1])
+        got = _faiss_in_our_order(fdist[part], flabels[part], ids)
+        np.testing.assert_array_equal(got[0], dist[part].numpy())
+        np.testing.assert_array_equal(got[1], rids[part].numpy())
+    back = HammingIndex.from_faiss(fidx, nbits=nbits)
+    assert back.nbits == nbits and torch.equal(back.codes, codes) and torch.equal(back.ids, ids)
+    for got, want in zip(back.search(queries, 90), (d, i)):
+        assert torch.equal(got, want)
+
+
+def test_from_faiss_rejects_other_indexes():
+    faiss = pytest.importorskip("faiss")
+    with pytest.raises(TypeError, match="IndexBinaryFlat or IndexBinaryIDMap"):
+        HammingIndex.from_faiss(faiss.IndexBinaryHash(64, 8))
+    with pytest.raises(ValueError, match="nbits=20 needs 3 bytes per code"):
+        HammingIndex.from_faiss(faiss.IndexBinaryFlat(64), nbits=20)
+
+
+def test_faiss_missing_gives_a_clear_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with pytest.raises(ImportError, match="to_faiss needs faiss, which is not installed: pip install faiss-cpu"):
+        HammingIndex(8).to_faiss()
+    with pytest.raises(ImportError, match="from_faiss needs faiss"):
+        HammingIndex.from_faiss(object())
