@@ -6,19 +6,14 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "ops/cuda/grid.cuh"
 #include "ops/cuda/launchers.h"
 
 namespace cibhash {
 namespace gpu {
 namespace {
 
-constexpr int kThreads = 256;
-// Grid-stride loops cover any size; more blocks than this only add scheduling work.
-constexpr int64_t kMaxBlocks = 65536;
-
-int blocks_for(int64_t items) {
-  return static_cast<int>(std::min<int64_t>(kMaxBlocks, (items + kThreads - 1) / kThreads));
-}
+constexpr int kThreads = kElementwiseThreads;
 
 // x > 0 in the element's own type, as the CPU kernel compares; NaN is not > 0.
 template <typename T>
@@ -72,7 +67,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 cudaError_t launch_pack(const void* x, uint8_t* out, int64_t rows, int64_t nbits, cudaStream_t stream) {
   const int64_t width = (nbits + 7) / 8;
-  pack_bits_kernel<T><<<blocks_for(rows * width), kThreads, 0, stream>>>(static_cast<const T*>(x), out, rows, nbits,
+  pack_bits_kernel<T><<<elementwise_blocks(rows * width), kThreads, 0, stream>>>(static_cast<const T*>(x), out, rows, nbits,
                                                                           width);
   return cudaGetLastError();
 }
@@ -103,7 +98,7 @@ cudaError_t launch_pack_bits(const void* x, ElementType type, uint8_t* out, int6
 cudaError_t launch_unpack_bits(const uint8_t* codes, uint8_t* out, int64_t rows, int64_t nbits,
                                cudaStream_t stream) {
   const int64_t width = (nbits + 7) / 8;
-  unpack_bits_kernel<<<blocks_for(rows * width), kThreads, 0, stream>>>(codes, out, rows, nbits, width);
+  unpack_bits_kernel<<<elementwise_blocks(rows * width), kThreads, 0, stream>>>(codes, out, rows, nbits, width);
   return cudaGetLastError();
 }
 

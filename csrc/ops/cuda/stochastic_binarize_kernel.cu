@@ -8,18 +8,14 @@
 #include <cstdint>
 
 #include "ops/binarize_math.h"
+#include "ops/cuda/grid.cuh"
 #include "ops/cuda/launchers.h"
 
 namespace cibhash {
 namespace gpu {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 65536;
-
-int blocks_for(int64_t items) {
-  return static_cast<int>(std::min<int64_t>(kMaxBlocks, (items + kThreads - 1) / kThreads));
-}
+constexpr int kThreads = kElementwiseThreads;
 
 // Conversions are exact to float and round to nearest even from float, as c10::Half and
 // c10::BFloat16 do on the CPU.
@@ -75,7 +71,7 @@ __global__ void __launch_bounds__(kThreads) binarize_backward_kernel(const T* __
 template <typename T>
 cudaError_t launch_forward(const void* logits, void* codes, int64_t n, bool stochastic, uint64_t seed,
                            uint64_t offset, cudaStream_t stream) {
-  const int blocks = blocks_for((n + 3) / 4);
+  const int blocks = elementwise_blocks((n + 3) / 4);
   const T* z = static_cast<const T*>(logits);
   T* out = static_cast<T*>(codes);
   if (stochastic) {
@@ -88,7 +84,7 @@ cudaError_t launch_forward(const void* logits, void* codes, int64_t n, bool stoc
 
 template <typename T>
 cudaError_t launch_backward(const void* grad, const void* logits, void* grad_logits, int64_t n, cudaStream_t stream) {
-  binarize_backward_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(
+  binarize_backward_kernel<T><<<elementwise_blocks(n), kThreads, 0, stream>>>(
       static_cast<const T*>(grad), static_cast<const T*>(logits), static_cast<T*>(grad_logits), n);
   return cudaGetLastError();
 }
