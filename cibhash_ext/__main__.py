@@ -1,0 +1,7 @@
+"""``python -m cibhash_ext``: the ``cibhash`` command line."""
+
+import sys
+
+from cibhash_ext.cli import main
+
+sys.exit(main())

@@ -1,0 +1,356 @@
+"""Retrieval datasets with their query / database / training splits; nothing is downloaded, ever.
+
+Loaders: Fashion-MNIST (IDX .gz files, the Debian package ``dataset-fashion-mnist``), CIFAR-10 (the
+python pickle batches), NUS-WIDE and MS-COCO (image-list files: one path and a multi-hot label vector
+per line, the common deep-hashing protocol) and any ImageFolder tree. Each returns a
+:class:`RetrievalData`; a missing dataset raises :class:`DatasetNotFoundError` saying what is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import pickle
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+DATASETS = ("fashion_mnist", "cifar10", "nus_wide", "coco", "image_folder")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset's files are not where they were expected; the message says what to do."""
+
+
+@dataclasses.dataclass
+class ImageSet:
+    """A list of images with labels, held in memory (``images``) or as files (``paths``).
+
+    Attributes:
+        labels (Tensor[N], int64 class indices, or Tensor[N, C], uint8 multi-hot).
+        images (Tensor[N, C, H, W], uint8, optional): in-memory pixels.
+        paths (list[str], optional): image files, loaded with PIL when needed.
+    """
+
+    labels: Tensor
+    images: Tensor | None = None
+    paths: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.images is None) == (self.paths is None):
+            raise ValueError("an ImageSet holds exactly one of images and paths")
+        n = len(self.images) if self.images is not None else len(self.paths)
+        if len(self.labels) != n:
+            raise ValueError(f"labels has {len(self.labels)} rows but there are {n} images")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
+
+    def subset(self, index: Tensor | Sequence[int]) -> "ImageSet":
+        """The images at ``index`` (a 1-D integer tensor or sequence), in that order."""
+        index = torch.as_tensor(index, dtype=torch.int64)
+        if self.images is not None:
+            return ImageSet(self.labels[index], images=self.images[index])
+        return ImageSet(self.labels[index], paths=[self.paths[i] for i in index.tolist()])
+
+    def pil(self, i: int):
+        """Image ``i`` as an RGB or L PIL image."""
+        from PIL import Image
+
+        if self.images is not None:
+            arr = self.images[i].permute(1, 2, 0).numpy()
+            return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+        with Image.open(self.paths[i]) as img:
+            return img.convert("RGB")
+
+
+@dataclasses.dataclass
+class RetrievalData:
+    """A dataset split for hashing: train on ``train``, rank ``database`` for each ``query``.
+
+    Attributes:
+        name (str): dataset name.
+        train, query, database (ImageSet): the three splits.
+        multi_label (bool): labels are multi-hot; relevance = at least one shared label. Otherwise
+            relevance = same class.
+        topk (int): the K of the protocol's mAP@K.
+        class_names (tuple[str, ...]): names of the labels.
+    """
+
+    name: str
+    train: ImageSet
+    query: ImageSet
+    database: ImageSet
+    multi_label: bool
+    topk: int
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def channels(self) -> int:
+        """Image channels (1 or 3): in-memory sets know it, files are loaded as RGB."""
+        return int(self.train.images.shape[1]) if self.train.in_memory else 3
+
+
+def _missing(name: str, root: str, expected: Sequence[str], how: str) -> DatasetNotFoundError:
+    listing = "\n".join(f"  {os.path.join(root, f)}" for f in expected)
+    return DatasetNotFoundError(f"{name} not found: expected these files\n{listing}\n{how}")
+
+
+def _read_idx(path: str) -> np.ndarray:
+    """Reads an IDX file (gzip-compressed or not): big-endian dims, then unsigned bytes."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes (magic {data[:4].hex()})")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    if len(data) - offset != int(np.prod(dims)):
+        raise ValueError(f"{path}: header says {dims} but holds {len(data) - offset} bytes")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _sample_train(n: int, train_size: int | None, seed: int) -> Tensor:
+    if train_size is None or train_size >= n:
+        return torch.arange(n)
+    if train_size <= 0:
+        raise ValueError(f"train_size must be > 0, got {train_size}")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:train_size].sort().values
+
+
+def load_fashion_mnist(
+    root: str = FASHION_MNIST_ROOT,
+    train_size: int | None = None,
+    query_size: int | None = None,
+    database_size: int | None = None,
+    seed: int = 0,
+) -> RetrievalData:
+    """Fashion-MNIST: queries = the 10,000 test images, database = training set = the 60,000 train images.
+
+    Args:
+        root (str): folder with the four IDX .gz files (the Debian package ``dataset-fashion-mnist``
+            installs them in /usr/share/datasets/fashion-mnist).
+        train_size (int, optional): train on a random subset of this many train images.
+        query_size, database_size (int, optional): keep only the first so many queries / database
+            images (quick runs; the protocol uses all).
+        seed (int): seed of the training subset.
+
+    Returns:
+        RetrievalData with 1x28x28 uint8 images and int64 labels, mAP@1000.
+    """
+    paths = [os.path.join(root, f) for f in FASHION_MNIST_FILES]
+    if not all(os.path.isfile(p) for p in paths):
+        raise _missing(
+            "Fashion-MNIST", root, FASHION_MNIST_FILES,
+            "Install it with: apt-get install dataset-fashion-mnist (Debian/Ubuntu), or pass the folder that "
+            "holds these files with --data-root.",
+        )
+    x_train, y_train, x_test, y_test = (_read_idx(p) for p in paths)
+    if x_train.shape[0] != y_train.shape[0] or x_test.shape[0] != y_test.shape[0]:
+        raise ValueError(f"Fashion-MNIST in {root}: images and labels differ in count")
+    images_train = torch.from_numpy(x_train.copy()).unsqueeze(1)
+    images_test = torch.from_numpy(x_test.copy()).unsqueeze(1)
+    labels_train = torch.from_numpy(y_train.astype(np.int64))
+    labels_test = torch.from_numpy(y_test.astype(np.int64))
+    database = ImageSet(labels_train, images=images_train)
+    query = ImageSet(labels_test, images=images_test)
+    train = database.subset(_sample_train(len(database), train_size, seed))
+    if query_size is not None:
+        query = query.subset(torch.arange(min(query_size, len(query))))
+    if database_size is not None:
+        database = database.subset(torch.arange(min(database_size, len(database))))
+    return RetrievalData("fashion_mnist", train, query, database, False, 1000, FASHION_MNIST_CLASSES)
+
+
+def _per_class_split(labels: Tensor, query_per_class: int, train_per_class: int, seed: int):
+    """Random per-class query / train picks; the database is everything that is not a query."""
+    g = torch.Generator().manual_seed(seed)
+    query, train = [], []
+    for c in labels.unique().tolist():
+        members = (labels == c).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=g)]
+        if len(members) < query_per_class + 1:
+            raise ValueError(
+                f"class {c} has {len(members)} images, too few for query_per_class={query_per_class}"
+            )
+        query.append(members[:query_per_class])
+        train.append(members[query_per_class : query_per_class + train_per_class])
+    query_idx = torch.cat(query).sort().values
+    train_idx = torch.cat(train).sort().values
+    is_query = torch.zeros(len(labels), dtype=torch.bool)
+    is_query[query_idx] = True
+    database_idx = (~is_query).nonzero().flatten()
+    return train_idx, query_idx, database_idx
+
+
+def load_cifar10(
+    root: str, query_per_class: int = 100, train_per_class: int = 1000, seed: int = 0, topk: int = 1000
+) -> RetrievalData:
+    """CIFAR-10 from the python pickle batches, split per class as in the deep-hashing protocol.
+
+    All 60,000 images are pooled; ``query_per_class`` per class are the queries, the rest the
+    database, and ``train_per_class`` per class of the database the training set (the paper's
+    split: 100 / the rest / 1,000 per class).
+
+    Args:
+        root (str): the ``cifar-10-batches-py`` folder (or its parent).
+        query_per_class, train_per_class (int): split sizes.
+        seed (int): seed of the split.
+        topk (int): K of mAP@K.
+
+    Returns:
+        RetrievalData with 3x32x32 uint8 images and int64 labels.
+    """
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    if not os.path.isfile(os.path.join(root, files[0])) and os.path.isdir(os.path.join(root, "cifar-10-batches-py")):
+        root = os.path.join(root, "cifar-10-batches-py")
+    if not all(os.path.isfile(os.path.join(root, f)) for f in files):
+        raise _missing(
+            "CIFAR-10", root, files,
+            "Unpack cifar-10-python.tar.gz (the 'CIFAR-10 python version') and pass its cifar-10-batches-py "
+            "folder with --data-root.",
+        )
+    images, labels = [], []
+    for f in files:
+        with open(os.path.join(root, f), "rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+    all_set = ImageSet(torch.from_numpy(np.concatenate(labels)), images=torch.from_numpy(np.concatenate(images)))
+    train_idx, query_idx, database_idx = _per_class_split(all_set.labels, query_per_class, train_per_class, seed)
+    return RetrievalData(
+        "cifar10", all_set.subset(train_idx), all_set.subset(query_idx), all_set.subset(database_idx),
+        False, topk, CIFAR10_CLASSES,
+    )
+
+
+def read_image_list(list_file: str, root: str) -> ImageSet:
+    """Reads an image-list file: per line an image path (relative to ``root``) and 0/1 labels.
+
+    Args:
+        list_file (str): the list file.
+        root (str): folder the paths are relative to.
+
+    Returns:
+        ImageSet of paths with Tensor[N, C] uint8 multi-hot labels.
+    """
+    paths, rows = [], []
+    with open(list_file) as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                row = [int(v) for v in parts[1:]]
+            except ValueError as exc:
+                raise ValueError(f"{list_file}:{lineno}: labels must be 0/1 integers, got {parts[1:]}") from exc
+            if not row or any(v not in (0, 1) for v in row):
+                raise ValueError(f"{list_file}:{lineno}: expected a path then a 0/1 label vector, got {line.strip()!r}")
+            if rows and len(row) != len(rows[0]):
+                raise ValueError(f"{list_file}:{lineno}: {len(row)} labels, earlier lines have {len(rows[0])}")
+            paths.append(os.path.join(root, parts[0]))
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{list_file} lists no images")
+    return ImageSet(torch.tensor(rows, dtype=torch.uint8), paths=paths)
+
+
+def load_image_lists(
+    name: str,
+    root: str,
+    train_list: str = "train.txt",
+    query_list: str = "test.txt",
+    database_list: str = "database.txt",
+    topk: int = 5000,
+) -> RetrievalData:
+    """A multi-label dataset given as three image-list files (the NUS-WIDE / MS-COCO protocol).
+
+    Args:
+        name (str): dataset name for messages and reports.
+        root (str): folder holding the list files; image paths in them are relative to it.
+        train_list, query_list, database_list (str): list file names (relative to ``root``).
+        topk (int): K of mAP@K (5000 in the protocol).
+
+    Returns:
+        RetrievalData of image files with multi-hot labels; relevance = at least one shared label.
+    """
+    lists = (train_list, query_list, database_list)
+    if not all(os.path.isfile(os.path.join(root, f)) for f in lists):
+        raise _missing(
+            name, root, lists,
+            "Each line of a list file is an image path relative to that folder and a 0/1 label vector "
+            "(the common deep-hashing protocol files); pass the folder with --data-root.",
+        )
+    train, query, database = (read_image_list(os.path.join(root, f), root) for f in lists)
+    if not train.labels.shape[1] == query.labels.shape[1] == database.labels.shape[1]:
+        raise ValueError(f"{name}: the list files have different label counts")
+    return RetrievalData(name, train, query, database, True, topk)
+
+
+def load_image_folder(
+    root: str, query_per_class: int = 100, train_per_class: int = 500, seed: int = 0, topk: int = 1000
+) -> RetrievalData:
+    """Any ImageFolder tree (``root/<class>/<image>``), split per class like CIFAR-10.
+
+    Args:
+        root (str): the tree's root.
+        query_per_class, train_per_class (int): split sizes; the database is every non-query image.
+        seed (int): seed of the split.
+        topk (int): K of mAP@K.
+    """
+    if not os.path.isdir(root):
+        raise DatasetNotFoundError(f"image folder not found: {root} (expected {root}/<class name>/<image files>)")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    paths, labels = [], []
+    for c, cls in enumerate(classes):
+        for dirpath, _, files in sorted(os.walk(os.path.join(root, cls))):
+            for f in sorted(files):
+                if f.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(os.path.join(dirpath, f))
+                    labels.append(c)
+    if not paths:
+        raise DatasetNotFoundError(
+            f"no images under {root}: expected {root}/<class name>/<image files> with extensions {', '.join(IMAGE_EXTENSIONS)}"
+        )
+    all_set = ImageSet(torch.tensor(labels, dtype=torch.int64), paths=paths)
+    train_idx, query_idx, database_idx = _per_class_split(all_set.labels, query_per_class, train_per_class, seed)
+    return RetrievalData(
+        "image_folder", all_set.subset(train_idx), all_set.subset(query_idx), all_set.subset(database_idx),
+        False, topk, tuple(classes),
+    )
+
+
+def load_dataset(name: str, root: str | None = None, **options) -> RetrievalData:
+    """Loads a dataset by name (one of :data:`DATASETS`) with its split options."""
+    if name == "fashion_mnist":
+        return load_fashion_mnist(root or FASHION_MNIST_ROOT, **options)
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs --data-root (only fashion_mnist has a default location)")
+    if name == "cifar10":
+        return load_cifar10(root, **options)
+    if name in ("nus_wide", "coco"):
+        return load_image_lists(name, root, **options)
+    if name == "image_folder":
+        return load_image_folder(root, **options)
+    raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {name!r}")

@@ -1,0 +1,164 @@
+"""CIBHash training objective: NT-Xent over binary codes plus a symmetric Bernoulli KL term.
+
+Qiu et al., "Unsupervised Hashing with Contrastive Information Bottleneck", IJCAI 2021 (arXiv
+2105.06138), Eq. 5-9. The layer producing the codes is :class:`cibhash_ext.layers.StochasticBinaryLayer`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _check_pair(name1: str, a: Tensor, name2: str, b: Tensor) -> None:
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor):
+        raise TypeError(f"{name1} and {name2} must be tensors, got {type(a).__name__} and {type(b).__name__}")
+    if a.dim() != 2 or a.shape != b.shape:
+        raise ValueError(
+            f"{name1} and {name2} must be 2-D tensors of the same shape [N, L], got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    if not a.is_floating_point() or not b.is_floating_point():
+        raise TypeError(f"{name1} and {name2} must be floating point, got {a.dtype} and {b.dtype}")
+
+
+def nt_xent_codes(codes1: Tensor, codes2: Tensor, temperature: float = 0.3) -> Tensor:
+    """NT-Xent (normalised temperature-scaled cross entropy) over two views' binary codes.
+
+    The 2N codes of a batch are mapped to +-1 vectors ``s = 2b - 1``; the similarity of two codes
+    is their cosine ``s_i . s_j / L = 1 - 2 * hamming(b_i, b_j) / L``. Each code's positive is the
+    other view of the same image and its negatives are the other 2N - 2 codes:
+
+        loss_i = -log( exp(sim(i, pos(i)) / tau) / sum_{k != i} exp(sim(i, k) / tau) ),
+
+    averaged over the 2N anchors (Qiu et al. 2021, Eq. 8; Chen et al. 2020, SimCLR).
+
+    Args:
+        codes1 (Tensor[N, L], floating): codes of the first view, in {0, 1} (or relaxed in [0, 1]).
+        codes2 (Tensor[N, L], floating): codes of the second view, same shape.
+        temperature (float): tau > 0.
+
+    Returns:
+        Tensor[], float32: the mean loss.
+    """
+    _check_pair("codes1", codes1, "codes2", codes2)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    n, length = codes1.shape
+    if n < 2:
+        raise ValueError(f"nt_xent_codes needs a batch of at least 2 images, got {n}")
+    signs = torch.cat([codes1, codes2]).float() * 2 - 1
+    sim = signs @ signs.t() / (length * temperature)
+    # An anchor is never its own negative.
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=sim.device), float("-inf"))
+    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device)
+    return F.cross_entropy(sim, positives)
+
+
+def bernoulli_kl_logits(logits: Tensor, target_logits: Tensor) -> Tensor:
+    """KL(Bernoulli(sigmoid(logits)) || Bernoulli(sigmoid(target_logits))), summed over bits.
+
+    Computed from the logits with log-sigmoid, so it is finite for saturated probabilities.
+
+    Args:
+        logits (Tensor[N, L], floating): logits of the distribution p.
+        target_logits (Tensor[N, L], floating): logits of the distribution q.
+
+    Returns:
+        Tensor[N], float32: the KL divergence of each row.
+    """
+    _check_pair("logits", logits, "target_logits", target_logits)
+    z, t = logits.float(), target_logits.float()
+    p = torch.sigmoid(z)
+    # log p - log q and log(1 - p) - log(1 - q), with log(1 - sigmoid(x)) = logsigmoid(-x).
+    kl = p * (F.logsigmoid(z) - F.logsigmoid(t)) + (1 - p) * (F.logsigmoid(-z) - F.logsigmoid(-t))
+    return kl.sum(dim=1)
+
+
+def bernoulli_kl_probs(p: Tensor, q: Tensor, eps: float = 1e-8) -> Tensor:
+    """KL(Bernoulli(p) || Bernoulli(q)) from probabilities, summed over bits, as the public code has it.
+
+    The public CIBHash code adds ``eps`` inside every logarithm; this reproduces it exactly.
+
+    Args:
+        p (Tensor[N, L], floating): probabilities of the first distribution.
+        q (Tensor[N, L], floating): probabilities of the second distribution.
+        eps (float): added inside each logarithm.
+
+    Returns:
+        Tensor[N], float32: the KL divergence of each row.
+    """
+    _check_pair("p", p, "q", q)
+    p, q = p.float(), q.float()
+    kl = p * (torch.log(p + eps) - torch.log(q + eps)) + (1 - p) * (torch.log(1 - p + eps) - torch.log(1 - q + eps))
+    return kl.sum(dim=1)
+
+
+def symmetric_kl_stop_gradient(logits1: Tensor, logits2: Tensor, eps: float | None = None) -> Tensor:
+    """Symmetric Bernoulli KL between two views with a stop-gradient on the target side.
+
+        L_KL = 0.5 * [ KL(p1 || sg(p2)) + KL(p2 || sg(p1)) ],  p = sigmoid(z),
+
+    summed over bits and averaged over the batch (Qiu et al. 2021, Eq. 9 and the public code).
+
+    Args:
+        logits1 (Tensor[N, L], floating): hash logits of the first view.
+        logits2 (Tensor[N, L], floating): hash logits of the second view.
+        eps (float, optional): None computes the KL exactly from the logits; a number uses the public
+            code's form, ``log(p + eps)`` on probabilities.
+
+    Returns:
+        Tensor[], float32: the mean loss.
+    """
+    _check_pair("logits1", logits1, "logits2", logits2)
+    if eps is None:
+        kl12 = bernoulli_kl_logits(logits1, logits2.detach())
+        kl21 = bernoulli_kl_logits(logits2, logits1.detach())
+    else:
+        p1, p2 = torch.sigmoid(logits1.float()), torch.sigmoid(logits2.float())
+        kl12 = bernoulli_kl_probs(p1, p2.detach(), eps)
+        kl21 = bernoulli_kl_probs(p2, p1.detach(), eps)
+    return 0.5 * (kl12.mean() + kl21.mean())
+
+
+class CIBHashLoss(nn.Module):
+    """CIBHash loss ``L = L_contrastive + beta * L_KL`` (Qiu et al. 2021, Eq. 10).
+
+    Args:
+        temperature (float): NT-Xent temperature tau (paper default 0.3).
+        beta (float): weight of the KL term (paper default 0.001).
+        kl_eps (float, optional): None for the exact KL from the logits (default); 1e-8 reproduces the
+            public code's ``log(p + 1e-8)`` form. The two differ only for saturated probabilities.
+    """
+
+    def __init__(self, temperature: float = 0.3, beta: float = 1e-3, kl_eps: float | None = None) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        if kl_eps is not None and not kl_eps > 0:
+            raise ValueError(f"kl_eps must be None or > 0, got {kl_eps}")
+        self.temperature = float(temperature)
+        self.beta = float(beta)
+        self.kl_eps = kl_eps
+
+    def forward(self, codes1: Tensor, codes2: Tensor, logits1: Tensor, logits2: Tensor) -> Tensor:
+        """Computes the loss of one batch.
+
+        Args:
+            codes1 (Tensor[N, L], floating): binary codes of view 1 (output of the binary layer).
+            codes2 (Tensor[N, L], floating): binary codes of view 2.
+            logits1 (Tensor[N, L], floating): hash logits of view 1 (the codes' input).
+            logits2 (Tensor[N, L], floating): hash logits of view 2.
+
+        Returns:
+            Tensor[], float32: the loss.
+        """
+        contrastive = nt_xent_codes(codes1, codes2, self.temperature)
+        if self.beta == 0:
+            return contrastive
+        return contrastive + self.beta * symmetric_kl_stop_gradient(logits1, logits2, self.kl_eps)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, beta={self.beta}, kl_eps={self.kl_eps}"

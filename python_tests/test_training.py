@@ -1,0 +1,149 @@
+"""End-to-end tests of cibhash_ext.training: a tiny train + evaluate run, and resume after a kill."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cibhash_ext import ops
+from cibhash_ext.data import FASHION_MNIST_FILES, FASHION_MNIST_ROOT, load_fashion_mnist
+from cibhash_ext.evaluation import mean_average_precision
+from cibhash_ext.training import CHECKPOINT_FILE, TrainConfig, evaluate, load_checkpoint, train
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not all(os.path.isfile(os.path.join(FASHION_MNIST_ROOT, f)) for f in FASHION_MNIST_FILES),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+
+
+def tiny_config(**changes) -> TrainConfig:
+    settings = dict(train_size=512, query_size=200, database_size=1000, epochs=2, batch_size=128, progress=False,
+                    threads=1)
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    if not all(os.path.isfile(os.path.join(FASHION_MNIST_ROOT, f)) for f in FASHION_MNIST_FILES):
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    cfg = tiny_config()
+    return load_fashion_mnist(train_size=cfg.train_size, query_size=cfg.query_size, database_size=cfg.database_size)
+
+
+@needs_fashion_mnist
+def test_tiny_train_and_evaluate_writes_a_complete_run(tmp_path, tiny_data):
+    run = str(tmp_path / "run")
+    metrics = train(tiny_config(epochs=3), run, data=tiny_data)
+    for name in ("config.json", "checkpoint.pt", "metrics.json", "train.log", "report.md", "pr_curve.png",
+                 "precision_at_n.png", "retrieval.png"):
+        assert os.path.isfile(os.path.join(run, name)), name
+    assert not [f for f in os.listdir(run) if ".tmp-" in f]  # atomic writes leave no temporaries
+    with open(os.path.join(run, "config.json")) as fh:
+        assert json.load(fh)["code_lengths"] == [16, 32, 64]
+    # Chance level: random codes on the same split.
+    g = torch.Generator().manual_seed(0)
+    rand_q = torch.randint(0, 256, (len(tiny_data.query), 8), dtype=torch.uint8, generator=g)
+    rand_db = torch.randint(0, 256, (len(tiny_data.database), 8), dtype=torch.uint8, generator=g)
+    chance = mean_average_precision(rand_q, rand_db, tiny_data.query.labels, tiny_data.database.labels, 1000)
+    for length in ("16", "32", "64"):
+        assert metrics["cibhash"][length]["map"] > chance + 0.15, (length, metrics["cibhash"][length]["map"], chance)
+        assert metrics["itq"][length]["map"] > chance + 0.15
+    history = metrics["train"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["loss"] < history[0]["loss"]
+    with open(os.path.join(run, "train.log")) as fh:
+        log = fh.read()
+    assert "epoch 3/3 loss" in log and "mAP@1000" in log
+    report = open(os.path.join(run, "report.md")).read()
+    assert "| CIBHash |" in report and "| ITQ |" in report and "| LSH |" in report
+    state = torch.load(os.path.join(run, CHECKPOINT_FILE), weights_only=True)
+    assert state["epoch"] == 2 and state["input_shape"] == [1, 28, 28]
+
+
+class Killed(Exception):
+    pass
+
+
+@needs_fashion_mnist
+def test_resume_after_an_interrupted_run_gives_the_same_result(tmp_path, tiny_data):
+    cfg = tiny_config(epochs=3, baselines=(), eval_curves=False, train_size=384)
+    data = dataclasses.replace(tiny_data, train=tiny_data.train.subset(torch.arange(384)))
+    full = train(cfg, str(tmp_path / "full"), data=data)
+
+    def kill_after_first_epoch(epoch, record):
+        if epoch == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, str(tmp_path / "killed"), data=data, on_epoch_end=kill_after_first_epoch)
+    assert load_checkpoint(str(tmp_path / "killed"))["epoch"] == 0
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, str(tmp_path / "killed"), data=data)
+    with pytest.raises(ValueError, match="lr"):
+        train(tiny_config(epochs=3, baselines=(), eval_curves=False, train_size=384, lr=0.5), str(tmp_path / "killed"),
+              resume=True, data=data)
+    resumed = train(cfg, str(tmp_path / "killed"), resume=True, data=data)
+    a = load_checkpoint(str(tmp_path / "full"))
+    b = load_checkpoint(str(tmp_path / "killed"))
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert [h["loss"] for h in full["train"]["history"]] == [h["loss"] for h in resumed["train"]["history"]]
+    assert full["cibhash"] == resumed["cibhash"]
+    # evaluate() reproduces the numbers from the checkpoint alone.
+    again = evaluate(str(tmp_path / "full"), progress_bars=False)
+    assert again["cibhash"]["64"]["map"] == pytest.approx(full["cibhash"]["64"]["map"])
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="backbone"):
+        TrainConfig(backbone="resnet")
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=1)
+    with pytest.raises(ValueError, match="unknown augment settings"):
+        TrainConfig(augment={"rotate": 10})
+    with pytest.raises(ValueError, match="baselines"):
+        TrainConfig(baselines=("pca",))
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+
+
+def test_binarize_op_is_on_the_training_path(monkeypatch, tmp_path, tiny_data):
+    calls = []
+    original = ops.stochastic_binarize
+
+    def spy(logits, stochastic=True, generator=None):
+        calls.append(stochastic)
+        return original(logits, stochastic, generator)
+
+    monkeypatch.setattr(ops, "stochastic_binarize", spy)
+    data = tiny_data
+    train(tiny_config(epochs=1, baselines=(), eval_curves=False, train_size=256, code_lengths=(16,)), str(tmp_path / "r"),
+          data=data)
+    assert calls and all(calls)
+
+
+def test_image_files_train_through_the_pil_pipeline(tmp_path):
+    # Three classes of 20 PNGs: a bright square in a different corner per class.
+    rng = np.random.default_rng(0)
+    for c, (y, x) in enumerate([(2, 2), (2, 18), (18, 10)]):
+        os.makedirs(tmp_path / "images" / f"class{c}")
+        for i in range(20):
+            img = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
+            img[y : y + 12, x : x + 12] = 230
+            Image.fromarray(img).save(tmp_path / "images" / f"class{c}" / f"{i}.png")
+    cfg = TrainConfig(dataset="image_folder", data_root=str(tmp_path / "images"), augment={"size": 32, "hue": 0.05},
+                      query_per_class=5, train_per_class=10, epochs=1, batch_size=8, code_lengths=(8, 16),
+                      progress=False, threads=1)
+    assert cfg.augment_config(3).size == 32
+    metrics = train(cfg, str(tmp_path / "run"))
+    assert (metrics["dataset"], metrics["queries"], metrics["database"]) == ("image_folder", 15, 45)
+    assert set(metrics) >= {"cibhash", "lsh", "itq"}
+    # The pixel baselines see the planted squares: far better than chance (1/3).
+    assert metrics["itq"]["16"]["map"] > 0.8
+    state = load_checkpoint(str(tmp_path / "run"))
+    assert state["input_shape"] == [3, 32, 32]
+    assert os.path.isfile(tmp_path / "run" / "retrieval.png")

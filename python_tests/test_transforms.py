@@ -1,0 +1,95 @@
+"""Tests of cibhash_ext.transforms: the batched augmentation and the paper's PIL pipeline."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cibhash_ext.transforms import (
+    AugmentConfig,
+    BatchAugment,
+    BatchNormalize,
+    TwoViews,
+    build_eval_transform,
+    build_pil_transform,
+)
+
+
+def identity_config(**changes):
+    cfg = AugmentConfig.small_grayscale()
+    settings = {"crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0), "hflip_p": 0.0, "jitter_p": 0.0, "erase_p": 0.0}
+    return dataclasses.replace(cfg, **{**settings, **changes})
+
+
+@pytest.fixture
+def images():
+    return torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def test_identity_settings_only_normalise(images):
+    cfg = identity_config()
+    out = BatchAugment(cfg)(images, generator=torch.Generator().manual_seed(0))
+    expected = (images.float() / 255 - cfg.mean[0]) / cfg.std[0]
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(BatchNormalize(cfg)(images), expected, atol=1e-6, rtol=0)
+
+
+def test_flip_with_probability_one_mirrors(images):
+    cfg = identity_config(hflip_p=1.0)
+    out = BatchAugment(cfg)(images)
+    expected = (images.flip(-1).float() / 255 - cfg.mean[0]) / cfg.std[0]
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_erasing_sets_a_rectangle_to_the_mean(images):
+    cfg = identity_config(erase_p=1.0, erase_scale=(0.1, 0.1), erase_ratio=(1.0, 1.0))
+    out = BatchAugment(cfg)(images.clamp(min=200), generator=torch.Generator().manual_seed(1))
+    zeros = (out == 0).sum(dim=(1, 2, 3))
+    side = round((0.1 ** 0.5) * 28)
+    assert zeros.tolist() == [side * side] * len(images)
+
+
+def test_random_views_differ_and_are_reproducible(images):
+    aug = BatchAugment(AugmentConfig.small_grayscale())
+    a = aug(images, generator=torch.Generator().manual_seed(3))
+    b = aug(images, generator=torch.Generator().manual_seed(3))
+    c = aug(images, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == (6, 1, 28, 28) and a.dtype == torch.float32
+
+
+def test_rgb_paper_settings_batch_and_resize():
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    cfg = dataclasses.replace(AugmentConfig.paper(), size=48, hue=0.0)
+    out = BatchAugment(cfg)(x, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (4, 3, 48, 48) and torch.isfinite(out).all()
+    # Grayscale input under RGB (ImageNet) normalisation is repeated to three channels.
+    assert BatchNormalize(cfg)(torch.zeros(2, 1, 28, 28, dtype=torch.uint8)).shape == (2, 3, 48, 48)
+    with pytest.raises(ValueError, match="hue"):
+        BatchAugment(AugmentConfig.paper())
+
+
+def test_paper_pil_pipeline():
+    cfg = AugmentConfig.paper()
+    assert (cfg.size, cfg.crop_scale, cfg.jitter_p, cfg.grayscale_p, cfg.blur_kernel, cfg.blur_p) == (
+        224, (0.5, 1.0), 0.7, 0.2, 3, 0.5
+    )
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    v1, v2 = TwoViews(build_pil_transform(cfg))(image)
+    assert v1.shape == v2.shape == (3, 224, 224) and not torch.equal(v1, v2)
+    e1, e2 = build_eval_transform(cfg)(image), build_eval_transform(cfg)(image)
+    assert e1.shape == (3, 224, 224) and torch.equal(e1, e2)
+    names = repr(build_pil_transform(cfg))
+    for part in ("RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter", "RandomGrayscale", "GaussianBlur", "Normalize"):
+        assert part in names
+
+
+@pytest.mark.parametrize(
+    "changes,match",
+    [({"hflip_p": 1.5}, "hflip_p"), ({"crop_scale": (0.0, 1.0)}, "crop_scale"), ({"std": (0.0,), "mean": (0.5,)}, "std")],
+)
+def test_config_errors(changes, match):
+    with pytest.raises(ValueError, match=match):
+        AugmentConfig(**changes)
