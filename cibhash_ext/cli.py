@@ -12,6 +12,7 @@ from typing import Sequence
 from cibhash_ext.data import DATASETS, IMAGE_EXTENSIONS
 from cibhash_ext.models import BACKBONES
 from cibhash_ext.training import AUGMENT_PRESETS, TrainConfig
+from cibhash_ext.transforms import AugmentConfig
 
 PRESETS = ("fashion_mnist", "paper")
 
@@ -38,7 +39,7 @@ def _float_list(text: str) -> tuple[float, ...]:
 
 def _augment_setting(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
-    fields = {f.name for f in dataclasses.fields(__import__("cibhash_ext.transforms", fromlist=["AugmentConfig"]).AugmentConfig)}
+    fields = {f.name for f in dataclasses.fields(AugmentConfig)}
     if not sep or key not in fields:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}, got {text!r}")
     parts = [p for p in value.split(",") if p]

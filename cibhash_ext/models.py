@@ -1,4 +1,4 @@
-"""CIBHash networks: backbones (small CNN, frozen VGG-16, frozen EfficientNet-Lite0) and hash heads.
+"""CIBHash networks: backbones (small CNN, pixel MLP, frozen VGG-16, frozen EfficientNet-Lite0) and hash heads.
 
 :class:`CIBHashModel` puts one backbone under one hash head per code length, so several code lengths
 train jointly for the price of one backbone pass (Qiu et al. 2021 train one model per length).
@@ -63,8 +63,9 @@ class ConvNet(nn.Module):
 class PixelMLP(nn.Module):
     """Multi-layer perceptron on the raw pixels: Linear-BN-ReLU blocks on the flattened image.
 
-    On aligned small images (Fashion-MNIST) it learns codes as good as the small CNNs at a third of
-    their cost per image, so more epochs fit in the time budget (benchmarks/QUALITY.md).
+    On aligned small images (Fashion-MNIST) it learned better codes per epoch than the small CNN at
+    half its cost per image, so more epochs fit in the time budget; it is the default backbone there
+    (benchmarks/QUALITY.md).
 
     Args:
         in_channels (int): image channels.

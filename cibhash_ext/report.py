@@ -188,8 +188,10 @@ def write_report(run_dir: str, grid: str | None = None) -> str:
                   f"green = relevant, red = not.", "", f"![retrieval]({grid})"]
     train = metrics.get("train", {})
     if train.get("history"):
-        lines += ["", "## Training", "", f"{len(train['history'])} epochs in {train.get('seconds', 0):.0f} s "
-                  f"({train.get('threads', '?')} threads); evaluation {metrics.get('eval_seconds', 0):.0f} s.", "",
+        threads = train.get("threads")
+        where = f" ({threads} thread{'s' if threads != 1 else ''})" if threads else ""
+        lines += ["", "## Training", "", f"{len(train['history'])} epochs in {train.get('seconds', 0):.0f} s{where}; "
+                  f"evaluation {metrics.get('eval_seconds', 0):.0f} s.", "",
                   "| epoch | loss | seconds |", "|---|---|---|"]
         lines += [f"| {h['epoch']} | {h['loss']:.4f} | {h['seconds']:.1f} |" for h in train["history"]]
     if config:

@@ -19,7 +19,7 @@ import time
 from typing import Callable, Iterator, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from cibhash_ext import ops
 from cibhash_ext.baselines import ITQ, LSH
@@ -181,6 +181,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        """The inverse of :meth:`to_dict`; a ``resolved`` entry (written to config.json for readers) is ignored."""
+        values = {k: v for k, v in values.items() if k != "resolved"}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -399,7 +401,11 @@ def train(
     torch.manual_seed(cfg.seed)  # the model's initial weights
     model = build_model(cfg, input_shape(cfg, data))
     os.makedirs(run_dir, exist_ok=True)
-    _write_json(cfg.to_dict(), config_path)
+    # The settings that presets and defaults resolve to, stored beside the configuration for readers.
+    resolved = {"augment": dataclasses.asdict(cfg.augment_config(data.channels)),
+                "temperature": {str(v): cfg.temperature_for(v) for v in cfg.code_lengths},
+                "input_shape": input_shape(cfg, data)}
+    _write_json({**cfg.to_dict(), "resolved": resolved}, config_path)
     handler = _setup_logging(run_dir)
     try:
         return _train(cfg, run_dir, resume, data, model, on_epoch_end)

@@ -1,5 +1,6 @@
 """Tests of the command line: --help of every command, error paths, and encode on a tiny run."""
 
+import json
 import os
 import subprocess
 import sys
@@ -72,6 +73,11 @@ def test_train_evaluate_encode_round_trip(tmp_path, capsys):
             "--no-progress", "--threads", "1", "--aug", "erase_p=0.25"]
     assert main(args) == 0
     assert main(args) == 2 and "--resume" in capsys.readouterr().err  # the run directory is taken
+    metrics = json.loads(open(os.path.join(run, "metrics.json")).read())
+    # --resume of a finished run reuses the stored configuration and reproduces the evaluation.
+    assert main(["train", "--resume", "--run-dir", run, "--no-progress"]) == 0
+    again = json.loads(open(os.path.join(run, "metrics.json")).read())
+    assert again["cibhash"]["32"]["map"] == metrics["cibhash"]["32"]["map"]
     assert main(["evaluate", run, "--no-progress"]) == 0
     out = str(tmp_path / "codes" / "query.npz")
     assert main(["encode", run, "--split", "query", "--out", out, "--no-progress"]) == 0

@@ -44,7 +44,10 @@ def test_tiny_train_and_evaluate_writes_a_complete_run(tmp_path, tiny_data):
         assert os.path.isfile(os.path.join(run, name)), name
     assert not [f for f in os.listdir(run) if ".tmp-" in f]  # atomic writes leave no temporaries
     with open(os.path.join(run, "config.json")) as fh:
-        assert json.load(fh)["code_lengths"] == [16, 32, 64]
+        stored = json.load(fh)
+    assert stored["code_lengths"] == [16, 32, 64]
+    assert stored["resolved"]["temperature"] == {"16": 0.15, "32": 0.1, "64": 0.1}
+    assert stored["resolved"]["augment"]["erase_p"] == 0.5 and stored["resolved"]["input_shape"] == [1, 28, 28]
     # Chance level: random codes on the same split.
     g = torch.Generator().manual_seed(0)
     rand_q = torch.randint(0, 256, (len(tiny_data.query), 8), dtype=torch.uint8, generator=g)
