@@ -10,6 +10,9 @@ import time
 from typing import Sequence
 
 from cibhash_ext.data import DATASETS, IMAGE_EXTENSIONS
+from cibhash_ext.index_cli import COMMANDS as INDEX_COMMANDS
+from cibhash_ext.index_cli import add_index_commands
+from cibhash_ext.index_cli import run as run_index_command
 from cibhash_ext.models import BACKBONES
 from cibhash_ext.training import AUGMENT_PRESETS, TrainConfig
 from cibhash_ext.transforms import AugmentConfig
@@ -143,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int, default=512)
     c.add_argument("--threads", type=int)
     c.add_argument("--no-progress", action="store_true")
+    add_index_commands(sub)
     return parser
 
 
@@ -252,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cibhash`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in INDEX_COMMANDS:
+        return run_index_command(args)
     handler = {"train": _cmd_train, "evaluate": _cmd_evaluate, "encode": _cmd_encode}[args.command]
     try:
         return handler(args)

@@ -120,3 +120,20 @@ def test_runs_as_a_module(files):
     result = subprocess.run([sys.executable, "-m", "cibhash_ext.index_cli", "search", str(tmp_path / "none.idx"),
                              str(tmp_path / "queries.npy"), "-k", "1"], capture_output=True, text=True)
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_cibhash_command_routes_index_build_and_search(tmp_path, capsys):
+    from cibhash_ext.cli import main as cibhash
+
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 256, (200, 8), dtype=np.uint8)
+    np.save(tmp_path / "codes.npy", codes)
+    np.save(tmp_path / "queries.npy", codes[:2])
+    index_path = str(tmp_path / "db.cbhidx")
+    assert cibhash(["index", "build", str(tmp_path / "codes.npy"), "--output", index_path]) == 0
+    capsys.readouterr()
+    assert cibhash(["search", index_path, str(tmp_path / "queries.npy"), "-k", "1", "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    first = out["results"][0]
+    assert first["ids"] == [0] and first["distances"] == [0]  # each query was copied from the index
+    assert cibhash(["search", index_path, str(tmp_path / "missing.npy"), "-k", "1"]) == 2
