@@ -34,20 +34,21 @@ def _pyplot():
     return plt
 
 
-def plot_pr_curves(metrics: dict, path: str) -> None:
-    """Precision-recall curves (Hamming radius sweep), one panel per code length, every method."""
+def _plot_per_length(metrics: dict, path: str, series, xlabel: str, ylabel: str, xlim=None, marker=".") -> None:
+    """One panel per code length with one line per method; ``series(entry)`` gives (x, y) or None."""
     plt = _pyplot()
     lengths = _lengths(metrics)
     fig, axes = plt.subplots(1, len(lengths), figsize=(4.2 * len(lengths), 3.8), squeeze=False)
     for ax, length in zip(axes[0], lengths):
         for method in _methods(metrics):
-            curve = metrics[method].get(length, {}).get("pr_curve")
-            if curve:
-                ax.plot(curve["recall"], curve["precision"], marker=".", label=METHOD_LABELS[method])
+            xy = series(metrics[method].get(length, {}))
+            if xy:
+                ax.plot(xy[0], xy[1], marker=marker, label=METHOD_LABELS[method])
         ax.set_title(f"{length} bits")
-        ax.set_xlabel("recall")
-        ax.set_ylabel("precision")
-        ax.set_xlim(0, 1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if xlim:
+            ax.set_xlim(*xlim)
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -55,29 +56,29 @@ def plot_pr_curves(metrics: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_pr_curves(metrics: dict, path: str) -> None:
+    """Precision-recall curves (Hamming radius sweep), one panel per code length, every method."""
+
+    def series(entry):
+        curve = entry.get("pr_curve")
+        return (curve["recall"], curve["precision"]) if curve else None
+
+    _plot_per_length(metrics, path, series, "recall", "precision", xlim=(0, 1))
 
 
 def plot_precision_at_n(metrics: dict, path: str) -> None:
     """Precision of the top N retrieved, one panel per code length, every method."""
-    plt = _pyplot()
-    lengths = _lengths(metrics)
-    fig, axes = plt.subplots(1, len(lengths), figsize=(4.2 * len(lengths), 3.8), squeeze=False)
-    for ax, length in zip(axes[0], lengths):
-        for method in _methods(metrics):
-            p_at_n = metrics[method].get(length, {}).get("precision_at_n")
-            if p_at_n:
-                ns = sorted(p_at_n, key=int)
-                ax.plot([int(n) for n in ns], [p_at_n[n] for n in ns], marker="o", label=METHOD_LABELS[method])
-        ax.set_title(f"{length} bits")
-        ax.set_xlabel("N (top retrieved)")
-        ax.set_ylabel("precision@N")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+    def series(entry):
+        p_at_n = entry.get("precision_at_n")
+        if not p_at_n:
+            return None
+        ns = sorted(p_at_n, key=int)
+        return [int(n) for n in ns], [p_at_n[n] for n in ns]
+
+    _plot_per_length(metrics, path, series, "N (top retrieved)", "precision@N", marker="o")
 
 
 def plot_retrieval_grid(
