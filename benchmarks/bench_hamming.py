@@ -279,7 +279,9 @@ def sync(device: str) -> None:
 def make_timer(fn, device: str) -> tb.Timer:
     # torch.utils.benchmark synchronises CUDA around its measurements; sync() inside fn makes the
     # CPU-side faiss and torch timings comparable when a GPU is involved too.
-    return tb.Timer(stmt="fn(); sync(device)", globals={"fn": fn, "sync": sync, "device": device})
+    # Timer runs its statement with num_threads torch threads, 1 unless told: pass ours.
+    return tb.Timer(stmt="fn(); sync(device)", globals={"fn": fn, "sync": sync, "device": device},
+                    num_threads=torch.get_num_threads())
 
 
 def time_interleaved(fns: dict, repeats: int, device: str, min_round_s: float) -> dict[str, list[float]]:
