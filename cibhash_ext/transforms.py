@@ -91,9 +91,9 @@ class AugmentConfig:
     def small_grayscale(cls) -> "AugmentConfig":
         """Recipe for 28x28 grayscale images (Fashion-MNIST), chosen by the runs in benchmarks/QUALITY.md.
 
-        Random resized crop of 50-100 % of the area at the native size, horizontal flip,
-        brightness/contrast jitter, random erasing; no hue/saturation/grayscale (one channel) and no
-        blur (it erases most of a 28-pixel image's detail).
+        Random resized crop of 50-100 % of the area at the native size (80-100 % lost 0.02 mAP, 30-100 %
+        gained nothing), horizontal flip, brightness/contrast jitter, random erasing with p 0.5; no
+        hue/saturation/grayscale (one channel) and no blur (not tried).
         """
         return cls(
             size=0,
