@@ -20,24 +20,22 @@ from cibhash_ext.transforms import AugmentConfig
 PRESETS = ("fashion_mnist", "paper")
 
 
-def _int_list(text: str) -> tuple[int, ...]:
+def _positive_list(text: str, kind: type, noun: str, example: str) -> tuple:
     try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 16,32,64, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated {noun} such as {example}, got {text!r}")
     if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected positive {noun}, got {text!r}")
     return values
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return _positive_list(text, int, "integers", "16,32,64")
 
 
 def _float_list(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}")
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
-    return values
+    return _positive_list(text, float, "numbers", "0.3 or 0.15,0.1")
 
 
 def _augment_setting(text: str) -> tuple[str, object]:
