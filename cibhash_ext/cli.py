@@ -103,13 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="public-code variant: b = 1[z > 0] in training too (same straight-through gradient)")
     g = t.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=None)
-    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="images per batch and process (under torchrun the global batch is N processes x this)")
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--weight-decay", type=float, default=None)
     g.add_argument("--schedule", choices=("onecycle", "constant"), default=None)
     g.add_argument("--temperature", type=_float_list, default=None, metavar="T[,T,...]",
                    help="NT-Xent temperature: one value, or one per code length (default: 0.15 up to 16 bits, 0.1 above; paper 0.3)")
     g.add_argument("--beta", type=float, default=None)
+    g.add_argument("--local-negatives", action="store_true",
+                   help="under torchrun, contrast only against this process's batch instead of the global batch")
     g.add_argument("--kl-eps", type=float, help="public-code KL form log(p + eps); default: exact KL from logits")
     g.add_argument("--augment-preset", choices=AUGMENT_PRESETS, default=None)
     g.add_argument("--aug", type=_augment_setting, action="append", metavar="KEY=VALUE",
@@ -126,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     g.add_argument("--workers", type=int, default=None, help="DataLoader workers (PIL pipeline)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--dist-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="under torchrun: how long a process waits for the others in a collective before failing")
 
     e = sub.add_parser("evaluate", help="re-evaluate a run directory's checkpoint and rewrite its metrics and report",
                        description="Re-evaluate the model of a run directory and rewrite metrics.json and report.md.")
@@ -164,12 +169,14 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
         changes["augment"] = {**base.augment, **dict(args.aug)}
     flags = {"stochastic": not args.deterministic_binary, "bf16": not args.no_bf16,
              "channels_last": not args.no_channels_last, "eval_curves": not args.no_curves,
-             "progress": not args.no_progress}
+             "progress": not args.no_progress, "global_batch": not args.local_negatives}
     changes.update({k: v for k, v in flags.items() if v is False})
     return dataclasses.replace(base, **changes)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    """Trains in this process, or as one of the processes ``torchrun`` started (WORLD_SIZE > 1)."""
+    from cibhash_ext import distributed
     from cibhash_ext.training import load_run_config, train
 
     if args.resume:
@@ -179,9 +186,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg.threads, cfg.progress = args.threads or cfg.threads, not args.no_progress
     else:
         cfg = _config_from_args(args)
+    if not args.run_dir and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("under torchrun give --run-dir: the processes must agree on one run directory")
     run_dir = args.run_dir or os.path.join("runs", f"{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    train(cfg, run_dir, resume=args.resume)
-    print(f"run directory: {run_dir}")
+    joined = distributed.init_from_env(cfg.device, args.dist_timeout)
+    is_main = distributed.rank() == 0
+    try:
+        train(cfg, run_dir, resume=args.resume)
+    finally:
+        if joined:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if is_main:
+        print(f"run directory: {run_dir}")
     return 0
 
 

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cibhash_ext import distributed
+
 
 def _check_pair(name1: str, a: Tensor, name2: str, b: Tensor) -> None:
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
@@ -22,7 +24,7 @@ def _check_pair(name1: str, a: Tensor, name2: str, b: Tensor) -> None:
         raise TypeError(f"{name1} and {name2} must be floating point, got {a.dtype} and {b.dtype}")
 
 
-def nt_xent_codes(codes1: Tensor, codes2: Tensor, temperature: float = 0.3) -> Tensor:
+def nt_xent_codes(codes1: Tensor, codes2: Tensor, temperature: float = 0.3, global_batch: bool = False, group=None) -> Tensor:
     """NT-Xent (normalised temperature-scaled cross entropy) over two views' binary codes.
 
     The 2N codes of a batch are mapped to +-1 vectors ``s = 2b - 1``; the similarity of two codes
@@ -33,13 +35,20 @@ def nt_xent_codes(codes1: Tensor, codes2: Tensor, temperature: float = 0.3) -> T
 
     averaged over the 2N anchors (Qiu et al. 2021, Eq. 8; Chen et al. 2020, SimCLR).
 
+    With ``global_batch`` inside a torch.distributed group of R processes, the codes of every rank
+    are all-gathered with their gradients: this rank's 2N anchors are contrasted against all 2RN
+    codes, so the mean of the R ranks' losses (what DistributedDataParallel's gradient averaging
+    optimises) is the loss of one process holding the R x N images.
+
     Args:
         codes1 (Tensor[N, L], floating): codes of the first view, in {0, 1} (or relaxed in [0, 1]).
         codes2 (Tensor[N, L], floating): codes of the second view, same shape.
         temperature (float): tau > 0.
+        global_batch (bool): use the other ranks' codes as negatives too (no effect without a group).
+        group (ProcessGroup, optional): the group to gather over (default: the whole world).
 
     Returns:
-        Tensor[], float32: the mean loss.
+        Tensor[], float32: the mean loss over this rank's anchors.
     """
     _check_pair("codes1", codes1, "codes2", codes2)
     if not temperature > 0:
@@ -47,11 +56,19 @@ def nt_xent_codes(codes1: Tensor, codes2: Tensor, temperature: float = 0.3) -> T
     n, length = codes1.shape
     if n < 2:
         raise ValueError(f"nt_xent_codes needs a batch of at least 2 images, got {n}")
+    world, first = 1, 0
+    if global_batch and distributed.is_distributed(group):
+        world, first = distributed.world_size(group), distributed.rank(group) * n
+        codes1 = distributed.all_gather_with_grad(codes1.contiguous(), group)
+        codes2 = distributed.all_gather_with_grad(codes2.contiguous(), group)
+    total = world * n  # images in the (global) batch; rows [first, first + n) are this rank's
     signs = torch.cat([codes1, codes2]).float() * 2 - 1
-    sim = signs @ signs.t() / (length * temperature)
+    mine = torch.arange(first, first + n, device=signs.device)
+    anchors = torch.cat([mine, mine + total])
+    sim = signs[anchors] @ signs.t() / (length * temperature)
     # An anchor is never its own negative.
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=sim.device), float("-inf"))
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device)
+    sim = sim.index_put((torch.arange(2 * n, device=sim.device), anchors), sim.new_tensor(float("-inf")))
+    positives = torch.cat([mine + total, mine])
     return F.cross_entropy(sim, positives)
 
 
@@ -129,9 +146,12 @@ class CIBHashLoss(nn.Module):
         beta (float): weight of the KL term (paper default 0.001).
         kl_eps (float, optional): None for the exact KL from the logits (default); 1e-8 reproduces the
             public code's ``log(p + 1e-8)`` form. The two differ only for saturated probabilities.
+        global_batch (bool): under torch.distributed, contrast against every rank's codes
+            (see :func:`nt_xent_codes`); the KL term is per image and needs no exchange.
     """
 
-    def __init__(self, temperature: float = 0.3, beta: float = 1e-3, kl_eps: float | None = None) -> None:
+    def __init__(self, temperature: float = 0.3, beta: float = 1e-3, kl_eps: float | None = None,
+                 global_batch: bool = False) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -142,6 +162,7 @@ class CIBHashLoss(nn.Module):
         self.temperature = float(temperature)
         self.beta = float(beta)
         self.kl_eps = kl_eps
+        self.global_batch = bool(global_batch)
 
     def forward(self, codes1: Tensor, codes2: Tensor, logits1: Tensor, logits2: Tensor) -> Tensor:
         """Computes the loss of one batch.
@@ -155,10 +176,10 @@ class CIBHashLoss(nn.Module):
         Returns:
             Tensor[], float32: the loss.
         """
-        contrastive = nt_xent_codes(codes1, codes2, self.temperature)
+        contrastive = nt_xent_codes(codes1, codes2, self.temperature, self.global_batch)
         if self.beta == 0:
             return contrastive
         return contrastive + self.beta * symmetric_kl_stop_gradient(logits1, logits2, self.kl_eps)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, beta={self.beta}, kl_eps={self.kl_eps}"
+        return f"temperature={self.temperature}, beta={self.beta}, kl_eps={self.kl_eps}, global_batch={self.global_batch}"

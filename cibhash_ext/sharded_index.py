@@ -13,15 +13,14 @@ Protocol of every call (all ranks must make the same calls in the same order, as
    merges them and returns the same answer.
 
 Ranks that die or stop calling are caught by the process group's timeout, which applies to every
-collective: create the group with one (``init_process_group`` below defaults to 60 s; torch's own
-default is 10 minutes for gloo, and NCCL needs ``TORCH_NCCL_ASYNC_ERROR_HANDLING=1``, the default
+collective: create the group with one (``init_process_group`` of :mod:`cibhash_ext.distributed`
+defaults to 60 s; torch's own default is 10 minutes for gloo, and NCCL needs ``TORCH_NCCL_ASYNC_ERROR_HANDLING=1``, the default
 since torch 2.2, to turn a timeout into an error). The NCCL path moves the exchanged tensors to the
 current CUDA device; it is not exercised by this project's CPU-only CI.
 """
 
 from __future__ import annotations
 
-import datetime
 import os
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from cibhash_ext.distributed import init_process_group
 from cibhash_ext.index import HammingIndex, merge_topk, sort_matches
 
 __all__ = ["ShardedHammingIndex", "ShardError", "init_process_group"]
@@ -39,22 +39,6 @@ _GLOBAL_IDS = ("shard", "position")
 
 class ShardError(RuntimeError):
     """Raised on every rank when another rank's shard failed; names that rank and its error."""
-
-
-def init_process_group(backend: str | None = None, timeout_s: float = 60.0, **kwargs) -> None:
-    """``torch.distributed.init_process_group`` with a bounded timeout.
-
-    Args:
-        backend (str, optional): "gloo" or "nccl"; default nccl when CUDA is available, else gloo.
-        timeout_s (float): timeout of every collective in seconds, after which a rank waiting on a
-            dead or absent peer raises instead of hanging.
-        **kwargs: passed on (init_method, rank, world_size, ...; default env:// from MASTER_ADDR,
-            MASTER_PORT, RANK, WORLD_SIZE).
-    """
-    if timeout_s <= 0:
-        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
 
 
 def _error_text(error: BaseException) -> str:

@@ -5,11 +5,18 @@ atomically after every epoch, loaded weights-only), ``train.log`` (a line per ep
 ``metrics.json`` and, from :mod:`cibhash_ext.report`, ``report.md`` with its plots.
 Randomness of epoch e comes from generators seeded by (seed, e), and the checkpoint keeps model,
 optimiser, scheduler and RNG states, so ``resume`` continues a killed run to the same result.
+
+Under torchrun (``torchrun --nproc_per_node N -m cibhash_ext train ...``) the same function trains
+with DistributedDataParallel: ``batch_size`` is per process, each global batch of N x batch_size
+images is split over the processes by a DistributedSampler, batch norm and (with ``global_batch``)
+the contrastive negatives span the global batch (:mod:`cibhash_ext.distributed`), and only rank 0
+writes the run directory and evaluates.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -19,9 +26,9 @@ import time
 from typing import Callable, Iterator, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from cibhash_ext import ops
+from cibhash_ext import distributed, ops
 from cibhash_ext.baselines import ITQ, LSH
 from cibhash_ext.data import ImageSet, RetrievalData, load_dataset
 from cibhash_ext.evaluation import evaluate_codes
@@ -66,7 +73,7 @@ class TrainConfig:
         mlp_widths (tuple[int, ...]): hidden widths of the mlp backbone.
         code_lengths (tuple[int, ...]): code lengths trained jointly on one backbone.
         hidden (int): hash-head hidden width.
-        epochs, batch_size (int): schedule length and images per batch (each gives two views).
+        epochs, batch_size (int): schedule length and images per batch and process (each gives two views).
         lr, weight_decay (float): AdamW settings (weight_decay 0 is Adam, as the paper).
         schedule (str): "onecycle" (warm-up then cosine decay) or "constant" (the paper).
         warmup (float): one-cycle warm-up fraction.
@@ -75,6 +82,9 @@ class TrainConfig:
         beta (float): KL weight (paper: 0.001).
         kl_eps (float, optional): None = exact KL; 1e-8 = the public code's form.
         stochastic (bool): stochastic binary layer while training (paper); False = public-code variant.
+        global_batch (bool): with several processes, contrast each code against the codes of every
+            process (the negatives of one process with the global batch); False keeps each process's
+            own batch, as data-parallel SimCLR code without a gather does. No effect in one process.
         augment_preset (str): "auto" (small_grayscale for the convnet on 1-channel images, else paper),
             "paper" or "small_grayscale".
         augment (dict): overrides of :class:`cibhash_ext.transforms.AugmentConfig` fields.
@@ -115,6 +125,7 @@ class TrainConfig:
     beta: float = 1e-3
     kl_eps: float | None = None
     stochastic: bool = True
+    global_batch: bool = True
     augment_preset: str = "auto"
     augment: dict = dataclasses.field(default_factory=dict)
     pipeline: str = "auto"
@@ -301,14 +312,26 @@ def _use_batch_pipeline(cfg: TrainConfig, images: ImageSet, aug: AugmentConfig) 
     return images.in_memory and aug.hue == 0
 
 
+def _epoch_sampler(cfg: TrainConfig, n: int, epoch: int) -> torch.utils.data.DistributedSampler:
+    """This process's share of the epoch's shuffled order. The order depends on (seed, epoch) only,
+    so the global batches are the same for any number of processes: rank r takes every R-th image."""
+    sampler = torch.utils.data.DistributedSampler(
+        range(n), num_replicas=distributed.world_size(), rank=distributed.rank(), shuffle=True,
+        seed=cfg.seed, drop_last=True,
+    )
+    sampler.set_epoch(epoch)
+    return sampler
+
+
 def _train_batches(cfg: TrainConfig, data: RetrievalData, aug: AugmentConfig, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yields the (view1, view2) batches of one epoch, both pipelines seeded by (seed, epoch)."""
+    """Yields this process's (view1, view2) batches of one epoch, both pipelines seeded by (seed, epoch, rank)."""
     images = data.train
-    g = _epoch_generator(cfg.seed, epoch)
-    n_batches = len(images) // cfg.batch_size
+    g = _epoch_generator(cfg.seed, epoch, salt=2 * distributed.rank())
+    sampler = _epoch_sampler(cfg, len(images), epoch)
+    n_batches = _n_batches(cfg, data)
     if _use_batch_pipeline(cfg, images, aug):
         augment = BatchAugment(aug)
-        order = torch.randperm(len(images), generator=g)
+        order = torch.tensor(list(sampler), dtype=torch.int64)
         for b in range(n_batches):
             batch = images.images[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
             views = augment(torch.cat([batch, batch]), generator=g)
@@ -317,15 +340,20 @@ def _train_batches(cfg: TrainConfig, data: RetrievalData, aug: AugmentConfig, ep
     mode = "RGB" if len(aug.mean) == 3 else "L"
     dataset = _PILViews(images, TwoViews(build_pil_transform(aug)), mode)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.workers, generator=g,
+        dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, num_workers=cfg.workers, generator=g,
     )
-    yield from loader
+    yield from itertools.islice(loader, n_batches)
 
 
 def _n_batches(cfg: TrainConfig, data: RetrievalData) -> int:
-    n = len(data.train) // cfg.batch_size
+    """Steps per epoch: global batches of world_size x batch_size images."""
+    global_batch = cfg.batch_size * distributed.world_size()
+    n = len(data.train) // global_batch
     if n == 0:
-        raise ValueError(f"the training set ({len(data.train)} images) is smaller than one batch ({cfg.batch_size})")
+        raise ValueError(
+            f"the training set ({len(data.train)} images) is smaller than one global batch ({global_batch} = "
+            f"{distributed.world_size()} processes x batch {cfg.batch_size})"
+        )
     return n
 
 
@@ -382,7 +410,8 @@ def train(
         on_epoch_end (callable, optional): called as ``f(epoch, record)`` after each checkpoint.
 
     Returns:
-        dict: the metrics written to ``metrics.json``.
+        dict: the metrics written to ``metrics.json``; None on the ranks other than 0 of a
+        multi-process run (rank 0 evaluates and writes alone).
     """
     config_path = os.path.join(run_dir, CONFIG_FILE)
     if resume:
@@ -400,11 +429,13 @@ def train(
         data = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options())
     torch.manual_seed(cfg.seed)  # the model's initial weights
     model = build_model(cfg, input_shape(cfg, data))
+    if distributed.rank() != 0:
+        return _train(cfg, run_dir, resume, data, model, on_epoch_end)
     os.makedirs(run_dir, exist_ok=True)
     # The settings that presets and defaults resolve to, stored beside the configuration for readers.
     resolved = {"augment": dataclasses.asdict(cfg.augment_config(data.channels)),
                 "temperature": {str(v): cfg.temperature_for(v) for v in cfg.code_lengths},
-                "input_shape": input_shape(cfg, data)}
+                "input_shape": input_shape(cfg, data), "processes": distributed.world_size()}
     _write_json({**cfg.to_dict(), "resolved": resolved}, config_path)
     handler = _setup_logging(run_dir)
     try:
@@ -414,9 +445,38 @@ def train(
         handler.close()
 
 
-def _train(cfg, run_dir, resume, data, model, on_epoch_end) -> dict:
+def wrap_for_processes(model: CIBHashModel, cfg: TrainConfig) -> nn.Module:
+    """The module to call for training: ``model`` itself in one process; under torch.distributed,
+    DistributedDataParallel over ``model`` with its batch norms turned into global-batch ones
+    (parameters are shared, so ``model`` stays the one to save and evaluate)."""
+    if not distributed.is_distributed():
+        return model
+    distributed.convert_batchnorm(model)
+    device_ids = [torch.cuda.current_device()] if torch.device(cfg.device).type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def train_step(net: nn.Module, model: CIBHashModel, criteria: dict, view1: Tensor, view2: Tensor,
+               binarize_gen: torch.Generator, cfg: TrainConfig) -> Tensor:
+    """Forward and backward of one batch (both views): the loss summed over code lengths, gradients
+    accumulated into the parameters (averaged over processes by DDP when ``net`` is wrapped)."""
+    x = _prepare_input(cfg, torch.cat([view1, view2]))
+    with _autocast(cfg):
+        logits = net(x)
+    loss = x.new_zeros((), dtype=torch.float32)
+    for length, z in logits.items():
+        z1, z2 = z[: len(view1)], z[len(view1) :]
+        b1 = ops.stochastic_binarize(z1, model.binary.stochastic, binarize_gen)
+        b2 = ops.stochastic_binarize(z2, model.binary.stochastic, binarize_gen)
+        loss = loss + criteria[length](b1, b2, z1, z2)
+    loss.backward()
+    return loss.detach()
+
+
+def _train(cfg, run_dir, resume, data, model, on_epoch_end) -> dict | None:
     aug = cfg.augment_config(data.channels)
-    criteria = {v: CIBHashLoss(cfg.temperature_for(v), cfg.beta, cfg.kl_eps) for v in cfg.code_lengths}
+    criteria = {v: CIBHashLoss(cfg.temperature_for(v), cfg.beta, cfg.kl_eps, cfg.global_batch) for v in cfg.code_lengths}
+    rank, processes = distributed.rank(), distributed.world_size()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_batches = _n_batches(cfg, data)
@@ -428,37 +488,37 @@ def _train(cfg, run_dir, resume, data, model, on_epoch_end) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
+        if int(state.get("processes", 1)) != processes:
+            raise ValueError(
+                f"{run_dir} was trained by {state.get('processes', 1)} processes; resume it with as many "
+                f"(got {processes}): the global batch and the schedule depend on it"
+            )
         start_epoch, history, train_seconds = int(state["epoch"]) + 1, list(state["history"]), float(state["train_seconds"])
         LOG.info("resuming %s after epoch %d of %d", run_dir, start_epoch, cfg.epochs)
+    net = wrap_for_processes(model, cfg)
     LOG.info(
-        "training CIBHash on %s (%d images), backbone %s, codes %s bits, %d epochs of %d batches, %d threads",
-        data.name, len(data.train), cfg.backbone, "/".join(map(str, cfg.code_lengths)), cfg.epochs, n_batches,
-        torch.get_num_threads(),
+        "training CIBHash on %s (%d images), backbone %s, codes %s bits, %d epochs of %d batches of %d x %d images, "
+        "%d threads", data.name, len(data.train), cfg.backbone, "/".join(map(str, cfg.code_lengths)), cfg.epochs,
+        n_batches, processes, cfg.batch_size, torch.get_num_threads(),
     )
     for epoch in range(start_epoch, cfg.epochs):
         # Global RNG (dropout) seeded per epoch too, so an epoch is the same with or without a resume before it.
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-        binarize_gen = _epoch_generator(cfg.seed, epoch, salt=1)
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7_919 * rank)
+        binarize_gen = _epoch_generator(cfg.seed, epoch, salt=2 * rank + 1)
         model.train()
         started, loss_sum = time.time(), 0.0
         batches = progress(
-            _train_batches(cfg, data, aug, epoch), f"epoch {epoch + 1}/{cfg.epochs}", n_batches, cfg.progress, "batch"
+            _train_batches(cfg, data, aug, epoch), f"epoch {epoch + 1}/{cfg.epochs}", n_batches,
+            cfg.progress and rank == 0, "batch",
         )
         for view1, view2 in batches:
-            x = _prepare_input(cfg, torch.cat([view1, view2]))
-            with _autocast(cfg):
-                logits = model(x)
-            loss = x.new_zeros((), dtype=torch.float32)
-            for length, z in logits.items():
-                z1, z2 = z[: len(view1)], z[len(view1) :]
-                b1 = ops.stochastic_binarize(z1, model.binary.stochastic, binarize_gen)
-                b2 = ops.stochastic_binarize(z2, model.binary.stochastic, binarize_gen)
-                loss = loss + criteria[length](b1, b2, z1, z2)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = train_step(net, model, criteria, view1, view2, binarize_gen, cfg)
             optimizer.step()
             scheduler.step()
-            loss_sum += float(loss.detach())
+            if processes > 1:  # the mean over processes is the global batch's loss; all ranks stop together on NaN
+                loss = distributed.all_reduce_mean(loss)
+            loss_sum += float(loss)
             if not math.isfinite(loss_sum):
                 raise FloatingPointError(f"the loss became {loss_sum} in epoch {epoch + 1}; lower --lr")
         seconds = time.time() - started
@@ -466,19 +526,23 @@ def _train(cfg, run_dir, resume, data, model, on_epoch_end) -> dict:
         record = {"epoch": epoch + 1, "loss": loss_sum / n_batches / len(cfg.code_lengths), "seconds": seconds,
                   "lr": scheduler.get_last_lr()[0]}
         history.append(record)
-        atomic_save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng_cpu": torch.get_rng_state(), "epoch": epoch, "history": history, "train_seconds": train_seconds,
-             "config": cfg.to_dict(), "input_shape": input_shape(cfg, data)},
-            os.path.join(run_dir, CHECKPOINT_FILE),
-        )
+        if rank == 0:
+            atomic_save(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng_cpu": torch.get_rng_state(), "epoch": epoch, "history": history, "train_seconds": train_seconds,
+                 "config": cfg.to_dict(), "input_shape": input_shape(cfg, data), "processes": processes},
+                os.path.join(run_dir, CHECKPOINT_FILE),
+            )
         LOG.info("epoch %d/%d loss %.4f (mean per code length) lr %.2e time %.1fs", epoch + 1, cfg.epochs,
                  record["loss"], record["lr"], seconds)
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
     LOG.info("training done in %.1fs", train_seconds)
+    if rank != 0:
+        return None
     metrics = evaluate_run(cfg, model, data, run_dir)
-    metrics["train"] = {"seconds": train_seconds, "history": history, "threads": torch.get_num_threads()}
+    metrics["train"] = {"seconds": train_seconds, "history": history, "threads": torch.get_num_threads(),
+                        "processes": processes}
     _write_json(metrics, os.path.join(run_dir, METRICS_FILE))
     LOG.info("report: %s", write_report(run_dir, GRID_FILE))
     return metrics

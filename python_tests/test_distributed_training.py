@@ -1,0 +1,185 @@
+"""Multi-process training on gloo: 2 processes x batch 32 give the loss, gradients and batch-norm
+statistics of 1 process x batch 64; torchrun trains end to end with only rank 0 writing the run."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+import traceback
+
+import numpy as np
+import pytest
+import torch
+
+from cibhash_ext.data import FASHION_MNIST_ROOT
+
+WORLD = 2
+BATCH = 64  # the global batch; each worker takes BATCH // WORLD images
+SHAPE = (1, 8, 8)
+
+
+def _config(global_batch: bool = True):
+    from cibhash_ext.training import TrainConfig
+
+    # Deterministic codes: the two runs must binarize identically. bf16 off: float32 tolerances.
+    return TrainConfig(backbone="mlp", mlp_widths=(48,), code_lengths=(8, 16), hidden=32, stochastic=False,
+                       bf16=False, global_batch=global_batch, temperature=(0.3,))
+
+
+def _step(model, net, cfg, view1, view2) -> dict[str, np.ndarray]:
+    """One training step through train_step; returns the loss, the gradients and the BN statistics."""
+    from cibhash_ext import distributed
+    from cibhash_ext.losses import CIBHashLoss
+    from cibhash_ext.training import train_step
+
+    criteria = {v: CIBHashLoss(cfg.temperature_for(v), cfg.beta, cfg.kl_eps, cfg.global_batch) for v in cfg.code_lengths}
+    model.train()
+    loss = train_step(net, model, criteria, view1, view2, torch.Generator().manual_seed(0), cfg)
+    out = {"loss": distributed.all_reduce_mean(loss).numpy()}
+    out.update({f"grad:{n}": p.grad.numpy().copy() for n, p in model.named_parameters()})
+    out.update({f"buffer:{n}": b.numpy().copy() for n, b in model.named_buffers() if b.is_floating_point()})
+    return out
+
+
+def _worker(rank: int, port: int, workdir: str) -> None:
+    code = 1
+    try:
+        from cibhash_ext.distributed import init_process_group
+        from cibhash_ext.training import build_model, wrap_for_processes
+
+        torch.set_num_threads(1)
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        init_process_group("gloo", timeout_s=30, rank=rank, world_size=WORLD)
+        views = torch.load(os.path.join(workdir, "views.pt"))
+        rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+        for global_batch in (True, False):
+            cfg = _config(global_batch)
+            model = build_model(cfg, SHAPE)
+            model.load_state_dict(torch.load(os.path.join(workdir, "model.pt")))
+            net = wrap_for_processes(model, cfg)
+            out = _step(model, net, cfg, views["view1"][rows], views["view2"][rows])
+            np.savez(os.path.join(workdir, f"rank{rank}_global{int(global_batch)}.npz"), **out)
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # a forked child must not run the parent's pytest teardown
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_process_steps(tmp_path_factory):
+    from cibhash_ext.training import build_model
+
+    workdir = tmp_path_factory.mktemp("ddp")
+    torch.manual_seed(3)
+    model = build_model(_config(), SHAPE)
+    torch.save(model.state_dict(), workdir / "model.pt")
+    gen = torch.Generator().manual_seed(4)
+    views = {"view1": torch.randn(BATCH, *SHAPE, generator=gen), "view2": torch.randn(BATCH, *SHAPE, generator=gen)}
+    torch.save(views, workdir / "views.pt")
+    # Forked workers share the imported torch (fresh interpreters cost seconds each on CI).
+    context = multiprocessing.get_context("fork")
+    port = _free_port()
+    procs = [context.Process(target=_worker, args=(r, port, str(workdir))) for r in range(WORLD)]
+    for proc in procs:
+        proc.start()
+    deadline = time.monotonic() + 90
+    for proc in procs:
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        if proc.exitcode is None:
+            proc.kill()
+    assert [p.exitcode for p in procs] == [0] * WORLD, "a worker failed or hung (traceback in the captured output)"
+    single = _step(model, model, _config(), views["view1"], views["view2"])
+    runs = {g: [dict(np.load(workdir / f"rank{r}_global{int(g)}.npz")) for r in range(WORLD)] for g in (True, False)}
+    return single, runs
+
+
+def test_two_processes_of_32_equal_one_process_of_64(two_process_steps):
+    single, runs = two_process_steps
+    for rank_out in runs[True]:
+        assert set(rank_out) == set(single)
+        np.testing.assert_allclose(rank_out["loss"], single["loss"], rtol=1e-6)
+        for name, want in single.items():
+            # Heads, backbone and batch-norm parameters: DDP's averaged gradient is the global batch's.
+            np.testing.assert_allclose(rank_out[name], want, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert any(name.startswith("grad:heads.") for name in single)
+    assert any("running_var" in name for name in single)
+
+
+def test_local_negatives_differ_from_the_global_batch(two_process_steps):
+    # The control: without the gather each process contrasts within its own 32 images only.
+    single, runs = two_process_steps
+    local_loss = float(np.mean([r["loss"] for r in runs[False]]))
+    assert abs(local_loss - float(single["loss"])) > 1e-3
+    grad = "grad:heads.16.net.2.weight"
+    assert not np.allclose(runs[False][0][grad], single[grad], rtol=1e-4, atol=1e-6)
+
+
+def test_global_batch_norm_is_batch_norm_in_one_process():
+    from cibhash_ext.distributed import convert_batchnorm
+
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.BatchNorm1d(6), torch.nn.Conv2d(1, 1, 1))
+    converted = convert_batchnorm(torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.BatchNorm1d(6)))
+    converted.load_state_dict({k: v for k, v in plain.state_dict().items() if not k.startswith("2.")})
+    x = torch.randn(10, 5)
+    torch.testing.assert_close(converted(x), plain[:2](x), rtol=0, atol=0)
+    assert type(converted[1]).__name__ == "GlobalBatchNorm"
+    assert set(converted.state_dict()) == set(plain[:2].state_dict())
+
+
+@pytest.fixture(scope="module")
+def torchrun_run(tmp_path_factory):
+    if not os.path.isdir(FASHION_MNIST_ROOT):
+        pytest.skip(f"Fashion-MNIST is not installed at {FASHION_MNIST_ROOT} (scripts/setup.sh installs it)")
+    run_dir = tmp_path_factory.mktemp("torchrun") / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
+           "-m", "cibhash_ext", "train", "--run-dir", str(run_dir), "--train-size", "512", "--query-size", "50",
+           "--database-size", "300", "--epochs", "2", "--batch-size", "32", "--code-lengths", "16",
+           "--mlp-widths", "64", "--hidden", "64", "--baselines", "none", "--no-curves", "--no-progress",
+           "--threads", "1", "--dist-timeout", "120"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    return run_dir, result
+
+
+def test_torchrun_trains_and_only_rank_0_writes(torchrun_run):
+    run_dir, result = torchrun_run
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("run directory:") == 1  # rank 0 alone reports
+    assert sorted(os.listdir(run_dir)) == ["checkpoint.pt", "config.json", "metrics.json", "report.md",
+                                           "retrieval.png", "train.log"]
+    log = (run_dir / "train.log").read_text()
+    assert log.count(" loss ") == 2, log  # one line per epoch: no second writer
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train"]["processes"] == WORLD
+    assert 0 < metrics["cibhash"]["16"]["map"] <= 1
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["resolved"]["processes"] == WORLD and config["global_batch"] is True
+    # 512 images in global batches of 2 x 32: 8 steps per epoch.
+    assert "2 epochs of 8 batches of 2 x 32 images" in log
+
+
+def test_checkpoint_of_a_distributed_run_serves_one_process(torchrun_run, tmp_path):
+    from cibhash_ext.cli import main
+
+    run_dir, result = torchrun_run
+    assert result.returncode == 0, result.stderr
+    assert main(["encode", str(run_dir), "--split", "query", "--out", str(tmp_path / "q.npz"), "--no-progress"]) == 0
+    assert np.load(tmp_path / "q.npz")["codes_16"].shape == (50, 2)
+    # Resuming with another number of processes would change the global batch: refused.
+    assert main(["train", "--resume", "--run-dir", str(run_dir), "--no-progress"]) == 2
