@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Sequence
 
-from cibhash_ext.data import DATASETS, IMAGE_EXTENSIONS
+from cibhash_ext.data import DATASETS
 from cibhash_ext.index_cli import COMMANDS as INDEX_COMMANDS
 from cibhash_ext.index_cli import add_index_commands
 from cibhash_ext.index_cli import run as run_index_command
@@ -211,59 +211,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_files(inputs: Sequence[str]) -> list[str]:
-    files = []
-    for item in inputs:
-        if os.path.isdir(item):
-            for dirpath, _, names in sorted(os.walk(item)):
-                files += [os.path.join(dirpath, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
-        elif os.path.isfile(item):
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"input not found: {item}")
-    if not files:
-        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {list(inputs)}")
-    return files
-
-
 def _cmd_encode(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
-    from cibhash_ext.data import ImageSet, load_dataset
-    from cibhash_ext.training import build_model, encode_images, load_checkpoint, load_run_config
+    from cibhash_ext.training import encode_run
 
-    if bool(args.inputs) == bool(args.split):
-        raise ValueError("give either image files/folders or --split, not both and not neither")
     if not args.out.endswith(".npz"):
         raise ValueError(f"--out must name a .npz file, got {args.out!r}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = load_run_config(args.run_dir)
-    cfg.progress = not args.no_progress
-    state = load_checkpoint(args.run_dir)
-    channels, height, width = (int(v) for v in state["input_shape"])
-    if args.split:
-        data = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options())
-        images = getattr(data, args.split)
-        names = np.array([str(i) for i in range(len(images))])
-    else:
-        from PIL import Image
-        from torchvision.transforms.functional import pil_to_tensor
-
-        files = _image_files(args.inputs)
-        mode = "L" if channels == 1 else "RGB"
-        pixels = []
-        for f in files:
-            with Image.open(f) as img:
-                pixels.append(pil_to_tensor(img.convert(mode).resize((width, height), Image.BILINEAR)))
-        images = ImageSet(torch.zeros(len(files), dtype=torch.int64), images=torch.stack(pixels))
-        names = np.array(files)
-    model = build_model(cfg, state["input_shape"])
-    model.load_state_dict(state["model"])
-    codes = encode_images(cfg, model, images, batch_size=args.batch_size)
+    names, codes = encode_run(args.run_dir, args.inputs, args.split, args.batch_size, args.threads,
+                              not args.no_progress)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    np.savez(args.out, names=names, **{f"codes_{v}": c.numpy() for v, c in codes.items()})
+    np.savez(args.out, names=np.array(names), **{f"codes_{v}": c.numpy() for v, c in codes.items()})
     print(f"{len(names)} images encoded at {', '.join(map(str, codes))} bits -> {args.out}")
     return 0
 

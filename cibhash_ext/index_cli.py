@@ -1,5 +1,5 @@
-"""Command line for the Hamming index: ``index build`` (codes file -> index file) and ``search``
-(index + queries -> top-k or radius results as CSV or JSON), usable on its own
+"""Command line for the Hamming index: ``index build`` (codes file, or a trained run + images -> index
+file) and ``search`` (index + queries -> top-k or radius results as CSV or JSON), usable on its own
 (``python -m cibhash_ext.index_cli ...``) or registered in another parser with :func:`add_index_commands`.
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 __all__ = ["add_index_commands", "run", "main", "COMMANDS"]
 
 COMMANDS = ("index", "search")
+NAMES_SUFFIX = ".names.json"  # beside an index built from images: {"ids": [...], "names": [...]}
 
 
 def add_index_commands(subparsers) -> None:
@@ -32,14 +33,24 @@ def add_index_commands(subparsers) -> None:
     index_sub = index.add_subparsers(dest="index_command", metavar="ACTION")
     index_sub.required = True
     build = index_sub.add_parser(
-        "build", help="build an index file from a codes file",
+        "build", help="build an index file from a codes file, or from a trained run and images",
         description="Build an index from packed uint8 codes: a .npy array [n, ceil(nbits/8)], or a .npz "
-        "written by `cibhash encode` (array codes_<L>, chosen with --key when there are several).")
-    build.add_argument("codes", help="codes file (.npy, or .npz with --key)")
+        "written by `cibhash encode` (array codes_<L>, chosen with --key when there are several). With --run, "
+        "the inputs are image files or folders (or --split of the run's dataset), encoded by the run's model; "
+        f"their names are written beside the index (INDEX{NAMES_SUFFIX}) for `search --names`.")
+    build.add_argument("inputs", nargs="*", metavar="INPUT",
+                       help="codes file (.npy, or .npz with --key); with --run: image files or folders")
     build.add_argument("--output", "-o", required=True, help="index file to write (replaced atomically)")
     build.add_argument("--ids", help=".npy of integer ids, one per code (default: 0..n-1)")
-    build.add_argument("--nbits", type=int, help="bits per code (default: from the .npz key, else 8 x bytes per code)")
+    build.add_argument("--nbits", type=int, help="bits per code (default: from the .npz key, else 8 x bytes per "
+                       "code); with --run: which of the run's code lengths (default: the longest)")
     build.add_argument("--key", help="array name inside a .npz file, e.g. codes_64")
+    build.add_argument("--run", metavar="RUN_DIR", help="a run directory of `cibhash train`: encode images with its model")
+    build.add_argument("--split", choices=("query", "database", "train"),
+                       help="with --run: index this split of the run's dataset instead of image files")
+    build.add_argument("--batch-size", type=int, default=512, help="with --run: images per forward pass")
+    build.add_argument("--threads", type=int, help="torch intra-op threads")
+    build.add_argument("--no-progress", action="store_true", help="with --run: no progress bar")
     build.set_defaults(index_handler=_cmd_build, command_name="index build")
 
     search = subparsers.add_parser(
@@ -56,6 +67,8 @@ def add_index_commands(subparsers) -> None:
     search.add_argument("--output", "-o", help="output file (default: standard output)")
     search.add_argument("--no-mmap", action="store_true", help="read the index into memory instead of mapping it")
     search.add_argument("--no-verify", action="store_true", help="skip the data checksum when loading (huge files)")
+    search.add_argument("--names", action="store_true",
+                        help=f"add each result's image name, from the INDEX{NAMES_SUFFIX} file `index build --run` wrote")
     search.add_argument("--threads", type=int, help="torch intra-op threads")
     search.set_defaults(index_handler=_cmd_search, command_name="search")
 
@@ -85,27 +98,69 @@ def _load_codes(path: str, key: str | None, what: str) -> tuple[np.ndarray, int 
     return data, nbits
 
 
+def _load_ids(path: str, count: int) -> np.ndarray:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"ids file {path!r} does not exist")
+    ids = np.load(path, allow_pickle=False)
+    if not np.issubdtype(ids.dtype, np.integer) or ids.shape != (count,):
+        raise ValueError(f"ids file {path!r} must hold {count} integers (one per code), "
+                         f"got a {ids.dtype} array of shape {ids.shape}")
+    return ids.astype(np.int64)
+
+
+def _encode_for_index(args: argparse.Namespace) -> tuple[np.ndarray, int, list[str]]:
+    """Codes of the chosen length, the length, and the image names, from a run and images or a split."""
+    from cibhash_ext.training import encode_run, load_run_config
+
+    lengths = load_run_config(args.run).code_lengths
+    nbits = args.nbits or max(lengths)
+    if nbits not in lengths:
+        raise ValueError(f"--nbits {nbits} is not a code length of the run in {args.run}: it has {list(lengths)}")
+    names, codes = encode_run(args.run, args.inputs, args.split, args.batch_size, args.threads, not args.no_progress)
+    return codes[nbits].numpy(), nbits, names
+
+
+def _write_names(path: str, ids: np.ndarray, names: list[str]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump({"ids": ids.tolist(), "names": names}, fh)
+    os.replace(tmp, path)
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from cibhash_ext.index import HammingIndex
 
-    codes, key_bits = _load_codes(args.codes, args.key, "codes")
-    nbits = args.nbits or key_bits or 8 * codes.shape[1]
-    if (nbits + 7) // 8 != codes.shape[1]:
-        raise ValueError(f"--nbits {nbits} needs {(nbits + 7) // 8} bytes per code, the codes have {codes.shape[1]}")
-    ids = None
-    if args.ids:
-        if not os.path.exists(args.ids):
-            raise FileNotFoundError(f"ids file {args.ids!r} does not exist")
-        ids = np.load(args.ids, allow_pickle=False)
-        if not np.issubdtype(ids.dtype, np.integer) or ids.shape != (codes.shape[0],):
-            raise ValueError(f"ids file {args.ids!r} must hold {codes.shape[0]} integers (one per code), "
-                             f"got a {ids.dtype} array of shape {ids.shape}")
-        ids = ids.astype(np.int64)
+    names = None
+    if args.run:
+        if args.key:
+            raise ValueError("--key selects an array of a codes file; with --run choose the code length with --nbits")
+        codes, nbits, names = _encode_for_index(args)
+    else:
+        if args.split:
+            raise ValueError("--split needs --run, the run whose dataset and model to use")
+        if len(args.inputs) != 1:
+            raise ValueError(f"give one codes file (or --run RUN_DIR with images), got {len(args.inputs)} inputs")
+        codes, key_bits = _load_codes(args.inputs[0], args.key, "codes")
+        nbits = args.nbits or key_bits or 8 * codes.shape[1]
+        if (nbits + 7) // 8 != codes.shape[1]:
+            raise ValueError(f"--nbits {nbits} needs {(nbits + 7) // 8} bytes per code, the codes have {codes.shape[1]}")
+    ids = _load_ids(args.ids, codes.shape[0]) if args.ids else None
     index = HammingIndex(nbits)
     index.add(codes, ids)
     index.save(args.output)
+    if names is not None:
+        _write_names(args.output + NAMES_SUFFIX, index.ids.numpy(), names)
     print(f"indexed {len(index)} codes of {nbits} bits -> {args.output}")
     return 0
+
+
+def _names_of(index_path: str) -> dict[int, str]:
+    path = index_path + NAMES_SUFFIX
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--names: {path!r} does not exist (it is written by `index build --run`)")
+    with open(path) as fh:
+        table = json.load(fh)
+    return dict(zip(table["ids"], table["names"]))
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -136,7 +191,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
             raise ValueError(f"--radius must be >= 0, got {args.radius}")
         lims, dist, ids = index.range_search(queries, args.radius)
         lims = lims.numpy()
-    text = _format(lims, dist.tolist(), ids.tolist(), args)
+    ids = ids.tolist()
+    names = None
+    if args.names:
+        table = _names_of(args.index)
+        names = [table.get(i, "") for i in ids]
+    text = _format(lims, dist.tolist(), ids, names, args)
     if args.output:
         with open(args.output, "w", newline="") as fh:
             fh.write(text)
@@ -145,18 +205,21 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format(lims: np.ndarray, dist: list[int], ids: list[int], args: argparse.Namespace) -> str:
+def _format(lims: np.ndarray, dist: list[int], ids: list[int], names: list[str] | None, args: argparse.Namespace) -> str:
     if args.format == "json":
         results = [{"query": q, "ids": ids[lims[q]:lims[q + 1]], "distances": dist[lims[q]:lims[q + 1]]}
                    for q in range(len(lims) - 1)]
+        if names is not None:
+            for q, result in enumerate(results):
+                result["names"] = names[lims[q]:lims[q + 1]]
         search = {"k": args.k} if args.k is not None else {"radius": args.radius}
         return json.dumps({"index": args.index, **search, "results": results}) + "\n"
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["query", "rank", "id", "distance"])
+    writer.writerow(["query", "rank", "id", "distance"] + (["name"] if names is not None else []))
     for q in range(len(lims) - 1):
         for rank, j in enumerate(range(lims[q], lims[q + 1])):
-            writer.writerow([q, rank, ids[j], dist[j]])
+            writer.writerow([q, rank, ids[j], dist[j]] + ([names[j]] if names is not None else []))
     return out.getvalue()
 
 

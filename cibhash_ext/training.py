@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from cibhash_ext import distributed, ops
 from cibhash_ext.baselines import ITQ, LSH
-from cibhash_ext.data import ImageSet, RetrievalData, load_dataset
+from cibhash_ext.data import IMAGE_EXTENSIONS, ImageSet, RetrievalData, load_dataset
 from cibhash_ext.evaluation import evaluate_codes
 from cibhash_ext.losses import CIBHashLoss
 from cibhash_ext.models import BACKBONES, CIBHashModel, build_backbone
@@ -645,3 +645,74 @@ def evaluate(run_dir: str, threads: int | None = None, progress_bars: bool = Tru
     _write_json(metrics, os.path.join(run_dir, METRICS_FILE))
     LOG.info("report: %s", write_report(run_dir, GRID_FILE))
     return metrics
+
+
+def image_files(inputs: Sequence[str]) -> list[str]:
+    """The image files among ``inputs`` (files, or folders searched recursively in sorted order)."""
+    files = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for dirpath, _, names in sorted(os.walk(item)):
+                files += [os.path.join(dirpath, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
+        elif os.path.isfile(item):
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"input not found: {item}")
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {list(inputs)}")
+    return files
+
+
+def encode_run(
+    run_dir: str,
+    inputs: Sequence[str] | None = None,
+    split: str | None = None,
+    batch_size: int = 512,
+    threads: int | None = None,
+    progress_bars: bool = True,
+) -> tuple[list[str], dict[int, Tensor]]:
+    """Packed codes, at every code length of a trained run, of image files or of a split of the
+    run's dataset (exactly one of ``inputs`` and ``split``).
+
+    Args:
+        run_dir (str): a run directory written by :func:`train`.
+        inputs (sequence of str, optional): image files or folders (searched recursively, sorted).
+        split (str, optional): "query", "database" or "train" of the run's dataset.
+        batch_size (int): images per forward pass.
+        threads (int, optional): torch intra-op threads.
+        progress_bars (bool): show a progress bar.
+
+    Returns:
+        (names, codes): one name per image (its path, or its position in the split) and a dict
+        mapping L to Tensor[n, ceil(L / 8)] uint8 in the same order.
+    """
+    if bool(inputs) == bool(split):
+        raise ValueError("give either image files/folders or --split, not both and not neither")
+    if split is not None and split not in ("query", "database", "train"):
+        raise ValueError(f"split must be 'query', 'database' or 'train', got {split!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = load_run_config(run_dir)
+    cfg.progress = progress_bars
+    state = load_checkpoint(run_dir)
+    channels, height, width = (int(v) for v in state["input_shape"])
+    if split:
+        data = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options())
+        images = getattr(data, split)
+        names = [str(i) for i in range(len(images))]
+    else:
+        from PIL import Image
+        from torchvision.transforms.functional import pil_to_tensor
+
+        names = image_files(inputs)
+        mode = "L" if channels == 1 else "RGB"
+        pixels = []
+        for f in names:
+            with Image.open(f) as img:
+                pixels.append(pil_to_tensor(img.convert(mode).resize((width, height), Image.BILINEAR)))
+        images = ImageSet(torch.zeros(len(names), dtype=torch.int64), images=torch.stack(pixels))
+    model = build_model(cfg, state["input_shape"])
+    model.load_state_dict(state["model"])
+    return names, encode_images(cfg, model, images, batch_size=batch_size)

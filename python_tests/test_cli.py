@@ -1,7 +1,10 @@
 """Tests of the command line: --help of every command, error paths, and encode on a tiny run."""
 
+import csv
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -100,6 +103,32 @@ def test_train_evaluate_encode_round_trip(tmp_path, capsys):
     dist, _ = ops.hamming_topk(torch.from_numpy(file_codes["codes_32"]), torch.from_numpy(split_codes["codes_32"]), 1)
     assert dist[:, 0].tolist() == [0, 0, 0]
     assert main(["encode", run, str(tmp_path / "missing.png"), "--out", out_files]) == 2
+
+    # index build from the run: an image folder (names kept beside the index) and a split of its dataset.
+    index_path = str(tmp_path / "images.idx")
+    assert main(["index", "build", "--run", run, str(folder), "-o", index_path, "--nbits", "32", "--no-progress"]) == 0
+    assert main(["search", index_path, out_files, "--key", "codes_32", "-k", "1", "--names", "--format", "json"]) == 0
+    found = json.loads(capsys.readouterr().out.splitlines()[-1])["results"]
+    assert [(r["names"], r["distances"]) for r in found] == [([str(folder / f"{i}.png")], [0]) for i in range(3)]
+    db_index = str(tmp_path / "database.idx")
+    assert main(["index", "build", "--run", run, "--split", "database", "-o", db_index, "--no-progress"]) == 0
+    from cibhash_ext.index import HammingIndex
+
+    built = HammingIndex.load(db_index)
+    assert (built.nbits, len(built)) == (32, 300)  # the run's longest code length by default
+    assert main(["encode", run, "--split", "database", "--out", str(tmp_path / "db.npz"), "--no-progress"]) == 0
+    assert np.array_equal(built.codes.numpy(), np.load(tmp_path / "db.npz")["codes_32"])
+    capsys.readouterr()
+    assert main(["index", "build", "--run", run, "--split", "database", "-o", db_index, "--nbits", "24"]) == 2
+    assert "not a code length of the run" in capsys.readouterr().err
+    # A split's images are named by their position in it.
+    assert main(["search", db_index, out_files, "--key", "codes_32", "-k", "2", "--names"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 6 and all(row["name"] == row["id"] for row in rows)
+    assert main(["search", str(tmp_path / "a_copy.idx"), out_files, "--key", "codes_32", "-k", "1"]) == 2
+    shutil.copy(db_index, tmp_path / "a_copy.idx")
+    assert main(["search", str(tmp_path / "a_copy.idx"), out_files, "--key", "codes_32", "-k", "1", "--names"]) == 2
+    assert "a_copy.idx.names.json' does not exist" in capsys.readouterr().err
 
 
 def test_presets_and_overrides():
