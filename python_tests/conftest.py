@@ -76,3 +76,54 @@ def clear_padding(codes: torch.Tensor, nbits: int) -> torch.Tensor:
         codes = codes.clone()
         codes[:, -1] &= (1 << (nbits % 8)) - 1
     return codes
+
+
+def _run_rank(worker, rank: int, world: int, port: int, args: tuple) -> None:
+    """A forked rank: runs worker, prints its traceback on failure, and leaves without pytest's teardown."""
+    import os
+    import sys
+    import traceback
+
+    code = 1
+    try:
+        torch.set_num_threads(1)
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        worker(rank, world, *args)
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # a forked child must not run the parent's pytest teardown
+
+
+def fork_ranks(worker, world: int, *args, timeout_s: float = 60.0) -> float:
+    """Runs ``worker(rank, world, *args)`` in ``world`` forked processes (MASTER_ADDR/PORT set to a
+    free local port, 1 torch thread each) and returns the seconds they took; fails the test if a
+    rank fails or is still running after ``timeout_s`` (it is killed).
+
+    Forked ranks share the already imported torch: fresh interpreters would cost seconds of imports
+    per rank on a small CI machine.
+    """
+    import multiprocessing
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    context = multiprocessing.get_context("fork")
+    start = time.monotonic()
+    procs = [context.Process(target=_run_rank, args=(worker, r, world, port, args)) for r in range(world)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=max(0.0, start + timeout_s - time.monotonic()))
+    hung = [r for r, p in enumerate(procs) if p.exitcode is None]
+    for proc in procs:
+        if proc.exitcode is None:
+            proc.kill()
+    assert not hung, f"ranks {hung} hung"
+    assert [p.exitcode for p in procs] == [0] * world, "a rank failed (its traceback is in the captured output)"
+    return time.monotonic() - start

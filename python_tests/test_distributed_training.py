@@ -4,17 +4,14 @@ statistics of 1 process x batch 64; torchrun trains end to end with only rank 0 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import socket
 import subprocess
 import sys
-import time
-import traceback
 
 import numpy as np
 import pytest
 import torch
+from conftest import fork_ranks
 
 from cibhash_ext.data import FASHION_MNIST_ROOT
 
@@ -46,37 +43,20 @@ def _step(model, net, cfg, view1, view2) -> dict[str, np.ndarray]:
     return out
 
 
-def _worker(rank: int, port: int, workdir: str) -> None:
-    code = 1
-    try:
-        from cibhash_ext.distributed import init_process_group
-        from cibhash_ext.training import build_model, wrap_for_processes
+def _worker(rank: int, world: int, workdir: str) -> None:
+    from cibhash_ext.distributed import init_process_group
+    from cibhash_ext.training import build_model, wrap_for_processes
 
-        torch.set_num_threads(1)
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        init_process_group("gloo", timeout_s=30, rank=rank, world_size=WORLD)
-        views = torch.load(os.path.join(workdir, "views.pt"))
-        rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        for global_batch in (True, False):
-            cfg = _config(global_batch)
-            model = build_model(cfg, SHAPE)
-            model.load_state_dict(torch.load(os.path.join(workdir, "model.pt")))
-            net = wrap_for_processes(model, cfg)
-            out = _step(model, net, cfg, views["view1"][rows], views["view2"][rows])
-            np.savez(os.path.join(workdir, f"rank{rank}_global{int(global_batch)}.npz"), **out)
-        code = 0
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)  # a forked child must not run the parent's pytest teardown
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    init_process_group("gloo", timeout_s=30, rank=rank, world_size=world)
+    views = torch.load(os.path.join(workdir, "views.pt"))
+    rows = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+    for global_batch in (True, False):
+        cfg = _config(global_batch)
+        model = build_model(cfg, SHAPE)
+        model.load_state_dict(torch.load(os.path.join(workdir, "model.pt")))
+        net = wrap_for_processes(model, cfg)
+        out = _step(model, net, cfg, views["view1"][rows], views["view2"][rows])
+        np.savez(os.path.join(workdir, f"rank{rank}_global{int(global_batch)}.npz"), **out)
 
 
 @pytest.fixture(scope="module")
@@ -90,19 +70,7 @@ def two_process_steps(tmp_path_factory):
     gen = torch.Generator().manual_seed(4)
     views = {"view1": torch.randn(BATCH, *SHAPE, generator=gen), "view2": torch.randn(BATCH, *SHAPE, generator=gen)}
     torch.save(views, workdir / "views.pt")
-    # Forked workers share the imported torch (fresh interpreters cost seconds each on CI).
-    context = multiprocessing.get_context("fork")
-    port = _free_port()
-    procs = [context.Process(target=_worker, args=(r, port, str(workdir))) for r in range(WORLD)]
-    for proc in procs:
-        proc.start()
-    deadline = time.monotonic() + 90
-    for proc in procs:
-        proc.join(timeout=max(0.0, deadline - time.monotonic()))
-    for proc in procs:
-        if proc.exitcode is None:
-            proc.kill()
-    assert [p.exitcode for p in procs] == [0] * WORLD, "a worker failed or hung (traceback in the captured output)"
+    fork_ranks(_worker, WORLD, str(workdir), timeout_s=90)
     single = _step(model, model, _config(), views["view1"], views["view2"])
     runs = {g: [dict(np.load(workdir / f"rank{r}_global{int(g)}.npz")) for r in range(WORLD)] for g in (True, False)}
     return single, runs

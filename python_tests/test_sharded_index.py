@@ -8,16 +8,13 @@ errors it saw in a directory for the tests to check.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import socket
-import sys
 import time
-import traceback
 
 import numpy as np
 import pytest
 import torch
+from conftest import fork_ranks
 
 NBITS = 20  # not a multiple of 8: padding bits travel through the shards
 N = 101  # uneven split over 3 ranks: 33, 34, 34
@@ -100,24 +97,13 @@ def _worker_failures(rank: int, world: int, workdir: str) -> None:
         json.dump(errors, fh)
 
 
-def _worker_main(rank: int, world: int, port: int, workdir: str) -> None:
+def _worker_main(rank: int, world: int, workdir: str) -> None:
     """One rank: the equality checks, then the failures (which end with the last rank leaving)."""
-    code = 1
-    try:
-        from cibhash_ext.sharded_index import init_process_group
+    from cibhash_ext.distributed import init_process_group
 
-        torch.set_num_threads(1)
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        init_process_group("gloo", timeout_s=TIMEOUT_S, rank=rank, world_size=world)
-        _worker_equal(rank, world, workdir)
-        _worker_failures(rank, world, workdir)
-        code = 0
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)  # a forked child must not run the parent's pytest teardown
+    init_process_group("gloo", timeout_s=TIMEOUT_S, rank=rank, world_size=world)
+    _worker_equal(rank, world, workdir)
+    _worker_failures(rank, world, workdir)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,31 +111,8 @@ def _worker_main(rank: int, world: int, port: int, workdir: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch(world: int, workdir) -> float:
-    # Forked workers share the already imported torch: starting fresh interpreters would cost
-    # seconds of imports per rank on a small CI machine.
-    context = multiprocessing.get_context("fork")
-    port = _free_port()
-    start = time.monotonic()
-    procs = [context.Process(target=_worker_main, args=(r, world, port, str(workdir))) for r in range(world)]
-    for proc in procs:
-        proc.start()
-    deadline = start + 60
-    for proc in procs:
-        proc.join(timeout=max(0.0, deadline - time.monotonic()))
-    hung = [r for r, p in enumerate(procs) if p.exitcode is None]
-    for proc in procs:
-        if proc.exitcode is None:
-            proc.kill()
-    assert not hung, f"ranks {hung} hung"
-    assert [p.exitcode for p in procs] == [0] * world, "a worker failed (its traceback is in the captured output)"
-    return time.monotonic() - start
+    return fork_ranks(_worker_main, world, str(workdir), timeout_s=60)
 
 
 @pytest.fixture(scope="module")
