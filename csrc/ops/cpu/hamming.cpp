@@ -159,6 +159,7 @@ struct RadiusSink {
   MatchList* lists;  // indexed by query - first_query
   int64_t first_query;
   int32_t limit;  // radius + 1
+  int32_t* noted;  // scratch of the AVX-512 scan: one slot per group of 8 codes of a tile
   int32_t threshold(int64_t) const { return limit; }
   void push(int64_t q, int64_t i, int32_t d) { lists[q - first_query].push(i, d); }
 };
@@ -337,11 +338,75 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_avx512(const u
   if (j < n) push_hits_avx512<WT, RB>(tile, n, j, __mmask8((1u << (n - j)) - 1), base, qwords, words, q0, sink);
 }
 
+// dist[r]: distances of the codes j .. j+7 of the tile to query r (lanes outside valid read 0).
+template <int WT, int RB>
+__attribute__((target("avx512f,avx512vpopcntdq"), always_inline)) inline void group_distances(
+    const uint64_t* tile, int64_t n, int64_t j, __mmask8 valid, const uint64_t* qwords, int64_t words, __m512i* dist) {
+  for (int r = 0; r < RB; ++r) dist[r] = _mm512_setzero_si512();
+  for (int64_t w = 0; w < (WT > 0 ? WT : words); ++w) {
+    const __m512i v = _mm512_maskz_loadu_epi64(valid, tile + w * n + j);
+    for (int r = 0; r < RB; ++r) {
+      const __m512i q = _mm512_set1_epi64(static_cast<long long>(qwords[r * words + w]));
+      dist[r] = _mm512_add_epi64(dist[r], _mm512_popcnt_epi64(_mm512_xor_si512(v, q)));
+    }
+  }
+}
+
+// The radius hot loop. Every query has the same threshold (radius + 1), so the unsigned minimum of
+// the RB distance vectors tells in one compare whether any query has a hit in the group. About one
+// group in ten has a hit at typical radii (W5: 11%), too often for a branch to predict, so the scan
+// only notes such groups without a branch (the slot is always written, the count advances by 0 or
+// 1); a second, short pass over the noted groups recomputes their distances and pushes the hits in
+// index order. Measured on W5 (1 thread): 140 -> 113 ms.
+template <int WT, int RB>
+__attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_avx512_radius(const uint64_t* tile, int64_t n,
+                                                                                 int64_t base,
+                                                                                 const uint64_t* qwords, int64_t W,
+                                                                                 int64_t q0, RadiusSink& sink) {
+  static_assert(RB <= 8, "the hit bitmap holds 8 queries of 8 lanes");
+  const int64_t words = WT > 0 ? WT : W;
+  const __m512i limit = _mm512_set1_epi64(sink.limit);
+  // The starts of the groups with a hit (sink.noted has a slot for every group of a tile).
+  int32_t* noted = sink.noted;
+  int64_t count = 0;
+  for (int64_t j = 0; j + 8 <= n; j += 8) {
+    __m512i dist[RB];
+    group_distances<WT, RB>(tile, n, j, __mmask8(0xff), qwords, words, dist);
+    __m512i nearest = dist[0];
+    for (int r = 1; r < RB; ++r) nearest = _mm512_min_epu64(nearest, dist[r]);
+    noted[count] = static_cast<int32_t>(j);
+    count += _mm512_cmplt_epu64_mask(nearest, limit) != 0;
+  }
+  // The last partial group is always visited; masked loads never touch memory past the tile.
+  if (n % 8) noted[count++] = static_cast<int32_t>(n / 8 * 8);
+  for (int64_t c = 0; c < count; ++c) {
+    const int64_t j = noted[c];
+    const __mmask8 valid = static_cast<__mmask8>(n - j >= 8 ? 0xff : (1u << (n - j)) - 1);
+    __m512i dist[RB];
+    group_distances<WT, RB>(tile, n, j, valid, qwords, words, dist);
+    uint64_t bitmap = 0;
+    for (int r = 0; r < RB; ++r) bitmap |= uint64_t{_mm512_mask_cmplt_epu64_mask(valid, dist[r], limit)} << (8 * r);
+    for (; bitmap; bitmap &= bitmap - 1) {
+      const int bit = __builtin_ctzll(bitmap), r = bit >> 3, lane = bit & 7;
+      int32_t d = 0;
+      for (int64_t w = 0; w < words; ++w) {
+        d += static_cast<int32_t>(_mm_popcnt_u64(tile[w * n + j + lane] ^ qwords[r * words + w]));
+      }
+      sink.push(q0 + r, base + j + lane, d);
+    }
+  }
+}
+
 // Queries [q0, q0 + R) against one tile, on the fastest instruction set, R = kQueryBlock or less.
 template <int WT, typename Sink>
 void scan_tile(Isa isa, const uint64_t* tile, int64_t n, int64_t base, const uint64_t* qwords, int64_t W, int64_t q0,
                int R, Sink& sink) {
   if (isa == Isa::kAvx512) {
+    if constexpr (std::is_same_v<Sink, RadiusSink>) {
+      if (R == kQueryBlock) return scan_tile_avx512_radius<WT, kQueryBlock>(tile, n, base, qwords, W, q0, sink);
+      for (int r = 0; r < R; ++r) scan_tile_avx512_radius<WT, 1>(tile, n, base, qwords + r * W, W, q0 + r, sink);
+      return;
+    }
     if (R == kQueryBlock) return scan_tile_avx512<WT, kQueryBlock>(tile, n, base, qwords, W, q0, sink);
     for (int r = 0; r < R; ++r) scan_tile_avx512<WT, 1>(tile, n, base, qwords + r * W, W, q0 + r, sink);
   } else if (isa == Isa::kAvx2) {
@@ -617,11 +682,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_cpu(const at::Tens
   at::parallel_for(0, split.tasks, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       if (split.by_database) {
-        RadiusSink sink{lists.data() + t * Q, 0, limit};
+        std::vector<int32_t> noted(static_cast<size_t>(tile_codes(pr.problem.words) / 8 + 1));
+        RadiusSink sink{lists.data() + t * Q, 0, limit, noted.data()};
         scan_range(pr.problem, 0, Q, range_start(N, C, t), range_start(N, C, t + 1), sink);
       } else {
         const int64_t q0 = range_start(Q, split.tasks, t), q1 = range_start(Q, split.tasks, t + 1);
-        RadiusSink sink{lists.data() + q0, q0, limit};
+        std::vector<int32_t> noted(static_cast<size_t>(tile_codes(pr.problem.words) / 8 + 1));
+        RadiusSink sink{lists.data() + q0, q0, limit, noted.data()};
         scan_range(pr.problem, q0, q1, 0, N, sink);
       }
     }
