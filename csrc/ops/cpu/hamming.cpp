@@ -123,45 +123,58 @@ struct TopkSink {
   void push(int64_t q, int64_t i, int32_t d) { buffers[q - first_query].push(i, d); }
 };
 
-// Matches of one query in increasing index order. The arrays grow with realloc: no zero fill, and
-// large blocks are remapped rather than copied (measured 4-6% faster on W5 than std::vector).
-struct MatchList {
-  struct Free {
-    void operator()(void* p) const { std::free(p); }
-  };
-  std::unique_ptr<int64_t[], Free> idx;
-  std::unique_ptr<int32_t[], Free> dist;
-  size_t size = 0, capacity = 0;
+// Radius matches in the order the scan finds them (tile by tile), appended to one sequential log
+// per task: a hit costs one 16-byte store and a pointer bump, where per-query lists cost a list
+// header lookup and two scattered stores. The log grows by fixed blocks, so nothing is copied.
+struct Hit {
+  int64_t idx;
+  uint32_t query;  // relative to the first query of its batch (a few thousand at most)
+  int32_t dist;
+};
 
-  void reserve_one() {
-    if (size < capacity) return;
-    capacity = std::max<size_t>(64, 2 * capacity);
-    idx.reset(static_cast<int64_t*>(grow(idx.release(), capacity * sizeof(int64_t))));
-    dist.reset(static_cast<int32_t*>(grow(dist.release(), capacity * sizeof(int32_t))));
+class HitLog {
+ public:
+  static constexpr int64_t kBlock = 1 << 16;  // hits per block (1 MiB)
+
+  void push(int64_t idx, uint32_t query, int32_t dist) {
+    if (__builtin_expect(at_ == end_, 0)) grow();
+    *at_++ = Hit{idx, query, dist};
   }
-  static void* grow(void* p, size_t bytes) {
-    void* q = std::realloc(p, bytes);
-    if (q == nullptr) {
-      std::free(p);
-      throw std::bad_alloc();
+  int64_t size() const { return static_cast<int64_t>(blocks_.size()) * kBlock - (end_ - at_); }
+  // Calls f(hit) for hits [a, b) in log order.
+  template <typename F>
+  void for_each(int64_t a, int64_t b, F&& f) const {
+    while (a < b) {
+      const int64_t end = std::min(b, (a / kBlock + 1) * kBlock);  // within a's block
+      const Hit* h = blocks_[static_cast<size_t>(a / kBlock)].get() + a % kBlock;
+      for (const Hit* stop = h + (end - a); h != stop; ++h) f(*h);
+      a = end;
     }
-    return q;
   }
-  void push(int64_t i, int32_t d) {
-    reserve_one();
-    idx[size] = i;
-    dist[size] = d;
-    ++size;
+
+ private:
+  __attribute__((noinline)) void grow() {
+    std::unique_ptr<Hit[]> block(new Hit[kBlock]);  // trivial type: no zero fill
+    blocks_.push_back(std::move(block));  // on bad_alloc the block is freed, the log unchanged
+    at_ = blocks_.back().get();
+    end_ = at_ + kBlock;
   }
+  std::vector<std::unique_ptr<Hit[]>> blocks_;
+  Hit* at_ = nullptr;
+  Hit* end_ = nullptr;
 };
 
 struct RadiusSink {
-  MatchList* lists;  // indexed by query - first_query
-  int64_t first_query;
+  HitLog* log;
+  int64_t* counts;  // matches per query, indexed by query
+  int64_t first_query;  // of the batch being scanned
   int32_t limit;  // radius + 1
   int32_t* noted;  // scratch of the AVX-512 scan: one slot per group of 8 codes of a tile
   int32_t threshold(int64_t) const { return limit; }
-  void push(int64_t q, int64_t i, int32_t d) { lists[q - first_query].push(i, d); }
+  void push(int64_t q, int64_t i, int32_t d) {
+    log->push(i, static_cast<uint32_t>(q - first_query), d);
+    ++counts[q];
+  }
 };
 
 struct MatrixSink {
@@ -663,6 +676,13 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries, c
   return {dist, idx};
 }
 
+// Radius search runs in two phases. The scan logs every match of a task in one HitLog, in batches
+// of queries; the batch's log segment holds its matches tile by tile, each query's in increasing
+// index order. Once the counts give lims, each batch is ordered by a stable counting sort on
+// (query, distance) straight into the outputs. A batch has at most kRadiusBuckets (query,
+// distance) buckets, so the positions and the bucket write fronts stay in cache.
+constexpr int64_t kRadiusBuckets = 1 << 13;
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_cpu(const at::Tensor& queries,
                                                                   const at::Tensor& database, int64_t radius) {
   check_query_database(queries, database, "hamming_radius");
@@ -675,51 +695,79 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_cpu(const at::Tens
   const Prepared pr = prepare(queries, database);
   const int64_t max_distance = 8 * queries.size(1);
   const int32_t limit = static_cast<int32_t>(std::min(radius, max_distance) + 1);
+  const int64_t batch = std::max<int64_t>(kQueryBlock, kRadiusBuckets / limit / kQueryBlock * kQueryBlock);
   const Split split = choose_split(Q, N);
   const int64_t C = split.by_database ? split.tasks : 1;
-  // lists[c * Q + q]: query q's matches in database chunk c, in increasing index order.
-  std::vector<MatchList> lists(static_cast<size_t>(C * Q));
+  // A task scans queries [q_begin(t), q_end(t)) against database chunk t (by_database) or all of it.
+  auto q_begin = [&](int64_t t) { return split.by_database ? 0 : range_start(Q, split.tasks, t); };
+  auto q_end = [&](int64_t t) { return split.by_database ? Q : range_start(Q, split.tasks, t + 1); };
+
+  std::vector<HitLog> logs(static_cast<size_t>(split.tasks));
+  // ends[t][b]: the end of batch b in task t's log.
+  std::vector<std::vector<int64_t>> ends(static_cast<size_t>(split.tasks));
+  // counts[c * Q + q]: query q's matches in database chunk c.
+  std::vector<int64_t> counts(static_cast<size_t>(C * Q), 0);
   at::parallel_for(0, split.tasks, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      if (split.by_database) {
-        std::vector<int32_t> noted(static_cast<size_t>(tile_codes(pr.problem.words) / 8 + 1));
-        RadiusSink sink{lists.data() + t * Q, 0, limit, noted.data()};
-        scan_range(pr.problem, 0, Q, range_start(N, C, t), range_start(N, C, t + 1), sink);
-      } else {
-        const int64_t q0 = range_start(Q, split.tasks, t), q1 = range_start(Q, split.tasks, t + 1);
-        std::vector<int32_t> noted(static_cast<size_t>(tile_codes(pr.problem.words) / 8 + 1));
-        RadiusSink sink{lists.data() + q0, q0, limit, noted.data()};
-        scan_range(pr.problem, q0, q1, 0, N, sink);
+      const int64_t n0 = split.by_database ? range_start(N, C, t) : 0;
+      const int64_t n1 = split.by_database ? range_start(N, C, t + 1) : N;
+      std::vector<int32_t> noted(static_cast<size_t>(tile_codes(pr.problem.words) / 8 + 1));
+      RadiusSink sink{&logs[t], counts.data() + (split.by_database ? t * Q : 0), 0, limit, noted.data()};
+      for (int64_t b0 = q_begin(t); b0 < q_end(t); b0 += batch) {
+        sink.first_query = b0;
+        scan_range(pr.problem, b0, std::min(q_end(t), b0 + batch), n0, n1, sink);
+        ends[t].push_back(logs[t].size());
       }
     }
   });
   int64_t* lp = lims.mutable_data_ptr<int64_t>();
   for (int64_t q = 0; q < Q; ++q) {
     int64_t count = 0;
-    for (int64_t c = 0; c < C; ++c) count += static_cast<int64_t>(lists[c * Q + q].size);
+    for (int64_t c = 0; c < C; ++c) count += counts[c * Q + q];
     lp[q + 1] = lp[q] + count;
   }
   auto dist = at::empty({lp[Q]}, queries.options().dtype(at::kInt));
   auto idx = at::empty({lp[Q]}, queries.options().dtype(at::kLong));
   int32_t* dp = dist.mutable_data_ptr<int32_t>();
   int64_t* ip = idx.mutable_data_ptr<int64_t>();
-  // A counting sort by distance per query: the chunks are visited in index order and the sort is
-  // stable, so each query's results come out ordered by (distance, index).
-  at::parallel_for(0, Q, 1, [&](int64_t qa, int64_t qb) {
-    std::vector<int64_t> start(static_cast<size_t>(limit) + 1);
-    for (int64_t q = qa; q < qb; ++q) {
-      std::fill(start.begin(), start.end(), 0);
-      for (int64_t c = 0; c < C; ++c)
-        for (size_t m = 0; m < lists[c * Q + q].size; ++m) ++start[lists[c * Q + q].dist[m] + 1];
-      for (int32_t d = 0; d < limit; ++d) start[d + 1] += start[d];
-      for (int64_t c = 0; c < C; ++c) {
-        const MatchList& list = lists[c * Q + q];
-        for (size_t m = 0; m < list.size; ++m) {
-          const int64_t at_ = lp[q] + start[list.dist[m]]++;
-          dp[at_] = list.dist[m];
-          ip[at_] = list.idx[m];
+
+  // One work item per batch: the tasks that logged it (every chunk, in index order, when split by
+  // database) and its index in their logs.
+  struct Item {
+    int64_t q0, q1, task0, task1, b;
+  };
+  std::vector<Item> items;
+  for (int64_t t = 0; t < (split.by_database ? 1 : split.tasks); ++t) {
+    for (int64_t b0 = q_begin(t), b = 0; b0 < q_end(t); b0 += batch, ++b) {
+      items.push_back({b0, std::min(q_end(t), b0 + batch), split.by_database ? 0 : t,
+                       split.by_database ? C : t + 1, b});
+    }
+  }
+  // The counting sort is stable and the logs are read in index order, so each query's results
+  // come out ordered by (distance, index).
+  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t i0, int64_t i1) {
+    std::vector<int64_t> at_(static_cast<size_t>(batch * limit));
+    for (int64_t i = i0; i < i1; ++i) {
+      const Item& it = items[i];
+      std::fill(at_.begin(), at_.end(), 0);
+      for (int64_t t = it.task0; t < it.task1; ++t) {
+        logs[t].for_each(it.b ? ends[t][it.b - 1] : 0, ends[t][it.b],
+                         [&](const Hit& h) { ++at_[int64_t{h.query} * limit + h.dist]; });
+      }
+      for (int64_t q = it.q0, key = 0; q < it.q1; ++q) {
+        int64_t pos = lp[q];
+        for (int32_t d = 0; d < limit; ++d, ++key) {
+          const int64_t n = at_[key];
+          at_[key] = pos;
+          pos += n;
         }
-        lists[c * Q + q] = MatchList{};  // free as we go
+      }
+      for (int64_t t = it.task0; t < it.task1; ++t) {
+        logs[t].for_each(it.b ? ends[t][it.b - 1] : 0, ends[t][it.b], [&](const Hit& h) {
+          const int64_t o = at_[int64_t{h.query} * limit + h.dist]++;
+          dp[o] = h.dist;
+          ip[o] = h.idx;
+        });
       }
     }
   });
