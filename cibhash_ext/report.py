@@ -185,8 +185,8 @@ def write_report(run_dir: str, grid: str | None = None) -> str:
                   "", "## Precision@N", "", "![precision@N](precision_at_n.png)"]
     if grid:
         lines += ["", "## Retrieval examples", "",
-                  f"Each row: a query (blue), then its nearest database images at the longest code length; "
-                  f"green = relevant, red = not.", "", f"![retrieval]({grid})"]
+                  "Each row: a query (blue), then its nearest database images at the longest code length; "
+                  "green = relevant, red = not.", "", f"![retrieval]({grid})"]
     train = metrics.get("train", {})
     if train.get("history"):
         threads = train.get("threads")

@@ -14,8 +14,8 @@ Protocol of every call (all ranks must make the same calls in the same order, as
 
 Ranks that die or stop calling are caught by the process group's timeout, which applies to every
 collective: create the group with one (``init_process_group`` of :mod:`cibhash_ext.distributed`
-defaults to 60 s; torch's own default is 10 minutes for gloo, and NCCL needs ``TORCH_NCCL_ASYNC_ERROR_HANDLING=1``, the default
-since torch 2.2, to turn a timeout into an error). The NCCL path moves the exchanged tensors to the
+defaults to 60 s; torch's own default is 10 minutes for gloo, and NCCL needs
+``TORCH_NCCL_ASYNC_ERROR_HANDLING=1``, the default since torch 2.2, to turn a timeout into an error). The NCCL path moves the exchanged tensors to the
 current CUDA device; it is not exercised by this project's CPU-only CI.
 """
 
