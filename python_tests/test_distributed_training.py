@@ -142,7 +142,7 @@ def test_torchrun_trains_and_only_rank_0_writes(torchrun_run):
     assert "2 epochs of 8 batches of 2 x 32 images" in log
 
 
-def test_checkpoint_of_a_distributed_run_serves_one_process(torchrun_run, tmp_path):
+def test_checkpoint_of_a_distributed_run_serves_one_process(torchrun_run, tmp_path, capsys):
     from cibhash_ext.cli import main
 
     run_dir, result = torchrun_run
@@ -150,4 +150,6 @@ def test_checkpoint_of_a_distributed_run_serves_one_process(torchrun_run, tmp_pa
     assert main(["encode", str(run_dir), "--split", "query", "--out", str(tmp_path / "q.npz"), "--no-progress"]) == 0
     assert np.load(tmp_path / "q.npz")["codes_16"].shape == (50, 2)
     # Resuming with another number of processes would change the global batch: refused.
+    capsys.readouterr()
     assert main(["train", "--resume", "--run-dir", str(run_dir), "--no-progress"]) == 2
+    assert "was trained by 2 processes; resume it with as many (got 1)" in capsys.readouterr().err
