@@ -516,9 +516,8 @@ def _train(cfg, run_dir, resume, data, model, on_epoch_end) -> dict | None:
             loss = train_step(net, model, criteria, view1, view2, binarize_gen, cfg)
             optimizer.step()
             scheduler.step()
-            if processes > 1:  # the mean over processes is the global batch's loss; all ranks stop together on NaN
-                loss = distributed.all_reduce_mean(loss)
-            loss_sum += float(loss)
+            # The mean over processes is the global batch's loss, and all ranks stop together on NaN.
+            loss_sum += float(distributed.all_reduce_mean(loss))
             if not math.isfinite(loss_sum):
                 raise FloatingPointError(f"the loss became {loss_sum} in epoch {epoch + 1}; lower --lr")
         seconds = time.time() - started
