@@ -441,6 +441,84 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_avx512_radius(
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Codes of up to 32 bits on AVX-512: a tile of 32-bit lanes (4-byte codes are read in place), so
+// one VPOPCNTD covers 16 codes and a query costs half the instructions per code of the 64-bit
+// path. Groups of 16 codes where some query may beat the loosest threshold are noted without a
+// branch, then recomputed in index order against each query's own current threshold.
+// ---------------------------------------------------------------------------------------------
+
+// Repacks codes [n, B] (B <= 4 bytes) into 32-bit lanes, zero padded.
+template <int WB>
+void repack_tile_narrow(const uint8_t* codes, int64_t n, int64_t bytes, uint32_t* tile) {
+  const int64_t B = WB > 0 ? WB : bytes;
+  for (int64_t j = 0; j < n; ++j) {
+    uint32_t v = 0;
+    std::memcpy(&v, codes + j * B, static_cast<size_t>(B));
+    tile[j] = v;
+  }
+}
+
+// Hits among the codes j .. j+15 (lanes outside valid ignored) handed to the sink in index order.
+// Hit masks of 4 queries share one 64-bit bitmap (bit 16 r + lane).
+template <int RB, typename Sink>
+__attribute__((target("avx512f,avx512vpopcntdq"), noinline)) void push_hits_narrow(const uint32_t* tile, int64_t j,
+                                                                                    __mmask16 valid, int64_t base,
+                                                                                    const uint64_t* qwords, int64_t W,
+                                                                                    int64_t q0, Sink& sink) {
+  const __m512i v = _mm512_maskz_loadu_epi32(valid, tile + j);
+  for (int r0 = 0; r0 < RB; r0 += 4) {
+    uint64_t bitmap = 0;
+    for (int r = r0; r < std::min(RB, r0 + 4); ++r) {
+      const __m512i d = _mm512_popcnt_epi32(_mm512_xor_si512(v, _mm512_set1_epi32(static_cast<int>(qwords[r * W]))));
+      const __mmask16 hits = _mm512_mask_cmplt_epu32_mask(valid, d, _mm512_set1_epi32(sink.threshold(q0 + r)));
+      bitmap |= static_cast<uint64_t>(hits) << (16 * (r - r0));
+    }
+    for (; bitmap; bitmap &= bitmap - 1) {
+      const int bit = __builtin_ctzll(bitmap), r = r0 + (bit >> 4), lane = bit & 15;
+      const int32_t d = __builtin_popcount(tile[j + lane] ^ static_cast<uint32_t>(qwords[r * W]));
+      if (d < sink.threshold(q0 + r)) sink.push(q0 + r, base + j + lane, d);
+    }
+  }
+}
+
+template <int RB, typename Sink>
+__attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_narrow(const uint32_t* tile, int64_t n,
+                                                                          int64_t base, const uint64_t* qwords,
+                                                                          int64_t W, int64_t q0, Sink& sink) {
+  int32_t noted[kMaxTileCodes / 16 + 1];
+  int64_t count = 0;
+  int32_t loosest = 0;
+  for (int r = 0; r < RB; ++r) loosest = std::max(loosest, sink.threshold(q0 + r));
+  const __m512i limit = _mm512_set1_epi32(loosest);
+  __m512i q[RB];
+  for (int r = 0; r < RB; ++r) q[r] = _mm512_set1_epi32(static_cast<int>(qwords[r * W]));
+  for (int64_t j = 0; j + 16 <= n; j += 16) {
+    const __m512i v = _mm512_loadu_si512(tile + j);
+    __m512i nearest = _mm512_popcnt_epi32(_mm512_xor_si512(v, q[0]));
+    for (int r = 1; r < RB; ++r) nearest = _mm512_min_epu32(nearest, _mm512_popcnt_epi32(_mm512_xor_si512(v, q[r])));
+    noted[count] = static_cast<int32_t>(j);
+    count += _mm512_cmplt_epu32_mask(nearest, limit) != 0;
+  }
+  if (n % 16) noted[count++] = static_cast<int32_t>(n / 16 * 16);
+  for (int64_t c = 0; c < count; ++c) {
+    const int64_t j = noted[c];
+    const __mmask16 valid = static_cast<__mmask16>(n - j >= 16 ? 0xffff : (1u << (n - j)) - 1);
+    push_hits_narrow<RB>(tile, j, valid, base, qwords, W, q0, sink);
+  }
+}
+
+// The sinks the narrow path serves (the distance matrix keeps the 64-bit path).
+template <typename Sink>
+constexpr bool kNarrowSink = std::is_same_v<Sink, TopkSink> || std::is_same_v<Sink, RadiusSink>;
+
+template <typename Sink>
+void scan_tile_narrow_block(const uint32_t* tile, int64_t n, int64_t base, const uint64_t* qwords, int64_t W,
+                            int64_t q0, int R, Sink& sink) {
+  if (R == kQueryBlock) return scan_tile_narrow<kQueryBlock>(tile, n, base, qwords, W, q0, sink);
+  for (int r = 0; r < R; ++r) scan_tile_narrow<1>(tile, n, base, qwords + r * W, W, q0 + r, sink);
+}
+
 // Queries [q0, q0 + R) against one tile, on the fastest instruction set, R = kQueryBlock or less.
 template <int WT, typename Sink>
 void scan_tile(Isa isa, const uint64_t* tile, int64_t n, int64_t base, const uint64_t* qwords, int64_t W, int64_t q0,
@@ -483,6 +561,24 @@ template <int WT, int WB, typename Sink>
 void scan_range_impl(const ScanProblem& p, int64_t q0, int64_t q1, int64_t n0, int64_t n1, Sink& sink) {
   const int64_t W = p.words;
   const int64_t T = tile_codes(W);
+  if constexpr (kNarrowSink<Sink> && WT == 1) {
+    if (p.isa == Isa::kAvx512 && p.bytes <= 4) {
+      std::vector<uint32_t> buffer(p.bytes == 4 ? 0 : static_cast<size_t>(T));
+      for (int64_t t0 = n0; t0 < n1; t0 += T) {
+        const int64_t n = std::min(T, n1 - t0);
+        const uint32_t* tile = reinterpret_cast<const uint32_t*>(p.database) + t0;
+        if (p.bytes != 4) {
+          repack_tile_narrow<WB>(p.database + t0 * p.bytes, n, p.bytes, buffer.data());
+          tile = buffer.data();
+        }
+        for (int64_t q = q0; q < q1; q += kQueryBlock) {
+          const int R = static_cast<int>(std::min<int64_t>(kQueryBlock, q1 - q));
+          scan_tile_narrow_block(tile, n, t0, p.qwords + q * W, W, q, R, sink);
+        }
+      }
+      return;
+    }
+  }
   const bool in_place = p.bytes == 8 * W && W == 1;
   std::vector<uint64_t> buffer(in_place ? 0 : static_cast<size_t>(T * W));
   for (int64_t t0 = n0; t0 < n1; t0 += T) {
