@@ -249,6 +249,25 @@ def test_large_database_split_paths(q, nbits, threads):
         assert torch.equal(g, w.to(g.dtype))
 
 
+@pytest.mark.parametrize("nbits", [8, 12, 16, 24, 32])
+def test_narrow_codes_across_tiles_and_blocks(nbits, threads):
+    # On AVX-512, codes of up to 32 bits scan in 32-bit lanes (16 per vector, tiles of 4096 codes,
+    # 8 queries per block). Sizes chosen to cross tiles, end on a ragged group and leave a partial
+    # query block; the many queries split by query, the few by database.
+    for q in (19, 2):
+        queries, database = codes_pair(q, 2 * 4096 + 13, nbits, seed=nbits + q)
+        database[4096 + 3] = queries[-1]  # an exact match in the second tile
+        for k in (1, 7, 300, len(database)):
+            d, i = ops.hamming_topk(queries, database, k)
+            rd, ri = ref.hamming_topk(queries, database, k)
+            assert torch.equal(d, rd.int()) and torch.equal(i, ri), (q, k)
+        assert d[-1, 0] == 0
+        for radius in (0, nbits // 4, nbits // 2):
+            got, want = ops.hamming_radius(queries, database, radius), ref.hamming_radius(queries, database, radius)
+            for g, w in zip(got, want):
+                assert torch.equal(g, w.to(g.dtype)), (q, radius)
+
+
 @pytest.mark.parametrize("isa", ["scalar", "avx2"])
 def test_every_cpu_popcount_path(isa):
     # The instruction set is chosen once per process; a child process runs the lowered paths of
