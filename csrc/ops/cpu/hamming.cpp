@@ -375,9 +375,10 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_avx512(const u
 // some query may beat its threshold are noted without a branch, then handed to push_hits_avx512 in
 // index order, which recomputes them and checks each lane against the query's current threshold.
 // The thresholds of the scan are those at the start of the tile; they only fall, so every group
-// with a true hit is noted. Measured at 2 threads (interleaved medians): W2 (32-bit, k = 1000)
-// 89-94 -> 80-84 ms and W1 47 -> 45-46 ms, where hits are frequent enough for the plain loop's
-// branch to mispredict; wider codes (W3, 128-bit, k = 10) ran 20% slower this way and keep it.
+// with a true hit is noted. Measured at 2 threads (interleaved medians): W2 (32-bit, k = 1000,
+// before it moved to the 32-bit-lane path) 89-94 -> 80-84 ms and W1 47 -> 45-46 ms, where hits are
+// frequent enough for the plain loop's branch to mispredict; wider codes (W3, 128-bit, k = 10) ran
+// 20% slower this way, and again 10-30% slower after the VPMINUD change, so they keep the plain loop.
 template <int WT, int RB>
 __attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_avx512_topk(const uint64_t* tile, int64_t n,
                                                                                int64_t base, const uint64_t* qwords,
