@@ -371,6 +371,21 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_avx512(const u
   if (j < n) push_hits_avx512<WT, RB>(tile, n, j, __mmask8((1u << (n - j)) - 1), base, qwords, words, q0, sink);
 }
 
+// The branch-free noting shared by the hot loops: the starts of the groups of G codes of a tile of
+// n codes for which hit(j) may hold, in index order. Every slot is written and the count advances
+// by 0 or 1, so a hit rate of a few percent costs no mispredicted branch; the last partial group is
+// always noted. Returns how many were noted.
+template <int G, typename Hit>
+__attribute__((always_inline)) inline int64_t note_groups(int64_t n, int32_t* noted, Hit&& hit) {
+  int64_t count = 0;
+  for (int64_t j = 0; j + G <= n; j += G) {
+    noted[count] = static_cast<int32_t>(j);
+    count += hit(j);
+  }
+  if (n % G) noted[count++] = static_cast<int32_t>(n / G * G);
+  return count;
+}
+
 // The top-k hot loop for codes of one word, built like the radius one below: groups of 8 codes where
 // some query may beat its threshold are noted without a branch, then handed to push_hits_avx512 in
 // index order, which recomputes them and checks each lane against the query's current threshold.
@@ -384,15 +399,11 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_avx512_topk(co
                                                                                int64_t base, const uint64_t* qwords,
                                                                                int64_t W, int64_t q0, TopkSink& sink) {
   static_assert(WT == 1, "codes of one 64-bit word");
-  int32_t noted[kMaxTileCodes / 8 + 1];
-  int64_t count = 0;
   const __m512i limit = loosest_threshold<RB>(sink, q0);
-  for (int64_t j = 0; j + 8 <= n; j += 8) {
-    const __m512i nearest = nearest_in_group<WT, RB>(tile, n, j, qwords, W);
-    noted[count] = static_cast<int32_t>(j);
-    count += _mm512_cmplt_epu64_mask(nearest, limit) != 0;
-  }
-  if (n % 8) noted[count++] = static_cast<int32_t>(n / 8 * 8);
+  int32_t noted[kMaxTileCodes / 8 + 1];
+  const int64_t count = note_groups<8>(n, noted, [&](int64_t j) __attribute__((target("avx512f,avx512vpopcntdq"))) {
+    return _mm512_cmplt_epu64_mask(nearest_in_group<WT, RB>(tile, n, j, qwords, W), limit) != 0;
+  });
   for (int64_t c = 0; c < count; ++c) {
     const int64_t j = noted[c];
     const __mmask8 valid = static_cast<__mmask8>(n - j >= 8 ? 0xff : (1u << (n - j)) - 1);
@@ -413,15 +424,10 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_avx512_radius(
   static_assert(RB <= 8, "the hit bitmap holds 8 queries of 8 lanes");
   const int64_t words = WT > 0 ? WT : W;
   const __m512i limit = _mm512_set1_epi64(sink.limit);
-  int32_t noted[kMaxTileCodes / 8 + 1];  // the starts of the groups with a hit
-  int64_t count = 0;
-  for (int64_t j = 0; j + 8 <= n; j += 8) {
-    const __m512i nearest = nearest_in_group<WT, RB>(tile, n, j, qwords, words);
-    noted[count] = static_cast<int32_t>(j);
-    count += _mm512_cmplt_epu64_mask(nearest, limit) != 0;
-  }
-  // The last partial group is always visited; masked loads never touch memory past the tile.
-  if (n % 8) noted[count++] = static_cast<int32_t>(n / 8 * 8);
+  int32_t noted[kMaxTileCodes / 8 + 1];
+  const int64_t count = note_groups<8>(n, noted, [&](int64_t j) __attribute__((target("avx512f,avx512vpopcntdq"))) {
+    return _mm512_cmplt_epu64_mask(nearest_in_group<WT, RB>(tile, n, j, qwords, words), limit) != 0;
+  });
   for (int64_t c = 0; c < count; ++c) {
     const int64_t j = noted[c];
     const __mmask8 valid = static_cast<__mmask8>(n - j >= 8 ? 0xff : (1u << (n - j)) - 1);
@@ -487,21 +493,18 @@ template <int RB, typename Sink>
 __attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_narrow(const uint32_t* tile, int64_t n,
                                                                           int64_t base, const uint64_t* qwords,
                                                                           int64_t W, int64_t q0, Sink& sink) {
-  int32_t noted[kMaxTileCodes / 16 + 1];
-  int64_t count = 0;
   int32_t loosest = 0;
   for (int r = 0; r < RB; ++r) loosest = std::max(loosest, sink.threshold(q0 + r));
   const __m512i limit = _mm512_set1_epi32(loosest);
   __m512i q[RB];
   for (int r = 0; r < RB; ++r) q[r] = _mm512_set1_epi32(static_cast<int>(qwords[r * W]));
-  for (int64_t j = 0; j + 16 <= n; j += 16) {
+  int32_t noted[kMaxTileCodes / 16 + 1];
+  const int64_t count = note_groups<16>(n, noted, [&](int64_t j) __attribute__((target("avx512f,avx512vpopcntdq"))) {
     const __m512i v = _mm512_loadu_si512(tile + j);
     __m512i nearest = _mm512_popcnt_epi32(_mm512_xor_si512(v, q[0]));
     for (int r = 1; r < RB; ++r) nearest = _mm512_min_epu32(nearest, _mm512_popcnt_epi32(_mm512_xor_si512(v, q[r])));
-    noted[count] = static_cast<int32_t>(j);
-    count += _mm512_cmplt_epu32_mask(nearest, limit) != 0;
-  }
-  if (n % 16) noted[count++] = static_cast<int32_t>(n / 16 * 16);
+    return _mm512_cmplt_epu32_mask(nearest, limit) != 0;
+  });
   for (int64_t c = 0; c < count; ++c) {
     const int64_t j = noted[c];
     const __mmask16 valid = static_cast<__mmask16>(n - j >= 16 ? 0xffff : (1u << (n - j)) - 1);
