@@ -386,6 +386,16 @@ __attribute__((always_inline)) inline int64_t note_groups(int64_t n, int32_t* no
   return count;
 }
 
+// note_groups over groups of 8 codes of a word-major tile: those whose nearest distance to the RB
+// queries is below limit.
+template <int WT, int RB>
+__attribute__((target("avx512f,avx512vpopcntdq"), always_inline)) inline int64_t note_near_groups(
+    const uint64_t* tile, int64_t n, const uint64_t* qwords, int64_t words, __m512i limit, int32_t* noted) {
+  return note_groups<8>(n, noted, [&](int64_t j) __attribute__((target("avx512f,avx512vpopcntdq"))) {
+    return _mm512_cmplt_epu64_mask(nearest_in_group<WT, RB>(tile, n, j, qwords, words), limit) != 0;
+  });
+}
+
 // The top-k hot loop for codes of one word, built like the radius one below: groups of 8 codes where
 // some query may beat its threshold are noted without a branch, then handed to push_hits_avx512 in
 // index order, which recomputes them and checks each lane against the query's current threshold.
@@ -399,11 +409,8 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_avx512_topk(co
                                                                                int64_t base, const uint64_t* qwords,
                                                                                int64_t W, int64_t q0, TopkSink& sink) {
   static_assert(WT == 1, "codes of one 64-bit word");
-  const __m512i limit = loosest_threshold<RB>(sink, q0);
   int32_t noted[kMaxTileCodes / 8 + 1];
-  const int64_t count = note_groups<8>(n, noted, [&](int64_t j) __attribute__((target("avx512f,avx512vpopcntdq"))) {
-    return _mm512_cmplt_epu64_mask(nearest_in_group<WT, RB>(tile, n, j, qwords, W), limit) != 0;
-  });
+  const int64_t count = note_near_groups<WT, RB>(tile, n, qwords, W, loosest_threshold<RB>(sink, q0), noted);
   for (int64_t c = 0; c < count; ++c) {
     const int64_t j = noted[c];
     const __mmask8 valid = static_cast<__mmask8>(n - j >= 8 ? 0xff : (1u << (n - j)) - 1);
@@ -425,9 +432,7 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_avx512_radius(
   const int64_t words = WT > 0 ? WT : W;
   const __m512i limit = _mm512_set1_epi64(sink.limit);
   int32_t noted[kMaxTileCodes / 8 + 1];
-  const int64_t count = note_groups<8>(n, noted, [&](int64_t j) __attribute__((target("avx512f,avx512vpopcntdq"))) {
-    return _mm512_cmplt_epu64_mask(nearest_in_group<WT, RB>(tile, n, j, qwords, words), limit) != 0;
-  });
+  const int64_t count = note_near_groups<WT, RB>(tile, n, qwords, words, limit, noted);
   for (int64_t c = 0; c < count; ++c) {
     const int64_t j = noted[c];
     const __mmask8 valid = static_cast<__mmask8>(n - j >= 8 ? 0xff : (1u << (n - j)) - 1);
