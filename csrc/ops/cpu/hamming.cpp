@@ -341,13 +341,13 @@ __attribute__((target("avx512f,avx512vpopcntdq"), always_inline)) inline __m512i
   return nearest;
 }
 
-// The largest threshold of queries [q0, q0 + RB), as a vector: a lane whose nearest distance is
-// not below it has no hit for any of them.
+// The largest threshold of queries [q0, q0 + RB): a code whose nearest distance is not below it has
+// no hit for any of them.
 template <int RB, typename Sink>
-__attribute__((target("avx512f"), always_inline)) inline __m512i loosest_threshold(const Sink& sink, int64_t q0) {
+int32_t loosest_threshold(const Sink& sink, int64_t q0) {
   int32_t loosest = 0;
   for (int r = 0; r < RB; ++r) loosest = std::max(loosest, sink.threshold(q0 + r));
-  return _mm512_set1_epi64(loosest);
+  return loosest;
 }
 
 // The hot loop: 8 database codes per vector, RB queries per loaded vector. A group of 8 codes is
@@ -359,13 +359,13 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_avx512(const u
                                                                           int64_t base, const uint64_t* qwords,
                                                                           int64_t W, int64_t q0, Sink& sink) {
   const int64_t words = WT > 0 ? WT : W;
-  __m512i limit = loosest_threshold<RB>(sink, q0);
+  __m512i limit = _mm512_set1_epi64(loosest_threshold<RB>(sink, q0));
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     const __m512i nearest = nearest_in_group<WT, RB>(tile, n, j, qwords, words);
     if (__builtin_expect(_mm512_cmplt_epu64_mask(nearest, limit) == 0, 1)) continue;
     push_hits_avx512<WT, RB>(tile, n, j, __mmask8(0xff), base, qwords, words, q0, sink);
-    if constexpr (std::is_same_v<Sink, TopkSink>) limit = loosest_threshold<RB>(sink, q0);
+    if constexpr (std::is_same_v<Sink, TopkSink>) limit = _mm512_set1_epi64(loosest_threshold<RB>(sink, q0));
   }
   // The last partial group: masked loads never touch memory past the tile.
   if (j < n) push_hits_avx512<WT, RB>(tile, n, j, __mmask8((1u << (n - j)) - 1), base, qwords, words, q0, sink);
@@ -410,7 +410,8 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_avx512_topk(co
                                                                                int64_t W, int64_t q0, TopkSink& sink) {
   static_assert(WT == 1, "codes of one 64-bit word");
   int32_t noted[kMaxTileCodes / 8 + 1];
-  const int64_t count = note_near_groups<WT, RB>(tile, n, qwords, W, loosest_threshold<RB>(sink, q0), noted);
+  const __m512i limit = _mm512_set1_epi64(loosest_threshold<RB>(sink, q0));
+  const int64_t count = note_near_groups<WT, RB>(tile, n, qwords, W, limit, noted);
   for (int64_t c = 0; c < count; ++c) {
     const int64_t j = noted[c];
     const __mmask8 valid = static_cast<__mmask8>(n - j >= 8 ? 0xff : (1u << (n - j)) - 1);
@@ -498,9 +499,7 @@ template <int RB, typename Sink>
 __attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_narrow(const uint32_t* tile, int64_t n,
                                                                           int64_t base, const uint64_t* qwords,
                                                                           int64_t W, int64_t q0, Sink& sink) {
-  int32_t loosest = 0;
-  for (int r = 0; r < RB; ++r) loosest = std::max(loosest, sink.threshold(q0 + r));
-  const __m512i limit = _mm512_set1_epi32(loosest);
+  const __m512i limit = _mm512_set1_epi32(loosest_threshold<RB>(sink, q0));
   __m512i q[RB];
   for (int r = 0; r < RB; ++r) q[r] = _mm512_set1_epi32(static_cast<int>(qwords[r * W]));
   int32_t noted[kMaxTileCodes / 16 + 1];
