@@ -1,9 +1,20 @@
 """cibhash_ext: unsupervised binary hash codes (CIBHash) with fused C++/CUDA kernels for the
-stochastic binary layer and exact Hamming search on bit-packed codes."""
+stochastic binary layer and exact Hamming search on bit-packed codes.
 
+The user-facing names: the ops (``pack_bits`` ... ``hamming_radius``), the layer, loss and model
+(``StochasticBinaryLayer``, ``CIBHashLoss``, ``CIBHashModel``), training (``TrainConfig``, ``train``),
+inference (``load_model``, ``encode``) and search (``HammingIndex``, ``ShardedHammingIndex``).
+"""
+
+from .config import TrainConfig
+from .encode import encode, export_encoder, load_model
 from .index import HammingIndex
+from .layers import StochasticBinaryLayer
+from .losses import CIBHashLoss
+from .models import CIBHashModel
 from .ops import hamming_distance, hamming_radius, hamming_topk, pack_bits, stochastic_binarize, unpack_bits
 from .sharded_index import ShardedHammingIndex
+from .training import TrainResult, train
 
 __all__ = [
     "pack_bits",
@@ -12,6 +23,15 @@ __all__ = [
     "hamming_distance",
     "hamming_topk",
     "hamming_radius",
+    "StochasticBinaryLayer",
+    "CIBHashLoss",
+    "CIBHashModel",
+    "TrainConfig",
+    "TrainResult",
+    "train",
+    "load_model",
+    "encode",
+    "export_encoder",
     "HammingIndex",
     "ShardedHammingIndex",
 ]

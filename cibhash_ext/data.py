@@ -2,8 +2,15 @@
 
 Loaders: Fashion-MNIST (IDX .gz files, the Debian package ``dataset-fashion-mnist``), CIFAR-10 (the
 python pickle batches), NUS-WIDE and MS-COCO (image-list files: one path and a multi-hot label vector
-per line, the common deep-hashing protocol) and any ImageFolder tree. Each returns a
+per line, the common deep-hashing protocol), any ImageFolder tree (labelled by class folder), any
+folder of images without labels (``folder``), and Python data (a tensor of images or a
+``torch.utils.data.Dataset``, labelled or not) through :func:`as_retrieval_data`. Each returns a
 :class:`RetrievalData`; a missing dataset raises :class:`DatasetNotFoundError` saying what is expected.
+
+Without labels the split is the held-out protocol: some images are held out of training as queries,
+the database holds every image, and ``RetrievalData.copy_targets`` gives the database row of each
+query's original, so that retrieval of augmented copies measures the codes (see
+:mod:`cibhash_ext.diagnostics`).
 """
 
 from __future__ import annotations
@@ -12,11 +19,28 @@ import dataclasses
 import gzip
 import os
 import pickle
+import warnings
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from cibhash_ext.files import IMAGE_EXTENSIONS, image_files, load_image
+
+__all__ = [
+    "DATASETS",
+    "DatasetNotFoundError",
+    "ImageSet",
+    "RetrievalData",
+    "as_retrieval_data",
+    "load_dataset",
+    "load_fashion_mnist",
+    "load_cifar10",
+    "load_image_lists",
+    "load_image_folder",
+    "load_folder",
+]
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = (
@@ -29,8 +53,7 @@ FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-DATASETS = ("fashion_mnist", "cifar10", "nus_wide", "coco", "image_folder")
+DATASETS = ("fashion_mnist", "cifar10", "nus_wide", "coco", "image_folder", "folder")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -39,27 +62,35 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclasses.dataclass
 class ImageSet:
-    """A list of images with labels, held in memory (``images``) or as files (``paths``).
+    """A list of images, with labels or without, held in memory (``images``), as files (``paths``) or
+    as the items of a ``torch.utils.data.Dataset`` (``items``).
 
     Attributes:
-        labels (Tensor[N], int64 class indices, or Tensor[N, C], uint8 multi-hot).
+        labels (Tensor[N], int64 class indices, Tensor[N, C], uint8 multi-hot, or None: unlabelled).
         images (Tensor[N, C, H, W], uint8, optional): in-memory pixels.
         paths (list[str], optional): image files, loaded with PIL when needed.
+        items (tuple[Dataset, list[int]], optional): a dataset whose item i (or its first element)
+            is a PIL image or a [C, H, W] tensor, and the dataset indices in this set's order.
     """
 
-    labels: Tensor
+    labels: Tensor | None
     images: Tensor | None = None
     paths: list[str] | None = None
+    items: tuple | None = None
 
     def __post_init__(self) -> None:
-        if (self.images is None) == (self.paths is None):
-            raise ValueError("an ImageSet holds exactly one of images and paths")
-        n = len(self.images) if self.images is not None else len(self.paths)
-        if len(self.labels) != n:
-            raise ValueError(f"labels has {len(self.labels)} rows but there are {n} images")
+        if sum(v is not None for v in (self.images, self.paths, self.items)) != 1:
+            raise ValueError("an ImageSet holds exactly one of images, paths and items")
+        if self.labels is not None and len(self.labels) != self._count():
+            raise ValueError(f"labels has {len(self.labels)} rows but there are {self._count()} images")
+
+    def _count(self) -> int:
+        if self.images is not None:
+            return len(self.images)
+        return len(self.paths) if self.paths is not None else len(self.items[1])
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return self._count()
 
     @property
     def in_memory(self) -> bool:
@@ -68,19 +99,46 @@ class ImageSet:
     def subset(self, index: Tensor | Sequence[int]) -> "ImageSet":
         """The images at ``index`` (a 1-D integer tensor or sequence), in that order."""
         index = torch.as_tensor(index, dtype=torch.int64)
+        labels = self.labels[index] if self.labels is not None else None
         if self.images is not None:
-            return ImageSet(self.labels[index], images=self.images[index])
-        return ImageSet(self.labels[index], paths=[self.paths[i] for i in index.tolist()])
+            return ImageSet(labels, images=self.images[index])
+        if self.paths is not None:
+            return ImageSet(labels, paths=[self.paths[i] for i in index.tolist()])
+        dataset, order = self.items
+        return ImageSet(labels, items=(dataset, [order[i] for i in index.tolist()]))
 
-    def pil(self, i: int):
-        """Image ``i`` as an RGB or L PIL image."""
+    def pil(self, i: int, mode: str = "RGB"):
+        """Image ``i`` as a PIL image: in-memory images in their own mode, others converted to ``mode``.
+
+        Raises:
+            ValueError: image ``i`` is a file that cannot be read (the message names it).
+        """
         from PIL import Image
 
         if self.images is not None:
             arr = self.images[i].permute(1, 2, 0).numpy()
             return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-        with Image.open(self.paths[i]) as img:
-            return img.convert("RGB")
+        if self.paths is not None:
+            return load_image(self.paths[i], mode)
+        dataset, order = self.items
+        return _to_pil(_image_of(dataset[order[i]])).convert(mode)
+
+
+def _image_of(item):
+    """The image of a dataset item: the item itself, or the first element of an (image, label) pair."""
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def _to_pil(image):
+    from PIL import Image
+    from torchvision.transforms.functional import to_pil_image
+
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, Tensor):
+        return to_pil_image(image)
+    raise TypeError(f"dataset items must be PIL images or [C, H, W] tensors (or (image, label) pairs), "
+                    f"got {type(image).__name__}")
 
 
 @dataclasses.dataclass
@@ -94,6 +152,8 @@ class RetrievalData:
             relevance = same class.
         topk (int): the K of the protocol's mAP@K.
         class_names (tuple[str, ...]): names of the labels.
+        copy_targets (Tensor[Q], int64, optional): without labels, the database row that holds each
+            query's original image (the held-out protocol).
     """
 
     name: str
@@ -103,11 +163,17 @@ class RetrievalData:
     multi_label: bool
     topk: int
     class_names: tuple[str, ...] = ()
+    copy_targets: Tensor | None = None
 
     @property
     def channels(self) -> int:
         """Image channels (1 or 3): in-memory sets know it, files are loaded as RGB."""
         return int(self.train.images.shape[1]) if self.train.in_memory else 3
+
+    @property
+    def labelled(self) -> bool:
+        """Whether queries and database carry labels (retrieval metrics) or not (diagnostics)."""
+        return self.query.labels is not None and self.database.labels is not None
 
 
 def _missing(name: str, root: str, expected: Sequence[str], how: str) -> DatasetNotFoundError:
@@ -341,8 +407,107 @@ def load_image_folder(
     )
 
 
+def _checked_files(paths: list[str]) -> list[str]:
+    """The readable images among ``paths``; the others are named in one warning (never a crash later)."""
+    from PIL import Image, UnidentifiedImageError
+
+    good, bad = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+            good.append(path)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            bad.append(path)
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        warnings.warn(f"skipped {len(bad)} unreadable image file(s): {shown}", stacklevel=3)
+    return good
+
+
+def holdout_split(all_set: ImageSet, name: str, query_size: int | None, train_size: int | None, seed: int,
+                  topk: int = 1000) -> RetrievalData:
+    """The held-out protocol: ``query_size`` random images (default 10 %, at most 1,000) are the
+    queries and are left out of training; ``train_size`` limits training to a random subset of the
+    rest. Without labels the database is every image (it holds each query's original, found again
+    from an augmented copy); with labels it is every image but the queries (relevance = same label).
+    """
+    n = len(all_set)
+    if n < 2:
+        raise ValueError(f"{name}: need at least 2 images (one to train on, one held out), got {n}")
+    holdout = min(1000, max(1, n // 10)) if query_size is None else query_size
+    if not 1 <= holdout < n:
+        raise ValueError(f"{name}: query_size must be between 1 and {n - 1} (the images minus one), got {holdout}")
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=g)
+    query_idx = order[:holdout].sort().values
+    rest = order[holdout:]
+    if train_size is not None:
+        rest = rest[:train_size]
+    train_idx = rest.sort().values
+    if all_set.labels is not None:
+        database = all_set.subset(order[holdout:].sort().values)
+        return RetrievalData(name, all_set.subset(train_idx), all_set.subset(query_idx), database, False, topk)
+    return RetrievalData(name, all_set.subset(train_idx), all_set.subset(query_idx), all_set, False, topk,
+                         copy_targets=query_idx)
+
+
+def load_folder(root: str, query_size: int | None = None, train_size: int | None = None, seed: int = 0) -> RetrievalData:
+    """Every image under ``root`` (any nesting), without labels, split by :func:`holdout_split`.
+
+    Unreadable files are skipped with one warning naming them.
+
+    Args:
+        root (str): the folder.
+        query_size (int, optional): images held out as queries (default 10 %, at most 1,000).
+        train_size (int, optional): train on a random subset of this many of the other images.
+        seed (int): seed of the split.
+    """
+    if not os.path.isdir(root):
+        raise DatasetNotFoundError(f"image folder not found: {root}")
+    try:
+        paths = image_files([root])
+    except ValueError:
+        raise DatasetNotFoundError(f"no images under {root} (extensions {', '.join(IMAGE_EXTENSIONS)})") from None
+    paths = _checked_files(paths)
+    if not paths:
+        raise DatasetNotFoundError(f"no readable images under {root}")
+    return holdout_split(ImageSet(None, paths=paths), "folder", query_size, train_size, seed)
+
+
+def as_retrieval_data(data, query_size: int | None = None, train_size: int | None = None, seed: int = 0) -> RetrievalData:
+    """Python data as a dataset: a RetrievalData as it is, a uint8/float tensor of images
+    [N, C, H, W] (float in [0, 1]), or a ``torch.utils.data.Dataset`` whose items are images or
+    (image, int label) pairs; split by :func:`holdout_split`.
+    """
+    if isinstance(data, RetrievalData):
+        return data
+    if isinstance(data, Tensor):
+        if data.dim() != 4 or data.shape[1] not in (1, 3) or not (data.dtype == torch.uint8 or data.is_floating_point()):
+            raise ValueError(f"an image tensor must be uint8 or float [N, C, H, W] with C = 1 or 3, got "
+                             f"{data.dtype} of shape {tuple(data.shape)}")
+        images = data if data.dtype == torch.uint8 else (data.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        return holdout_split(ImageSet(None, images=images.cpu().contiguous()), "tensor", query_size, train_size, seed)
+    if isinstance(data, torch.utils.data.Dataset):
+        if not hasattr(data, "__len__"):
+            raise TypeError("a Dataset used as training data must have a length (a map-style dataset)")
+        n = len(data)
+        if n == 0:
+            raise ValueError("the dataset is empty")
+        first = data[0]
+        labels = None
+        if isinstance(first, (tuple, list)) and len(first) >= 2 and isinstance(first[1], (int, np.integer, Tensor)):
+            labels = torch.tensor([int(data[i][1]) for i in range(n)], dtype=torch.int64)
+        _to_pil(_image_of(first))  # fails early on an unsupported item type
+        return holdout_split(ImageSet(labels, items=(data, list(range(n)))), "dataset", query_size, train_size, seed)
+    raise TypeError(f"data must be a dataset name, a folder path, a Dataset or an image tensor, got {type(data).__name__}")
+
+
 def load_dataset(name: str, root: str | None = None, **options) -> RetrievalData:
     """Loads a dataset by name (one of :data:`DATASETS`) with its split options."""
+    if name in ("tensor", "dataset"):
+        raise ValueError(f"this run was trained on Python data ({name}); pass the data again (data=...) "
+                         "or use cibhash_ext.encode with the model")
     if name == "fashion_mnist":
         return load_fashion_mnist(root or FASHION_MNIST_ROOT, **options)
     if root is None:
@@ -353,4 +518,6 @@ def load_dataset(name: str, root: str | None = None, **options) -> RetrievalData
         return load_image_lists(name, root, **options)
     if name == "image_folder":
         return load_image_folder(root, **options)
+    if name == "folder":
+        return load_folder(root, **options)
     raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {name!r}")

@@ -15,7 +15,23 @@ from torch import Tensor, nn
 from cibhash_ext import ops
 from cibhash_ext.layers import StochasticBinaryLayer
 
+__all__ = [
+    "BACKBONES",
+    "ConvNet",
+    "PixelMLP",
+    "FrozenBackbone",
+    "HashHead",
+    "CIBHashModel",
+    "build_backbone",
+    "build_model",
+    "feature_dim",
+    "vgg16_backbone",
+    "efficientnet_lite0_backbone",
+]
+
 BACKBONES = ("convnet", "mlp", "vgg16", "efficientnet_lite0")
+# The config's name for a backbone module passed from Python (it cannot be rebuilt from the config).
+CUSTOM_BACKBONE = "custom"
 
 
 def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -247,19 +263,67 @@ class HashHead(nn.Module):
         return self.net(features)
 
 
+def feature_dim(backbone: nn.Module, input_shape: Sequence[int] | None = None) -> int:
+    """The feature width of a backbone: its ``out_features``, else found by a dry run on one zero
+    image of ``input_shape`` [C, H, W] (in eval mode, without gradients)."""
+    dim = getattr(backbone, "out_features", None)
+    if isinstance(dim, int) and dim > 0:
+        return dim
+    if input_shape is None:
+        raise ValueError("the backbone has no out_features attribute: give the input shape for a dry run")
+    was_training = backbone.training
+    param = next(iter(backbone.parameters()), None)
+    x = torch.zeros(1, *(int(v) for v in input_shape), device=param.device if param is not None else "cpu")
+    try:
+        backbone.eval()
+        with torch.no_grad():
+            out = backbone(x)
+    finally:
+        backbone.train(was_training)
+    if not isinstance(out, Tensor) or out.dim() != 2:
+        got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"the backbone must map images [N, C, H, W] to features [N, D], got {got} "
+                         f"for an input of shape {tuple(x.shape)}")
+    return int(out.shape[1])
+
+
+def build_model(cfg, input_shape: Sequence[int], backbone: nn.Module | None = None) -> "CIBHashModel":
+    """The model a :class:`~cibhash_ext.config.TrainConfig` describes for images of ``input_shape``
+    [C, H, W], on ``cfg.device``; ``backbone`` replaces the configured one (any module mapping
+    images to features). Backbone weights load from local files only."""
+    channels, height, width = (int(v) for v in input_shape)
+    if backbone is None:
+        if cfg.backbone == CUSTOM_BACKBONE:
+            raise ValueError("this run was trained with a custom backbone module: pass the same module (backbone=...)")
+        if cfg.backbone in ("convnet", "mlp") and height != width:
+            raise ValueError(f"the {cfg.backbone} backbone needs square images, got {height}x{width}; set --aug size=S")
+        backbone = build_backbone(cfg.backbone, channels, cfg.backbone_weights, cfg.convnet_widths, cfg.convnet_fc,
+                                  height, cfg.mlp_widths)
+    elif not isinstance(backbone, nn.Module):
+        raise TypeError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}")
+    dim = feature_dim(backbone, input_shape)
+    model = CIBHashModel(backbone, cfg.code_lengths, cfg.hidden, cfg.stochastic, in_features=dim).to(cfg.device)
+    if cfg.channels_last and cfg.backbone == "convnet":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 class CIBHashModel(nn.Module):
     """Backbone + one hash head per code length + the stochastic binary layer.
 
     Args:
-        backbone (nn.Module): maps images to features [N, backbone.out_features].
+        backbone (nn.Module): maps images to features [N, D]; D is ``backbone.out_features`` unless
+            ``in_features`` is given.
         code_lengths (Iterable[int]): code lengths in bits, trained jointly on the shared backbone.
         hidden (int): hash-head hidden width.
         stochastic (bool): sample the codes while training (paper); False is the public code's
             deterministic variant.
+        in_features (int, optional): the backbone's feature width (default: ``backbone.out_features``).
     """
 
     def __init__(
-        self, backbone: nn.Module, code_lengths: Iterable[int], hidden: int = 1024, stochastic: bool = True
+        self, backbone: nn.Module, code_lengths: Iterable[int], hidden: int = 1024, stochastic: bool = True,
+        in_features: int | None = None,
     ) -> None:
         super().__init__()
         lengths = [int(v) for v in code_lengths]
@@ -267,7 +331,8 @@ class CIBHashModel(nn.Module):
             raise ValueError(f"code_lengths must be distinct positive integers, got {lengths}")
         self.backbone = backbone
         self.code_lengths = tuple(lengths)
-        self.heads = nn.ModuleDict({str(v): HashHead(backbone.out_features, v, hidden) for v in lengths})
+        dim = in_features if in_features is not None else feature_dim(backbone)
+        self.heads = nn.ModuleDict({str(v): HashHead(dim, v, hidden) for v in lengths})
         self.binary = StochasticBinaryLayer(stochastic)
 
     def forward(self, images: Tensor) -> dict[int, Tensor]:
@@ -281,6 +346,11 @@ class CIBHashModel(nn.Module):
         """
         features = self.backbone(images).float()
         return {v: self.heads[str(v)](features).float() for v in self.code_lengths}
+
+    def binarize(self, logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Codes in {0, 1} from hash logits through the model's binary layer: sampled while training
+        (unless the layer is deterministic), thresholded at 0 in eval mode; straight-through gradient."""
+        return self.binary(logits, generator)
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> dict[int, Tensor]:

@@ -2,7 +2,9 @@
 
 Every op runs on CPU and CUDA tensors and is registered with ``torch.library`` (schemas in
 ``csrc/cibhash_ext.cpp``), with fake kernels for ``torch.compile`` and an autograd formula for the
-binary layer. Packed codes use the FAISS binary layout: a code of L bits is ``ceil(L/8)`` uint8
+binary layer. When the compiled library cannot be loaded (or ``CIBHASH_NO_EXTENSION=1``), every op
+runs the pure-PyTorch reference of :mod:`cibhash_ext._reference` instead: the same results to the
+bit, much slower; one warning at import says why. Packed codes use the FAISS binary layout: a code of L bits is ``ceil(L/8)`` uint8
 bytes, bit j is bit ``j % 8`` of byte ``j // 8`` (``numpy.packbits(bits, bitorder="little")``).
 Everywhere, equal Hamming distances are ordered by the lower database index.
 """
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from ._extension import require_extension
+from . import _reference
+from ._extension import LOAD_ERROR
 
 __all__ = [
     "pack_bits",
@@ -26,7 +29,9 @@ _OPS = "cibhash_ext"
 
 
 def _op(name: str):
-    require_extension()
+    """The compiled op ``name``, or its pure-PyTorch reference when the library is not loaded."""
+    if LOAD_ERROR is not None:
+        return getattr(_reference, name)
     return getattr(getattr(torch.ops, _OPS), name)
 
 
@@ -65,13 +70,39 @@ def unpack_bits(codes: torch.Tensor, nbits: int) -> torch.Tensor:
     return _op("unpack_bits")(codes, int(nbits))
 
 
-def _draw_seed_offset(generator: torch.Generator | None) -> tuple[int, int]:
+def _draw_seed_offset(generator: torch.Generator | None) -> torch.Tensor:
     # The Philox key and counter offset come from torch's generator (the default CPU generator
     # unless one is given), so torch.manual_seed makes a run reproducible and CPU and CUDA
-    # tensors get the same bits for the same seed.
-    gen = generator if generator is not None else torch.default_generator
-    seed, offset = torch.randint(0, 2**62, (2,), generator=gen, device=gen.device).tolist()
-    return int(seed), int(offset)
+    # tensors get the same bits for the same seed. They stay a tensor, so that torch.compile traces
+    # the draw and the op without a graph break.
+    if generator is None:
+        return torch.randint(0, 2**62, (2,))
+    return torch.randint(0, 2**62, (2,), generator=generator, device=generator.device)
+
+
+@torch.library.custom_op(f"{_OPS}::stochastic_binarize", mutates_args=())
+def _stochastic_binarize(logits: torch.Tensor, stochastic: bool, seed_offset: torch.Tensor) -> torch.Tensor:
+    seed, offset = (int(v) for v in seed_offset.tolist())
+    return _op("stochastic_binarize_forward")(logits, stochastic, seed, offset)
+
+
+@_stochastic_binarize.register_fake
+def _(logits, stochastic, seed_offset):
+    return torch.empty_like(logits)
+
+
+def _binarize_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _binarize_backward(ctx, grad_codes):
+    (logits,) = ctx.saved_tensors
+    return _op("stochastic_binarize_backward")(grad_codes.contiguous(), logits), None, None
+
+
+_stochastic_binarize.register_autograd(_binarize_backward, setup_context=_binarize_setup_context)
+
+_BINARIZE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def stochastic_binarize(
@@ -83,6 +114,7 @@ def stochastic_binarize(
     Philox4x32-10 generator inside the kernel (no noise tensor), keyed by a seed and offset drawn
     from ``generator``; deterministic: ``b = 1[logits > 0]``. Backward (straight-through, one fused
     kernel): ``grad_logits = grad_b * p * (1 - p)``. NaN logits give bit 0 and a NaN gradient.
+    ``torch.compile(fullgraph=True)`` traces it (without a ``generator``).
 
     Args:
         logits (Tensor[...], float32, float16 or bfloat16): encoder outputs.
@@ -93,8 +125,10 @@ def stochastic_binarize(
         Tensor of the shape and dtype of ``logits`` with values in {0, 1}.
     """
     _check_tensor(logits, "logits")
-    seed, offset = _draw_seed_offset(generator) if stochastic else (0, 0)
-    return _op("stochastic_binarize_forward")(logits, bool(stochastic), seed, offset)
+    if logits.dtype not in _BINARIZE_DTYPES:
+        raise TypeError(f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
+    seed_offset = _draw_seed_offset(generator) if stochastic else torch.zeros(2, dtype=torch.int64)
+    return _stochastic_binarize(logits, bool(stochastic), seed_offset)
 
 
 def hamming_distance(queries: torch.Tensor, database: torch.Tensor) -> torch.Tensor:
@@ -204,9 +238,5 @@ def _register_abstract_and_autograd() -> None:
     torch.library.register_autograd(lib + "stochastic_binarize_forward", backward, setup_context=setup_context)
 
 
-try:
-    require_extension()
-except RuntimeError:  # pragma: no cover - the package imports; ops raise on use
-    pass
-else:
+if LOAD_ERROR is None:
     _register_abstract_and_autograd()

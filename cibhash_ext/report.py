@@ -15,6 +15,7 @@ import os
 import torch
 
 from cibhash_ext import ops
+from cibhash_ext.files import atomic_write, write_text
 
 __all__ = ["write_report", "draw_run_grid", "plot_retrieval_grid", "plot_pr_curves", "plot_precision_at_n",
            "plot_nn_distances", "plot_bit_balance", "grid_images"]
@@ -67,7 +68,8 @@ def _plot_per_length(
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_write(path) as fh:
+        fig.savefig(fh, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -175,7 +177,8 @@ def plot_retrieval_grid(
         for c in range(idx.shape[1]):
             colour = NEUTRAL_FRAME if rel is None else RELEVANT_FRAME if rel[r, c] else IRRELEVANT_FRAME
             paste(r, c + 1, database_images[idx[r, c]], colour, f"d={int(dist[r, c])}")
-    mosaic.save(path)
+    with atomic_write(path) as fh:
+        mosaic.save(fh, format="PNG")
 
 
 def _fmt(x: float | None) -> str:
@@ -322,8 +325,7 @@ def write_report(run_dir: str, grid: str | None = None) -> str:
     if config:
         lines += ["", "## Configuration", "", "```json", json.dumps(config, indent=2, sort_keys=True), "```"]
     path = os.path.join(run_dir, "report.md")
-    with open(path, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -132,7 +132,8 @@ def test_train_evaluate_encode_round_trip(tmp_path, capsys):
 
 
 def test_presets_and_overrides():
-    from cibhash_ext.cli import _config_from_args, build_parser
+    from cibhash_ext.cli import build_parser
+    from cibhash_ext.cli.train import config_from_args as _config_from_args
 
     parse = build_parser().parse_args
     default = _config_from_args(parse(["train"]))

@@ -21,7 +21,7 @@ SHAPE = (1, 8, 8)
 
 
 def _config(global_batch: bool = True):
-    from cibhash_ext.training import TrainConfig
+    from cibhash_ext.config import TrainConfig
 
     # Deterministic codes: the two runs must binarize identically. bf16 off: float32 tolerances.
     return TrainConfig(backbone="mlp", mlp_widths=(48,), code_lengths=(8, 16), hidden=32, stochastic=False,
@@ -45,7 +45,8 @@ def _step(model, net, cfg, view1, view2) -> dict[str, np.ndarray]:
 
 def _worker(rank: int, world: int, workdir: str) -> None:
     from cibhash_ext.distributed import init_process_group
-    from cibhash_ext.training import build_model, wrap_for_processes
+    from cibhash_ext.models import build_model
+    from cibhash_ext.training import wrap_for_processes
 
     init_process_group("gloo", timeout_s=30, rank=rank, world_size=world)
     views = torch.load(os.path.join(workdir, "views.pt"))
@@ -61,7 +62,7 @@ def _worker(rank: int, world: int, workdir: str) -> None:
 
 @pytest.fixture(scope="module")
 def two_process_steps(tmp_path_factory):
-    from cibhash_ext.training import build_model
+    from cibhash_ext.models import build_model
 
     workdir = tmp_path_factory.mktemp("ddp")
     torch.manual_seed(3)
@@ -129,7 +130,7 @@ def test_torchrun_trains_and_only_rank_0_writes(torchrun_run):
     run_dir, result = torchrun_run
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("run directory:") == 1  # rank 0 alone reports
-    assert sorted(os.listdir(run_dir)) == ["checkpoint.pt", "config.json", "metrics.json", "report.md",
+    assert sorted(os.listdir(run_dir)) == ["checkpoint.pt", "config.json", "metrics.json", "model.pt", "report.md",
                                            "retrieval.png", "train.log"]
     log = (run_dir / "train.log").read_text()
     assert log.count(" loss ") == 2, log  # one line per epoch: no second writer

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cibhash_ext.index import HammingIndex
-from cibhash_ext.index_cli import main
+from cibhash_ext.cli import main
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_usage_errors_exit_2(files, capsys):
 
 def test_runs_as_a_module(files):
     tmp_path, _ = files
-    result = subprocess.run([sys.executable, "-m", "cibhash_ext.index_cli", "search", str(tmp_path / "none.idx"),
+    result = subprocess.run([sys.executable, "-m", "cibhash_ext", "search", str(tmp_path / "none.idx"),
                              str(tmp_path / "queries.npy"), "-k", "1"], capture_output=True, text=True)
     assert result.returncode == 2 and "does not exist" in result.stderr
 

@@ -12,7 +12,10 @@ from PIL import Image
 from cibhash_ext import ops
 from cibhash_ext.data import FASHION_MNIST_FILES, FASHION_MNIST_ROOT, load_fashion_mnist
 from cibhash_ext.evaluation import mean_average_precision
-from cibhash_ext.training import CHECKPOINT_FILE, TrainConfig, evaluate, load_checkpoint, train
+from cibhash_ext.config import TrainConfig
+from cibhash_ext.run_dir import CHECKPOINT_FILE, load_checkpoint
+from cibhash_ext.run_eval import evaluate
+from cibhash_ext.training import train
 
 needs_fashion_mnist = pytest.mark.skipif(
     not all(os.path.isfile(os.path.join(FASHION_MNIST_ROOT, f)) for f in FASHION_MNIST_FILES),
@@ -38,7 +41,7 @@ def tiny_data():
 @needs_fashion_mnist
 def test_tiny_train_and_evaluate_writes_a_complete_run(tmp_path, tiny_data):
     run = str(tmp_path / "run")
-    metrics = train(tiny_config(epochs=3), run, data=tiny_data)
+    metrics = train(tiny_config(epochs=3), run_dir=run, data=tiny_data).metrics
     for name in ("config.json", "checkpoint.pt", "metrics.json", "train.log", "report.md", "pr_curve.png",
                  "precision_at_n.png", "retrieval.png"):
         assert os.path.isfile(os.path.join(run, name)), name
@@ -76,21 +79,21 @@ class Killed(Exception):
 def test_resume_after_an_interrupted_run_gives_the_same_result(tmp_path, tiny_data):
     cfg = tiny_config(epochs=3, baselines=(), eval_curves=False, train_size=384)
     data = dataclasses.replace(tiny_data, train=tiny_data.train.subset(torch.arange(384)))
-    full = train(cfg, str(tmp_path / "full"), data=data)
+    full = train(cfg, run_dir=str(tmp_path / "full"), data=data).metrics
 
     def kill_after_first_epoch(epoch, record):
         if epoch == 0:
             raise Killed
 
     with pytest.raises(Killed):
-        train(cfg, str(tmp_path / "killed"), data=data, on_epoch_end=kill_after_first_epoch)
+        train(cfg, run_dir=str(tmp_path / "killed"), data=data, on_epoch_end=kill_after_first_epoch)
     assert load_checkpoint(str(tmp_path / "killed"))["epoch"] == 0
     with pytest.raises(FileExistsError, match="--resume"):
-        train(cfg, str(tmp_path / "killed"), data=data)
+        train(cfg, run_dir=str(tmp_path / "killed"), data=data)
     with pytest.raises(ValueError, match="lr"):
-        train(tiny_config(epochs=3, baselines=(), eval_curves=False, train_size=384, lr=0.5), str(tmp_path / "killed"),
+        train(tiny_config(epochs=3, baselines=(), eval_curves=False, train_size=384, lr=0.5), run_dir=str(tmp_path / "killed"),
               resume=True, data=data)
-    resumed = train(cfg, str(tmp_path / "killed"), resume=True, data=data)
+    resumed = train(cfg, run_dir=str(tmp_path / "killed"), resume=True, data=data).metrics
     a = load_checkpoint(str(tmp_path / "full"))
     b = load_checkpoint(str(tmp_path / "killed"))
     for key, value in a["model"].items():
@@ -124,7 +127,7 @@ def test_binarize_op_is_on_the_training_path(monkeypatch, tmp_path, tiny_data):
 
     monkeypatch.setattr(ops, "stochastic_binarize", spy)
     data = tiny_data
-    train(tiny_config(epochs=1, baselines=(), eval_curves=False, train_size=256, code_lengths=(16,)), str(tmp_path / "r"),
+    train(tiny_config(epochs=1, baselines=(), eval_curves=False, train_size=256, code_lengths=(16,)), run_dir=str(tmp_path / "r"),
           data=data)
     assert calls and all(calls)
 
@@ -142,7 +145,7 @@ def test_image_files_train_through_the_pil_pipeline(tmp_path):
                       query_per_class=5, train_per_class=10, epochs=1, batch_size=8, code_lengths=(8, 16),
                       progress=False, threads=1)
     assert cfg.augment_config(3).size == 32
-    metrics = train(cfg, str(tmp_path / "run"))
+    metrics = train(cfg, run_dir=str(tmp_path / "run")).metrics
     assert (metrics["dataset"], metrics["queries"], metrics["database"]) == ("image_folder", 15, 45)
     assert set(metrics) >= {"cibhash", "lsh", "itq"}
     # The pixel baselines see the planted squares: far better than chance (1/3).

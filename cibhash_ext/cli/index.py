@@ -1,7 +1,5 @@
-"""Command line for the Hamming index: ``index build`` (codes file, or a trained run + images -> index
-file) and ``search`` (index + queries -> top-k or radius results as CSV or JSON), usable on its own
-(``python -m cibhash_ext.index_cli ...``) or registered in another parser with :func:`add_index_commands`.
-"""
+"""``cibhash index build`` (a codes file, or a trained run + images -> an index file) and
+``cibhash search`` (index + query codes -> top-k or radius results as CSV or JSON)."""
 
 from __future__ import annotations
 
@@ -12,22 +10,19 @@ import json
 import os
 import re
 import sys
-from typing import Sequence
 
 import numpy as np
 
-__all__ = ["add_index_commands", "run", "main", "COMMANDS"]
+from cibhash_ext.cli.common import set_threads
+from cibhash_ext.files import write_text
 
-COMMANDS = ("index", "search")
+__all__ = ["add_commands", "NAMES_SUFFIX"]
+
 NAMES_SUFFIX = ".names.json"  # beside an index built from images: {"ids": [...], "names": [...]}
 
 
-def add_index_commands(subparsers) -> None:
-    """Registers ``index build`` and ``search`` on an ``add_subparsers()`` object.
-
-    The parsed namespace gets ``index_handler``; call :func:`run` with it. The parent parser's
-    ``dest`` of the subparsers is not used.
-    """
+def add_commands(subparsers) -> None:
+    """Registers ``index build`` and ``search`` on an ``add_subparsers()`` object."""
     index = subparsers.add_parser("index", help="build a Hamming index file from codes",
                                   description="Manage Hamming index files (format: cibhash_ext.index).")
     index_sub = index.add_subparsers(dest="index_command", metavar="ACTION")
@@ -51,7 +46,7 @@ def add_index_commands(subparsers) -> None:
     build.add_argument("--batch-size", type=int, default=512, help="with --run: images per forward pass")
     build.add_argument("--threads", type=int, help="torch intra-op threads")
     build.add_argument("--no-progress", action="store_true", help="with --run: no progress bar")
-    build.set_defaults(index_handler=_cmd_build, command_name="index build")
+    build.set_defaults(handler=_cmd_build, command_name="index build")
 
     search = subparsers.add_parser(
         "search", help="search an index with query codes",
@@ -70,7 +65,7 @@ def add_index_commands(subparsers) -> None:
     search.add_argument("--names", action="store_true",
                         help=f"add each result's image name, from the INDEX{NAMES_SUFFIX} file `index build --run` wrote")
     search.add_argument("--threads", type=int, help="torch intra-op threads")
-    search.set_defaults(index_handler=_cmd_search, command_name="search")
+    search.set_defaults(handler=_cmd_search, command_name="search")
 
 
 def _load_codes(path: str, key: str | None, what: str) -> tuple[np.ndarray, int | None]:
@@ -101,35 +96,37 @@ def _load_codes(path: str, key: str | None, what: str) -> tuple[np.ndarray, int 
 def _load_ids(path: str, count: int) -> np.ndarray:
     if not os.path.exists(path):
         raise FileNotFoundError(f"ids file {path!r} does not exist")
-    ids = np.load(path, allow_pickle=False)
-    if not np.issubdtype(ids.dtype, np.integer) or ids.shape != (count,):
-        raise ValueError(f"ids file {path!r} must hold {count} integers (one per code), "
-                         f"got a {ids.dtype} array of shape {ids.shape}")
+    try:
+        ids = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"ids file {path!r} is not a readable .npy file: {exc}") from None
+    if not isinstance(ids, np.ndarray) or not np.issubdtype(ids.dtype, np.integer) or ids.shape != (count,):
+        got = f"a {ids.dtype} array of shape {ids.shape}" if isinstance(ids, np.ndarray) else "an .npz archive"
+        raise ValueError(f"ids file {path!r} must hold {count} integers (one per code), got {got}")
+    if ids.dtype == np.uint64 and count and int(ids.max()) >= 2**63:
+        raise ValueError(f"ids file {path!r}: ids must fit int64 (below 2^63), got {int(ids.max())}")
     return ids.astype(np.int64)
 
 
 def _encode_for_index(args: argparse.Namespace) -> tuple[np.ndarray, int, list[str]]:
     """Codes of the chosen length, the length, and the image names, from a run and images or a split."""
-    from cibhash_ext.training import encode_run, load_run_config
+    from cibhash_ext.encode import encode_run
+    from cibhash_ext.run_dir import load_run_config
 
     lengths = load_run_config(args.run).code_lengths
-    nbits = args.nbits or max(lengths)
+    nbits = max(lengths) if args.nbits is None else args.nbits
     if nbits not in lengths:
         raise ValueError(f"--nbits {nbits} is not a code length of the run in {args.run}: it has {list(lengths)}")
-    names, codes = encode_run(args.run, args.inputs, args.split, args.batch_size, args.threads, not args.no_progress)
+    names, codes = encode_run(args.run, args.inputs, args.split, args.batch_size, show_progress=not args.no_progress)
     return codes[nbits].numpy(), nbits, names
-
-
-def _write_names(path: str, ids: np.ndarray, names: list[str]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump({"ids": ids.tolist(), "names": names}, fh)
-    os.replace(tmp, path)
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from cibhash_ext.index import HammingIndex
 
+    set_threads(args.threads)
+    if args.nbits is not None and args.nbits < 1:
+        raise ValueError(f"--nbits must be >= 1, got {args.nbits}")
     names = None
     if args.run:
         if args.key:
@@ -141,7 +138,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         if len(args.inputs) != 1:
             raise ValueError(f"give one codes file (or --run RUN_DIR with images), got {len(args.inputs)} inputs")
         codes, key_bits = _load_codes(args.inputs[0], args.key, "codes")
-        nbits = args.nbits or key_bits or 8 * codes.shape[1]
+        nbits = args.nbits if args.nbits is not None else key_bits or 8 * codes.shape[1]
         if (nbits + 7) // 8 != codes.shape[1]:
             raise ValueError(f"--nbits {nbits} needs {(nbits + 7) // 8} bytes per code, the codes have {codes.shape[1]}")
     ids = _load_ids(args.ids, codes.shape[0]) if args.ids else None
@@ -149,7 +146,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     index.add(codes, ids)
     index.save(args.output)
     if names is not None:
-        _write_names(args.output + NAMES_SUFFIX, index.ids.numpy(), names)
+        write_text(args.output + NAMES_SUFFIX, json.dumps({"ids": index.ids.numpy().tolist(), "names": names}))
     print(f"indexed {len(index)} codes of {nbits} bits -> {args.output}")
     return 0
 
@@ -158,20 +155,21 @@ def _names_of(index_path: str) -> dict[int, str]:
     path = index_path + NAMES_SUFFIX
     if not os.path.exists(path):
         raise FileNotFoundError(f"--names: {path!r} does not exist (it is written by `index build --run`)")
-    with open(path) as fh:
-        table = json.load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            table = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--names: {path!r} is not valid JSON: {exc}") from None
+    if (not isinstance(table, dict) or not isinstance(table.get("ids"), list) or not isinstance(table.get("names"), list)
+            or len(table["ids"]) != len(table["names"])):
+        raise ValueError(f"--names: {path!r} must hold an object with equally long lists 'ids' and 'names'")
     return dict(zip(table["ids"], table["names"]))
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    import torch
-
     from cibhash_ext.index import HammingIndex
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if not os.path.exists(args.index):
         raise FileNotFoundError(f"index file {args.index!r} does not exist")
     index = HammingIndex.load(args.index, mmap=not args.no_mmap, verify=not args.no_verify)
@@ -198,8 +196,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         names = [table.get(i, "") for i in ids]
     text = _format(lims, dist.tolist(), ids, names, args)
     if args.output:
-        with open(args.output, "w", newline="") as fh:
-            fh.write(text)
+        write_text(args.output, text)
     else:
         sys.stdout.write(text)
     return 0
@@ -221,25 +218,3 @@ def _format(lims: np.ndarray, dist: list[int], ids: list[int], names: list[str] 
         for rank, j in enumerate(range(lims[q], lims[q + 1])):
             writer.writerow([q, rank, ids[j], dist[j]] + ([names[j]] if names is not None else []))
     return out.getvalue()
-
-
-def run(args: argparse.Namespace) -> int:
-    """Runs a parsed ``index build`` or ``search`` command; errors print one line and return 2."""
-    try:
-        return args.index_handler(args)
-    except (OSError, ValueError, TypeError) as exc:
-        print(f"cibhash {args.command_name}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cibhash_ext.index_cli``: the index commands alone; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="cibhash", description="Hamming index files: build and search.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    add_index_commands(sub)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

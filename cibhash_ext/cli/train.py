@@ -1,0 +1,201 @@
+"""``cibhash train`` and ``cibhash evaluate``. The training options are generated from the fields of
+:class:`~cibhash_ext.config.TrainConfig` (name, type, help), so a setting is declared once."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import typing
+
+from cibhash_ext.cli.common import positive_list, set_threads
+from cibhash_ext.config import AUGMENT_PRESETS, TrainConfig, load_config
+from cibhash_ext.data import DATASETS
+from cibhash_ext.models import BACKBONES
+from cibhash_ext.transforms import AugmentConfig
+
+__all__ = ["add_commands", "config_from_args", "PRESETS"]
+
+PRESETS = ("fashion_mnist", "paper")
+# Fields whose values are a closed set of names.
+_CHOICES = {
+    "dataset": DATASETS, "backbone": ("auto", *BACKBONES), "schedule": ("onecycle", "constant"),
+    "augment_preset": AUGMENT_PRESETS, "pipeline": ("auto", "batch", "pil"),
+}
+# Older spellings of the boolean switches, kept working.
+_ALIASES = {"stochastic": "--deterministic-binary", "eval_curves": "--no-curves", "global_batch": "--local-negatives"}
+_GROUPS = {
+    "data": ("dataset", "data_root", "train_size", "query_size", "database_size", "query_per_class", "train_per_class"),
+    "model": ("backbone", "backbone_weights", "convnet_widths", "convnet_fc", "mlp_widths", "code_lengths", "hidden",
+              "stochastic"),
+    "evaluation and machine": ("topk", "baselines", "eval_curves", "evaluate", "device", "threads", "workers",
+                               "progress"),
+}
+
+
+def _field_help() -> dict[str, str]:
+    """Each field's help text, from the Attributes section of TrainConfig's docstring."""
+    helps: dict[str, str] = {}
+    names: list[str] = []
+    for line in TrainConfig.__doc__.split("Attributes:")[1].splitlines():
+        match = re.match(r"\s{8}([\w, ]+) \(([^)]*)\): (.*)", line)
+        if match:
+            names = [n.strip() for n in match.group(1).split(",")]
+            for n in names:
+                helps[n] = match.group(3)
+        elif line.strip() and names:
+            for n in names:
+                helps[n] += " " + line.strip()
+    plain = {k: re.sub(r":\w+:`~?([^`]*)`", r"\1", v).replace("``", "") for k, v in helps.items()}
+    return {k: v.replace("%", "%%") for k, v in plain.items()}
+
+
+def _augment_setting(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    fields = {f.name for f in dataclasses.fields(AugmentConfig)}
+    if not sep or key not in fields:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}, got {text!r}")
+    parts = [p for p in value.split(",") if p]
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{key}: expected a number or comma-separated numbers, got {value!r}")
+    if not numbers:
+        raise argparse.ArgumentTypeError(f"{key}: expected a value after '=', got {text!r}")
+    if key in ("size", "blur_kernel"):
+        return key, int(numbers[0])
+    return key, tuple(numbers) if len(numbers) > 1 else numbers[0]
+
+
+def _baselines(text: str) -> tuple[str, ...]:
+    if text in ("", "none"):
+        return ()
+    names = tuple(v.strip() for v in text.split(","))
+    if any(n not in ("lsh", "itq") for n in names):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of lsh,itq or 'none', got {text!r}")
+    return names
+
+
+def _argument(field: dataclasses.Field, hint) -> tuple[list[str], dict]:
+    """The add_argument flags and keywords of one TrainConfig field."""
+    flag = "--" + field.name.replace("_", "-")
+    args = typing.get_args(hint)
+    base = next((a for a in args if a is not type(None)), hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else hint
+    if base is bool:
+        return [flag], {"action": argparse.BooleanOptionalAction}
+    if field.name == "augment":
+        return ["--aug"], {"type": _augment_setting, "action": "append", "metavar": "KEY=VALUE"}
+    if field.name == "baselines":
+        return [flag], {"type": _baselines, "metavar": "lsh,itq|none"}
+    if typing.get_origin(base) is tuple:
+        kind = typing.get_args(base)[0]
+        noun, example = ("integers", "16,32,64") if kind is int else ("numbers", "0.3 or 0.15,0.1")
+        return [flag], {"type": positive_list(kind, noun, example), "metavar": "V[,V,...]"}
+    keywords = {"type": base}
+    if field.name in _CHOICES:
+        keywords["choices"] = _CHOICES[field.name]
+    return [flag], keywords
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    helps, hints = _field_help(), typing.get_type_hints(TrainConfig)
+    grouped = {name: group for group, names in _GROUPS.items() for name in names}
+    groups = {g: parser.add_argument_group(g) for g in (*_GROUPS, "optimisation")}
+    for field in dataclasses.fields(TrainConfig):
+        flags, keywords = _argument(field, hints[field.name])
+        group = groups[grouped.get(field.name, "optimisation")]
+        default = field.default if field.default is not dataclasses.MISSING else None
+        shown = f" (default: {default})" if default not in (None, "") and field.name != "augment" else ""
+        group.add_argument(*flags, dest=field.name, default=argparse.SUPPRESS, help=helps.get(field.name, "") + shown,
+                           **keywords)
+        if field.name in _ALIASES:
+            group.add_argument(_ALIASES[field.name], dest=field.name, action="store_false", default=argparse.SUPPRESS,
+                               help=f"the same as --no-{field.name.replace('_', '-')}")
+
+
+def add_commands(sub) -> None:
+    t = sub.add_parser("train", help="train a model, evaluate it, write a run directory and report",
+                       description="Train CIBHash without labels, then evaluate retrieval: with labels mAP@K, precision "
+                       "within radius 2, precision@N and PR curves; without labels augmented-copy retrieval and code "
+                       "statistics; against LSH and ITQ on pixels. Options override --config FILE (or --preset).")
+    t.add_argument("--run-dir", help="run directory (default: runs/<dataset>-<time>)")
+    base = t.add_mutually_exclusive_group()
+    base.add_argument("--config", metavar="FILE", help="a JSON configuration (a run's config.json is one); the "
+                      "options below override it")
+    base.add_argument("--preset", choices=PRESETS, default="fashion_mnist",
+                      help="starting settings that the options below override: 'fashion_mnist' (default; the measured "
+                      "CPU recipe of benchmarks/QUALITY.md) or 'paper' (frozen VGG-16, 224x224, batch 64, 60 epochs, "
+                      "Adam 1e-3 constant, tau 0.3)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint "
+                   "(with its stored configuration; only --threads, --workers, --progress, --eval-curves and "
+                   "--evaluate may change)")
+    t.add_argument("--force", action="store_true", help="write a new run into a non-empty folder that is not a run")
+    t.add_argument("--dist-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="under torchrun: how long a process waits for the others in a collective before failing")
+    _add_config_options(t)
+    t.set_defaults(handler=_cmd_train, command_name="train")
+
+    e = sub.add_parser("evaluate", help="re-evaluate a run directory's model and rewrite its metrics and report",
+                       description="Re-evaluate the model of a run directory and rewrite metrics.json and report.md.")
+    e.add_argument("run_dir", help="a run directory written by cibhash train")
+    e.add_argument("--threads", type=int)
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(handler=_cmd_evaluate, command_name="evaluate")
+
+
+_RUN_OPTIONS = ("run_dir", "config", "preset", "resume", "force", "dist_timeout", "handler", "command_name", "command")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The configuration a ``train`` command line describes: --config FILE (or the preset), then the options."""
+    overrides = {k: v for k, v in vars(args).items() if k not in _RUN_OPTIONS}
+    if "augment" in overrides:
+        overrides["augment"] = dict(overrides["augment"])
+    if args.resume:
+        from cibhash_ext.run_dir import CONFIG_FILE
+
+        base = os.path.join(args.run_dir, CONFIG_FILE)
+        if not os.path.isfile(base):
+            raise FileNotFoundError(f"{args.run_dir} is not a run directory: {base} is missing")
+    elif getattr(args, "config", None):
+        base = args.config
+    else:
+        base = TrainConfig.paper().to_dict() if args.preset == "paper" else None
+    if base is not None and "augment" in overrides:
+        stored = load_config(base).augment
+        overrides["augment"] = {**stored, **overrides["augment"]}
+    return load_config(base, **overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    """Trains in this process, or as one of the processes ``torchrun`` started (WORLD_SIZE > 1)."""
+    from cibhash_ext import distributed
+    from cibhash_ext.training import train
+
+    if args.resume and not args.run_dir:
+        raise ValueError("--resume needs --run-dir, the run directory to continue")
+    if not args.run_dir and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("under torchrun give --run-dir: the processes must agree on one run directory")
+    cfg = config_from_args(args)
+    joined = distributed.init_from_env(cfg.device, args.dist_timeout)
+    is_main = distributed.rank() == 0
+    try:
+        result = train(cfg, run_dir=args.run_dir, resume=args.resume, force=args.force)
+    finally:
+        if joined:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if is_main:
+        print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from cibhash_ext.run_eval import evaluate
+
+    set_threads(args.threads)
+    evaluate(args.run_dir, progress_bars=not args.no_progress)
+    print(f"metrics and report rewritten in {args.run_dir}")
+    return 0

@@ -1,0 +1,318 @@
+"""The configuration of a training run: the :class:`TrainConfig` dataclass, its presets and checks.
+
+One setting is declared once, here: the command line generates ``cibhash train``'s options from the
+fields (:mod:`cibhash_ext.cli.train`), ``config.json`` of a run is :meth:`TrainConfig.to_dict`, and
+:func:`load_config` reads a config file, a dict or a TrainConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from typing import Any
+
+from cibhash_ext.models import BACKBONES
+from cibhash_ext.transforms import AugmentConfig
+
+__all__ = ["TrainConfig", "load_config", "AUGMENT_PRESETS", "DATASET_OPTIONS"]
+
+AUGMENT_PRESETS = ("auto", "paper", "small_grayscale")
+# The split options each dataset reads; giving one that the dataset ignores is an error.
+DATASET_OPTIONS = {
+    "fashion_mnist": ("train_size", "query_size", "database_size"),
+    "cifar10": ("query_per_class", "train_per_class"),
+    "image_folder": ("query_per_class", "train_per_class"),
+    "nus_wide": (),
+    "coco": (),
+    "folder": ("train_size", "query_size"),
+    "tensor": ("train_size", "query_size"),
+    "dataset": ("train_size", "query_size"),
+}
+# Input side of the trained-from-scratch backbones on image files when no size is set: 224 (the
+# paper's, for VGG-16) would make their first layer enormous.
+FILE_INPUT_SIZE = 64
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a run. Defaults are the Fashion-MNIST recipe of benchmarks/QUALITY.md.
+
+    Attributes:
+        dataset (str): one of :data:`cibhash_ext.data.DATASETS`; "folder" is every image under
+            ``data_root``, without labels.
+        data_root (str, optional): dataset folder (Fashion-MNIST has a default).
+        train_size (int, optional): train on a random subset of this many training images.
+        query_size (int, optional): fashion_mnist: keep the first N queries; folder and Python data:
+            hold out N images as queries (default: 10 %, at most 1,000).
+        database_size (int, optional): fashion_mnist: keep the first N database images (quick runs).
+        query_per_class, train_per_class (int, optional): split sizes of cifar10 and image_folder
+            (None: the loader's protocol defaults).
+        backbone (str): one of :data:`cibhash_ext.models.BACKBONES`, or "auto": mlp on Fashion-MNIST,
+            convnet elsewhere (at 64x64 on image files).
+        backbone_weights (str, optional): local weights file (vgg16: required).
+        convnet_widths (tuple[int, ...]): channels of the convnet backbone's three conv blocks.
+        convnet_fc (int): width of the convnet's fully connected feature layer.
+        mlp_widths (tuple[int, ...]): hidden widths of the mlp backbone.
+        code_lengths (tuple[int, ...]): code lengths trained jointly on one backbone.
+        hidden (int): hash-head hidden width.
+        epochs, batch_size (int): schedule length and images per batch and process (each gives two views).
+        lr, weight_decay (float): AdamW settings (weight_decay 0 is Adam, as the paper).
+        schedule (str): "onecycle" (warm-up then cosine decay) or "constant" (the paper).
+        warmup (float): one-cycle warm-up fraction.
+        temperature (tuple[float, ...], optional): NT-Xent temperature, one for all code lengths or one
+            per length (paper: 0.3). None is the Fashion-MNIST recipe: 0.15 up to 16 bits, 0.1 above.
+        beta (float): KL weight (paper: 0.001).
+        kl_eps (float, optional): None = exact KL; 1e-8 = the public code's form.
+        stochastic (bool): stochastic binary layer while training (paper); False = public-code variant.
+        global_batch (bool): with several processes, contrast each code against the codes of every
+            process (the negatives of one process with the global batch); False keeps each process's
+            own batch, as data-parallel SimCLR code without a gather does. No effect in one process.
+        augment_preset (str): "auto" (small_grayscale for the convnet and mlp on 1-channel images, else
+            paper), "paper" or "small_grayscale".
+        augment (dict): overrides of :class:`cibhash_ext.transforms.AugmentConfig` fields.
+        pipeline (str): "auto" (batched augmentation for in-memory images, PIL otherwise), "batch", "pil".
+        bf16 (bool): bfloat16 autocast for the backbone (CPU and CUDA).
+        channels_last (bool): channels-last memory format for the convnet.
+        device (str): "cpu" or "cuda".
+        threads (int, optional): torch intra-op threads.
+        workers (int): DataLoader workers of the PIL pipeline.
+        seed (int): seed of everything random.
+        topk (int, optional): K of mAP@K; None = the dataset's protocol.
+        baselines (tuple[str, ...]): classical baselines evaluated on pixels ("lsh", "itq").
+        eval_curves (bool): also compute precision@N and precision-recall curves.
+        evaluate (bool): evaluate and write the report after training.
+        progress (bool): show progress bars.
+    """
+
+    dataset: str = "fashion_mnist"
+    data_root: str | None = None
+    train_size: int | None = None
+    query_size: int | None = None
+    database_size: int | None = None
+    query_per_class: int | None = None
+    train_per_class: int | None = None
+    backbone: str = "auto"
+    backbone_weights: str | None = None
+    convnet_widths: tuple[int, ...] = (32, 64, 64)
+    convnet_fc: int = 512
+    mlp_widths: tuple[int, ...] = (1024, 1024)
+    code_lengths: tuple[int, ...] = (16, 32, 64)
+    hidden: int = 1024
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "onecycle"
+    warmup: float = 0.1
+    temperature: tuple[float, ...] | None = None
+    beta: float = 1e-3
+    kl_eps: float | None = None
+    stochastic: bool = True
+    global_batch: bool = True
+    augment_preset: str = "auto"
+    augment: dict = dataclasses.field(default_factory=dict)
+    pipeline: str = "auto"
+    bf16: bool = True
+    channels_last: bool = True
+    device: str = "cpu"
+    threads: int | None = None
+    workers: int = 0
+    seed: int = 0
+    topk: int | None = None
+    baselines: tuple[str, ...] = ("lsh", "itq")
+    eval_curves: bool = True
+    evaluate: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.temperature, (int, float)) and not isinstance(self.temperature, bool):
+            self.temperature = (float(self.temperature),)
+        _check_types(self)
+        self.convnet_widths = tuple(int(v) for v in self.convnet_widths)
+        self.mlp_widths = tuple(int(v) for v in self.mlp_widths)
+        self.code_lengths = tuple(int(v) for v in self.code_lengths)
+        self.baselines = tuple(self.baselines)
+        if self.temperature is not None:
+            self.temperature = tuple(float(t) for t in self.temperature)
+        if self.backbone == "auto":
+            self.backbone = "mlp" if self.dataset == "fashion_mnist" else "convnet"
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks every setting; raises ValueError naming the setting, what it must be and what it is."""
+        from cibhash_ext.data import DATASETS
+
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if self.temperature is not None and (
+            len(self.temperature) not in (1, len(self.code_lengths)) or any(t <= 0 for t in self.temperature)
+        ):
+            raise ValueError(
+                f"temperature must be one value > 0 or one per code length {self.code_lengths}, got {self.temperature}"
+            )
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of auto, {', '.join(BACKBONES)}, got {self.backbone!r}")
+        if not self.code_lengths or any(v <= 0 for v in self.code_lengths):
+            raise ValueError(f"code_lengths must be positive integers, got {self.code_lengths}")
+        for name in ("epochs", "hidden", "convnet_fc"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("train_size", "query_size", "database_size", "query_per_class", "train_per_class", "threads",
+                     "topk"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (NT-Xent needs negatives), got {self.batch_size}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.beta < 0 or not 0 <= self.warmup < 1:
+            raise ValueError(f"expected lr > 0, weight_decay >= 0, beta >= 0 and 0 <= warmup < 1, got lr "
+                             f"{self.lr}, weight_decay {self.weight_decay}, beta {self.beta}, warmup {self.warmup}")
+        if self.schedule not in ("onecycle", "constant"):
+            raise ValueError(f"schedule must be 'onecycle' or 'constant', got {self.schedule!r}")
+        if self.augment_preset not in AUGMENT_PRESETS:
+            raise ValueError(f"augment_preset must be one of {', '.join(AUGMENT_PRESETS)}, got {self.augment_preset!r}")
+        if self.pipeline not in ("auto", "batch", "pil"):
+            raise ValueError(f"pipeline must be 'auto', 'batch' or 'pil', got {self.pipeline!r}")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        fields = [f.name for f in dataclasses.fields(AugmentConfig)]
+        unknown = set(self.augment) - set(fields)
+        if unknown:
+            raise ValueError(f"unknown augment settings {sorted(unknown)}; valid: {fields}")
+        bad = set(self.baselines) - {"lsh", "itq"}
+        if bad:
+            raise ValueError(f"baselines must be among 'lsh', 'itq', got {sorted(bad)}")
+        ignored = [name for name in ("train_size", "query_size", "database_size", "query_per_class", "train_per_class")
+                   if getattr(self, name) is not None and name not in DATASET_OPTIONS[self.dataset]]
+        if ignored:
+            reads = ", ".join(DATASET_OPTIONS[self.dataset]) or "none of them"
+            raise ValueError(f"dataset {self.dataset!r} does not use {', '.join(ignored)} (it reads {reads})")
+
+    @classmethod
+    def paper(cls, **changes) -> "TrainConfig":
+        """The paper's settings (Qiu et al. 2021, Sec. 4.1): frozen ImageNet VGG-16 (weights from a local
+        file), 224x224 views with the paper's augmentations, Adam lr 1e-3 with a constant schedule,
+        batch 64, 60 epochs, tau 0.3, beta 0.001. The paper trains one model per code length; here the
+        lengths share the backbone, which is frozen, so the heads train exactly as separate models would."""
+        settings = dict(backbone="vgg16", augment_preset="paper", pipeline="pil", epochs=60, batch_size=64, lr=1e-3,
+                        weight_decay=0.0, schedule="constant", temperature=(0.3,), beta=1e-3, stochastic=True)
+        settings.update(changes)
+        return cls(**settings)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """The inverse of :meth:`to_dict`; a ``resolved`` entry (written to config.json for readers) is ignored."""
+        if not isinstance(values, dict):
+            raise ValueError(f"a configuration must be a JSON object of settings, got a {type(values).__name__}")
+        values = {k: v for k, v in values.items() if k != "resolved"}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown configuration keys {sorted(unknown)}")
+        return cls(**values)
+
+    def temperature_for(self, length: int) -> float:
+        """The NT-Xent temperature of the code length ``length``."""
+        if self.temperature is None:
+            # Measured on Fashion-MNIST (benchmarks/QUALITY.md): short codes want a softer temperature.
+            return 0.15 if length <= 16 else 0.1
+        if len(self.temperature) == 1:
+            return self.temperature[0]
+        return self.temperature[self.code_lengths.index(length)]
+
+    def dataset_options(self) -> dict:
+        """The split options of the configured dataset (those it reads and that are set), plus the seed."""
+        options = {name: getattr(self, name) for name in DATASET_OPTIONS[self.dataset] if getattr(self, name) is not None}
+        if self.dataset in ("nus_wide", "coco"):
+            return options
+        return {**options, "seed": self.seed}
+
+    def augment_config(self, channels: int, in_memory: bool = True) -> AugmentConfig:
+        """The view augmentation of images with ``channels`` channels, in memory or loaded from files."""
+        preset = self.augment_preset
+        if preset == "auto":
+            preset = "small_grayscale" if self.backbone in ("convnet", "mlp") and channels == 1 else "paper"
+        base = AugmentConfig.small_grayscale() if preset == "small_grayscale" else AugmentConfig.paper()
+        if preset == "paper" and self.backbone in ("convnet", "mlp") and "size" not in self.augment:
+            base = dataclasses.replace(base, size=0 if in_memory else FILE_INPUT_SIZE)
+        return dataclasses.replace(base, **self.augment)
+
+
+def load_config(config: "TrainConfig | dict | str | os.PathLike | None" = None, **overrides: Any) -> TrainConfig:
+    """A TrainConfig from a TrainConfig, a dict of settings, or a JSON config file (a run's ``config.json``
+    is one), with ``overrides`` applied on top.
+
+    Raises:
+        FileNotFoundError: the config file does not exist.
+        ValueError: the file is not a JSON object of known settings, or a setting is invalid.
+    """
+    if config is None:
+        values: dict = {}
+    elif isinstance(config, TrainConfig):
+        values = config.to_dict()
+    elif isinstance(config, dict):
+        values = dict(config)
+    elif isinstance(config, (str, os.PathLike)):
+        path = os.fspath(config)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                values = json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"config file {path} is not valid JSON: {exc}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path} must hold a JSON object of settings, got a {type(values).__name__}")
+    else:
+        raise TypeError(f"config must be a TrainConfig, a dict or a path, got {type(config).__name__}")
+    values = {k: v for k, v in values.items() if k != "resolved"}
+    values.update(overrides)
+    return TrainConfig.from_dict(values)
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Each field holds a value of its declared type (a config.json may say "10" where 10 belongs)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if not _is_instance(value, hints[field.name]):
+            raise ValueError(
+                f"setting {field.name!r} must be {_describe(hints[field.name])}, got {value!r} ({type(value).__name__})"
+            )
+
+
+def _is_instance(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+        return any(_is_instance(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        return isinstance(value, (tuple, list)) and all(_is_instance(v, args[0]) for v in value)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if args and type(None) in args and origin is not tuple:
+        return " or ".join(_describe(a) for a in args if a is not type(None)) + " or null"
+    if origin is tuple:
+        return f"a list of {_describe(args[0])}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "an object"}.get(hint, str(hint))

@@ -1,0 +1,197 @@
+"""Inference: load a trained model (:func:`load_model`) and turn images into packed codes
+(:func:`encode`), the same codes in Python and from ``cibhash encode``; :func:`export_encoder` gives
+a ``torch.export`` program of the encode path.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from cibhash_ext import run_dir as runs
+from cibhash_ext.config import TrainConfig
+from cibhash_ext.data import ImageSet, load_dataset
+from cibhash_ext.files import image_files
+from cibhash_ext.models import CIBHashModel, build_model
+from cibhash_ext.pipeline import EvalTransform, autocast, eval_batches, to_model_input
+from cibhash_ext.progress import progress
+
+__all__ = ["load_model", "encode", "encode_images", "encode_run", "export_encoder", "prepare_for_inference"]
+
+
+def prepare_for_inference(model: CIBHashModel, cfg: TrainConfig, input_shape: Sequence[int]) -> CIBHashModel:
+    """Puts ``model`` in eval mode and attaches what inference needs: ``model.config``,
+    ``model.input_shape`` [C, H, W] and ``model.transform`` (PIL image -> normalised Tensor[C, H, W])."""
+    shape = [int(v) for v in input_shape]
+    aug = cfg.augment_config(shape[0])
+    model.eval()
+    model.config = cfg
+    model.input_shape = shape
+    model.transform = EvalTransform(shape, aug.mean, aug.std)
+    return model
+
+
+def load_model(run_dir: str | os.PathLike, device: str | torch.device | None = None,
+               backbone: nn.Module | None = None) -> CIBHashModel:
+    """The trained model of a run directory, in eval mode, loaded weights-only and checked.
+
+    Reads the run's ``model.pt`` (its ``checkpoint.pt`` for runs that have none yet). The model
+    carries ``transform`` (prepares one raw PIL image for it), ``config`` and ``input_shape``.
+
+    Args:
+        run_dir (str): a run directory written by :func:`cibhash_ext.train`.
+        device (str or torch.device, optional): where to put the model (default: the run's device
+            if it is available, else the CPU).
+        backbone (nn.Module, optional): the backbone module, for runs trained with a custom one.
+
+    Returns:
+        CIBHashModel in eval mode.
+    """
+    run_dir = os.fspath(run_dir)
+    weights = os.path.join(run_dir, runs.MODEL_FILE)
+    if os.path.isfile(weights):
+        state = runs.load_weights(weights)
+        cfg, shape, state_dict = TrainConfig.from_dict(state["config"]), state["input_shape"], state["state_dict"]
+    else:
+        cfg = runs.load_run_config(run_dir)
+        checkpoint = runs.load_checkpoint(run_dir)
+        shape, state_dict = checkpoint["input_shape"], checkpoint["model"]
+    if device is None:
+        device = cfg.device if not cfg.device.startswith("cuda") or torch.cuda.is_available() else "cpu"
+    elif str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for, but no CUDA GPU is visible to torch")
+    cfg.device = str(device)
+    model = build_model(cfg, shape, backbone=backbone)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise ValueError(f"the weights of {run_dir} do not fit its model: {str(exc).splitlines()[0]}") from None
+    return prepare_for_inference(model, cfg, shape)
+
+
+@torch.no_grad()
+def encode_images(model: CIBHashModel, images: ImageSet, batch_size: int = 1024, workers: int = 0,
+                  show_progress: bool = False, desc: str = "encode") -> dict[int, Tensor]:
+    """Deterministic packed codes of every image of an ImageSet, per code length, on the CPU.
+
+    Args:
+        model (CIBHashModel): a model prepared by :func:`prepare_for_inference` or :func:`load_model`.
+        images (ImageSet): in-memory images, files or dataset items.
+        batch_size (int): images per forward pass.
+        workers (int): DataLoader workers for files.
+        show_progress (bool): a progress bar on stderr.
+
+    Returns:
+        dict mapping L to Tensor[N, ceil(L / 8)], uint8 (LSB-first, the FAISS layout).
+    """
+    cfg = model.config
+    model.eval()
+    parts: dict[int, list[Tensor]] = {v: [] for v in model.code_lengths}
+    total = (len(images) + batch_size - 1) // batch_size
+    channels_last = cfg.channels_last and cfg.backbone == "convnet"
+    for x in progress(eval_batches(images, model.transform, batch_size, workers), desc, total, show_progress, "batch"):
+        with autocast(cfg.device, cfg.bf16):
+            codes = model.encode(to_model_input(x, cfg.device, channels_last))
+        for v, c in codes.items():
+            parts[v].append(c.cpu())
+    return {v: torch.cat(p) if p else torch.zeros(0, (v + 7) // 8, dtype=torch.uint8) for v, p in parts.items()}
+
+
+def _as_image_set(images) -> ImageSet:
+    from PIL import Image
+
+    if isinstance(images, (str, os.PathLike)):
+        return ImageSet(None, paths=image_files([images]))
+    if isinstance(images, Tensor):
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        if images.dim() != 4 or not (images.dtype == torch.uint8 or images.is_floating_point()):
+            raise ValueError(f"an image tensor must be uint8 (0-255) or float (0-1) [N, C, H, W], got {images.dtype} "
+                             f"of shape {tuple(images.shape)}")
+        return ImageSet(None, images=images.cpu())
+    if isinstance(images, torch.utils.data.Dataset):
+        return ImageSet(None, items=(images, list(range(len(images)))))
+    if isinstance(images, Sequence) and images and all(isinstance(i, Image.Image) for i in images):
+        return ImageSet(None, items=(list(images), list(range(len(images)))))
+    if isinstance(images, Sequence) and images and all(isinstance(i, (str, os.PathLike)) for i in images):
+        return ImageSet(None, paths=image_files(images))
+    raise TypeError("images must be a file or folder path, a list of paths or of PIL images, a Dataset or an image "
+                    f"tensor [N, C, H, W], got {type(images).__name__}")
+
+
+def encode(model: CIBHashModel, images, nbits: int | None = None, batch_size: int = 256) -> dict[int, Tensor] | Tensor:
+    """Packed binary codes of images, identical to what ``cibhash encode`` writes for the same files.
+
+    Args:
+        model (CIBHashModel): from :func:`load_model` (or :func:`cibhash_ext.train`'s run).
+        images: image file paths or folders (searched recursively, sorted), PIL images, a Dataset
+            of images (or (image, label) pairs), or a tensor batch [N, C, H, W] (uint8 0-255 or
+            float 0-1) at any size (resized to the model's input).
+        nbits (int, optional): one code length of the model; None returns every length.
+        batch_size (int): images per forward pass.
+
+    Returns:
+        Tensor[N, ceil(nbits / 8)] uint8 when ``nbits`` is given, else a dict mapping each code length
+        to its codes. Bit j of a code is bit ``j % 8`` of byte ``j // 8`` (the FAISS layout).
+    """
+    if not hasattr(model, "transform") or not hasattr(model, "config"):
+        raise TypeError("model must come from cibhash_ext.load_model (it carries its transform and settings)")
+    if nbits is not None and nbits not in model.code_lengths:
+        raise ValueError(f"nbits must be one of the model's code lengths {list(model.code_lengths)}, got {nbits}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    codes = encode_images(model, _as_image_set(images), batch_size)
+    return codes[nbits] if nbits is not None else codes
+
+
+def encode_run(run_dir: str, inputs: Sequence[str] | None = None, split: str | None = None, batch_size: int = 512,
+               workers: int = 0, show_progress: bool = True) -> tuple[list[str], dict[int, Tensor]]:
+    """Packed codes, at every code length of a trained run, of image files or of a split of the run's
+    dataset (exactly one of ``inputs`` and ``split``): what ``cibhash encode`` and ``index build`` use.
+
+    Returns:
+        (names, codes): one name per image (its path, or its position in the split) and a dict
+        mapping L to Tensor[n, ceil(L / 8)] uint8 in the same order.
+    """
+    if bool(inputs) == bool(split):
+        raise ValueError("give either image files/folders or --split, not both and not neither")
+    if split is not None and split not in ("query", "database", "train"):
+        raise ValueError(f"split must be 'query', 'database' or 'train', got {split!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model = load_model(run_dir)
+    if split:
+        cfg = model.config
+        images = getattr(load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options()), split)
+        names = [str(i) for i in range(len(images))]
+    else:
+        names = image_files(inputs)
+        images = ImageSet(None, paths=names)
+    return names, encode_images(model, images, batch_size, workers, show_progress)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, model: CIBHashModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.model.encode(images)[v] for v in self.model.code_lengths)
+
+
+def export_encoder(model: CIBHashModel, batch: int = 2):
+    """A ``torch.export`` program of the encode path: normalised images [N, C, H, W] (float32, N
+    dynamic) -> a tuple of packed uint8 codes, one per code length in ``model.code_lengths`` order.
+
+    Runs in float32 (the export has no autocast): codes can differ from :func:`encode` in the rare
+    bits whose logit is within bfloat16 rounding of 0 when the run trained with ``bf16``.
+    """
+    model.eval()
+    param = next(model.parameters())
+    example = torch.zeros(batch, *model.input_shape, device=param.device)
+    n = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        return torch.export.export(_Encoder(model), (example,), dynamic_shapes=({0: n},))

@@ -1,0 +1,151 @@
+"""Small file helpers used everywhere: atomic writes, image files found under folders, images loaded.
+
+Every file the library writes (run directories, checkpoints, index files, codes) goes through
+:func:`atomic_write`: a temporary file in the target's folder, fsync, rename over the target, fsync of
+the folder. A reader never sees half a file, a crash leaves the old file intact, and a symbolic link
+at the target is replaced, never followed, so a received run directory cannot redirect a write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import stat
+import tempfile
+from typing import IO, Iterator, Sequence
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "atomic_write",
+    "write_json",
+    "write_text",
+    "torch_save",
+    "image_files",
+    "load_image",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _temporary_pattern(path: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(path)), f".{glob.escape(os.path.basename(path))}.*.tmp")
+
+
+def _file_mode(path: str) -> int:
+    """The mode a new file gets (0o666 less the umask), or the mode of the file being replaced."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    except FileNotFoundError:
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: str) -> None:
+    """Deletes temporary files that an interrupted write of ``path`` left behind (``.<name>.*.tmp``)."""
+    for stale in glob.glob(_temporary_pattern(path)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(stale)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, binary: bool = True) -> Iterator[IO]:
+    """Opens a temporary file for writing ``path``; on a clean exit it replaces ``path`` atomically.
+
+    The file is flushed and fsync'ed, renamed over ``path`` (``os.replace``: a link at ``path`` is
+    replaced, not followed) and the folder is fsync'ed. On an exception the temporary file is removed
+    and ``path`` is untouched; temporaries left by a hard kill are removed by the next write.
+
+    Args:
+        path (str): the destination; its folder must exist.
+        binary (bool): open in binary mode (else text, UTF-8).
+
+    Yields:
+        The open temporary file.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise IsADirectoryError(f"cannot write {path}: it is a directory")
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _file_mode(path))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` atomically."""
+    with atomic_write(path, binary=False) as fh:
+        fh.write(text)
+
+
+def write_json(path: str, obj) -> None:
+    """Writes ``obj`` as indented JSON (sorted keys, final newline) to ``path`` atomically."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def torch_save(obj, path: str) -> None:
+    """``torch.save(obj)`` to ``path`` atomically."""
+    import torch
+
+    with atomic_write(path) as fh:
+        torch.save(obj, fh)
+
+
+def image_files(inputs: Sequence[str]) -> list[str]:
+    """The image files among ``inputs``: files as given, folders searched recursively in sorted order.
+
+    Raises:
+        FileNotFoundError: an input does not exist.
+        ValueError: no image file (extensions :data:`IMAGE_EXTENSIONS`) was found.
+    """
+    files = []
+    for item in inputs:
+        item = os.fspath(item)
+        if os.path.isdir(item):
+            for dirpath, _, names in sorted(os.walk(item)):
+                files += [os.path.join(dirpath, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
+        elif os.path.isfile(item):
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"input not found: {item}")
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {[os.fspath(i) for i in inputs]}")
+    return files
+
+
+def load_image(path: str, mode: str):
+    """Image ``path`` as a loaded PIL image in ``mode`` ("L" or "RGB").
+
+    Raises:
+        ValueError: the file is not a readable image (the message names it).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.convert(mode)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"{path} is not a readable image: {exc}") from None

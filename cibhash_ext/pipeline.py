@@ -1,0 +1,192 @@
+"""The input pipeline: the two augmented views of each training batch, and the evaluation view of
+images, from in-memory tensors (batched augmentation) or image files and datasets (PIL, DataLoader).
+
+Randomness of epoch e comes from generators seeded by (seed, e, rank), so an epoch is the same
+with or without a resume before it, and the global batches are the same for any number of processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from cibhash_ext import distributed
+from cibhash_ext.config import TrainConfig
+from cibhash_ext.data import ImageSet, RetrievalData
+from cibhash_ext.transforms import AugmentConfig, BatchAugment, BatchNormalize, TwoViews, build_pil_transform
+
+__all__ = [
+    "EvalTransform",
+    "ImageViews",
+    "autocast",
+    "epoch_generator",
+    "eval_batches",
+    "input_shape",
+    "n_batches",
+    "to_model_input",
+    "train_batches",
+]
+
+
+def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+    """The CPU generator of one epoch's draws (``salt`` separates the streams of one epoch)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7_919 + salt) % (2**63))
+
+
+def to_model_input(x: Tensor, device: str | torch.device, channels_last: bool) -> Tensor:
+    """A batch on the model's device, channels-last when the model is."""
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def autocast(device: str | torch.device, bf16: bool):
+    """bfloat16 autocast for the backbone on ``device`` (a no-op context when ``bf16`` is False)."""
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
+
+
+class EvalTransform:
+    """The deterministic view of one image for a trained model: convert to its mode ("L"/"RGB"),
+    resize to its input size (bilinear), scale to [0, 1] and normalise. PIL image -> Tensor[C, H, W].
+
+    Args:
+        input_shape (Sequence[int]): the model's input [C, H, W].
+        mean, std (Sequence[float]): per-channel normalisation.
+    """
+
+    def __init__(self, input_shape: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> None:
+        from torchvision import transforms as T
+
+        channels, height, width = (int(v) for v in input_shape)
+        self.mode = "L" if channels == 1 else "RGB"
+        self.input_shape = [channels, height, width]
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._steps = T.Compose([T.Resize((height, width)), T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def __call__(self, image) -> Tensor:
+        return self._steps(image.convert(self.mode))
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(input_shape={self.input_shape}, mean={self.mean}, std={self.std})"
+
+
+class ImageViews(torch.utils.data.Dataset):
+    """``transform`` of each image of an ImageSet, through PIL. An image file that cannot be read
+    mid-epoch is named in one warning and replaced by the next readable image: never a crash."""
+
+    def __init__(self, images: ImageSet, transform: Callable, mode: str) -> None:
+        self.images, self.transform, self.mode = images, transform, mode
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        for step in range(len(self.images)):
+            j = (i + step) % len(self.images)
+            try:
+                image = self.images.pil(j, self.mode)
+            except ValueError as exc:
+                warnings.warn(f"skipped an unreadable image: {exc}", stacklevel=2)
+                continue
+            return self.transform(image.convert(self.mode))
+        raise ValueError("no image of the set can be read")
+
+
+def input_shape(cfg: TrainConfig, data: RetrievalData) -> list[int]:
+    """[C, H, W] of the images the model sees: in-memory images at their size unless resized."""
+    aug = cfg.augment_config(data.channels, data.train.in_memory)
+    if aug.size > 0:
+        return [len(aug.mean), aug.size, aug.size]
+    if not data.train.in_memory:
+        raise ValueError("images loaded from files need a fixed input size: set --aug size=S (S > 0)")
+    return [len(aug.mean), *map(int, data.train.images.shape[2:])]
+
+
+def _use_batch_pipeline(cfg: TrainConfig, images: ImageSet, aug: AugmentConfig, transform) -> bool:
+    if transform is not None:
+        return False
+    if cfg.pipeline == "batch":
+        if not images.in_memory:
+            raise ValueError("pipeline='batch' needs an in-memory dataset (fashion_mnist, cifar10, a tensor); use 'pil'")
+        return True
+    if cfg.pipeline == "pil":
+        return False
+    return images.in_memory and aug.hue == 0
+
+
+def _epoch_sampler(cfg: TrainConfig, n: int, epoch: int) -> torch.utils.data.DistributedSampler:
+    """This process's share of the epoch's shuffled order. The order depends on (seed, epoch) only,
+    so the global batches are the same for any number of processes: rank r takes every R-th image."""
+    sampler = torch.utils.data.DistributedSampler(
+        range(n), num_replicas=distributed.world_size(), rank=distributed.rank(), shuffle=True,
+        seed=cfg.seed, drop_last=True,
+    )
+    sampler.set_epoch(epoch)
+    return sampler
+
+
+def n_batches(cfg: TrainConfig, data: RetrievalData) -> int:
+    """Steps per epoch: global batches of world_size x batch_size images."""
+    global_batch = cfg.batch_size * distributed.world_size()
+    n = len(data.train) // global_batch
+    if n == 0:
+        raise ValueError(
+            f"the training set ({len(data.train)} images) is smaller than one global batch ({global_batch} = "
+            f"{distributed.world_size()} processes x batch {cfg.batch_size}): lower --batch-size"
+        )
+    return n
+
+
+def train_batches(cfg: TrainConfig, data: RetrievalData, aug: AugmentConfig, epoch: int,
+                  transform: Callable | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yields this process's (view1, view2) batches of one epoch, seeded by (seed, epoch, rank).
+
+    Args:
+        cfg (TrainConfig): batch size, pipeline, workers, seed.
+        data (RetrievalData): the training images are ``data.train``.
+        aug (AugmentConfig): the built-in augmentation.
+        epoch (int): the epoch (0-based).
+        transform (callable, optional): replaces the built-in augmentation: maps one PIL image to
+            its two views (tensors), as lightly's transforms do.
+    """
+    images = data.train
+    g = epoch_generator(cfg.seed, epoch, salt=2 * distributed.rank())
+    sampler = _epoch_sampler(cfg, len(images), epoch)
+    steps = n_batches(cfg, data)
+    if _use_batch_pipeline(cfg, images, aug, transform):
+        augment = BatchAugment(aug)
+        order = torch.tensor(list(sampler), dtype=torch.int64)
+        for b in range(steps):
+            batch = images.images[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
+            views = augment(torch.cat([batch, batch]), generator=g)
+            yield views[: cfg.batch_size], views[cfg.batch_size :]
+        return
+    mode = "RGB" if len(aug.mean) == 3 else "L"
+    two_views = transform if transform is not None else TwoViews(build_pil_transform(aug))
+    loader = torch.utils.data.DataLoader(
+        ImageViews(images, two_views, mode), batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+        num_workers=cfg.workers, generator=g,
+    )
+    yield from itertools.islice(loader, steps)
+
+
+def eval_batches(images: ImageSet, transform: EvalTransform, batch_size: int, workers: int = 0) -> Iterator[Tensor]:
+    """Normalised evaluation batches of an ImageSet, in order: in-memory images resized and
+    normalised as a batch, files and dataset items one by one through ``transform``."""
+    if images.in_memory:
+        normalize = BatchNormalize(AugmentConfig(size=0, mean=transform.mean, std=transform.std))
+        height, width = transform.input_shape[1:]
+        for i in range(0, len(images), batch_size):
+            x = normalize(images.images[i : i + batch_size])
+            if tuple(x.shape[-2:]) != (height, width):
+                x = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", align_corners=False,
+                                                    antialias=True)
+            yield x
+        return
+    yield from torch.utils.data.DataLoader(ImageViews(images, transform, transform.mode), batch_size=batch_size,
+                                           num_workers=workers)
