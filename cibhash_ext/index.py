@@ -131,6 +131,23 @@ def sort_matches(qrow: Tensor, dist: Tensor, pos: Tensor, num_queries: int) -> t
     return order, lims
 
 
+def _as_int64_ids(ids) -> Tensor:
+    """``ids`` (a tensor or numpy array of integers) as int64, refusing what would change on the way:
+    bools, floats, and uint64 ids >= 2^63 (which a cast would wrap to negative ids)."""
+    if isinstance(ids, np.ndarray):
+        ids = torch.from_numpy(np.ascontiguousarray(ids, dtype=ids.dtype.newbyteorder("=")))
+    if not isinstance(ids, Tensor):
+        raise TypeError(f"ids must be a torch.Tensor or numpy array of integers, got {_describe(ids)}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"ids must hold integers, got {ids.dtype}")
+    if ids.dtype == torch.uint64:
+        too_big = ids.view(torch.int64) < 0
+        if bool(too_big.any()):
+            shown = [v + (1 << 64) for v in ids.view(torch.int64)[too_big][:5].tolist()]
+            raise ValueError(f"ids must be < 2^63 (they are stored as int64), got uint64 ids {shown}")
+    return ids.to(torch.int64)
+
+
 def _check_int(value, name: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -262,7 +279,8 @@ class HammingIndex:
                 the index. Default: ``max(existing ids) + 1`` onwards (0 onwards when empty).
 
         Raises:
-            TypeError, ValueError: bad codes or ids (the message names the argument); duplicate ids.
+            TypeError, ValueError: bad codes or ids (the message names the argument): ids that are not
+                integers, uint64 ids >= 2^63 (ids are int64), duplicate ids.
             RuntimeError: the index is memory-mapped (read-only).
         """
         self._require_writable("add")
@@ -283,15 +301,10 @@ class HammingIndex:
         self._ids = torch.cat([old_ids, new_ids])
 
     def _check_new_ids(self, ids, n: int) -> Tensor:
-        if isinstance(ids, np.ndarray):
-            ids = torch.from_numpy(np.ascontiguousarray(ids))
-        if not isinstance(ids, Tensor):
-            raise TypeError(f"ids must be a torch.Tensor or numpy array of integers, got {_describe(ids)}")
-        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-            raise TypeError(f"ids must hold integers, got {ids.dtype}")
+        ids = _as_int64_ids(ids)
         if ids.shape != (n,):
             raise ValueError(f"ids must have shape ({n},), one per code, got {tuple(ids.shape)}")
-        ids = ids.to(device=self.device, dtype=torch.int64)
+        ids = ids.to(self.device)
         unique = torch.unique(ids)
         if unique.numel() != n:
             counts = torch.unique(ids, return_counts=True)
@@ -317,15 +330,13 @@ class HammingIndex:
 
         Raises:
             TypeError: ids are not integers.
+            ValueError: uint64 ids >= 2^63.
             RuntimeError: the index is memory-mapped (read-only).
         """
         self._require_writable("remove_ids")
-        if isinstance(ids, np.ndarray):
-            ids = torch.from_numpy(np.ascontiguousarray(ids))
-        if not isinstance(ids, Tensor) or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-            raise TypeError(f"ids must be a tensor or numpy array of integers, got {_describe(ids)}")
+        ids = _as_int64_ids(ids)
         current = self._ids_at(None)
-        drop = torch.isin(current, ids.reshape(-1).to(device=self.device, dtype=torch.int64))
+        drop = torch.isin(current, ids.reshape(-1).to(self.device))
         removed = int(drop.sum())
         if removed:
             keep = ~drop
