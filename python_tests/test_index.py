@@ -148,7 +148,8 @@ def test_slice_shares_codes_and_keeps_ids():
          r"ids must be < 2\^63 \(they are stored as int64\), got uint64 ids \[9223372036854775808\]"),
         (lambda ix: ix.add(torch.zeros(1, 2, dtype=torch.uint8), ids=torch.tensor([2**64 - 1], dtype=torch.uint64)),
          ValueError, r"got uint64 ids \[18446744073709551615\]"),
-        (lambda ix: ix.add(torch.zeros(1, 2, dtype=torch.uint8), ids=np.array([True])), TypeError, "ids must hold integers, got torch.bool"),
+        (lambda ix: ix.add(torch.zeros(1, 2, dtype=torch.uint8), ids=np.array([True])), TypeError,
+         "ids must hold integers, got torch.bool"),
         (lambda ix: ix.remove_ids(np.array([2**64 - 1], np.uint64)), ValueError, "ids must be < 2\\^63"),
     ],
 )
