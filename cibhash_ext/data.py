@@ -290,6 +290,13 @@ def load_cifar10(
 
     Returns:
         RetrievalData with 3x32x32 uint8 images and int64 labels.
+
+    Raises:
+        DatasetNotFoundError: a batch file is missing.
+        ValueError: a batch is not a CIFAR-10 batch. The pickles are read with an unpickler that
+            admits only dicts, lists, bytes, str, numbers and numpy arrays, so a batch that would
+            run code (any other global) is refused before anything of it runs; the message names
+            the file and the global.
     """
     files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     if not os.path.isfile(os.path.join(root, files[0])) and os.path.isdir(os.path.join(root, "cifar-10-batches-py")):
