@@ -15,6 +15,7 @@ query's original, so that retrieval of augmented copies measures the codes (see
 
 from __future__ import annotations
 
+import _codecs
 import dataclasses
 import gzip
 import os
@@ -25,6 +26,11 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
+
+try:
+    from numpy._core import multiarray as _np_multiarray, numeric as _np_numeric
+except ImportError:  # numpy < 2
+    from numpy.core import multiarray as _np_multiarray, numeric as _np_numeric
 
 from cibhash_ext.files import IMAGE_EXTENSIONS, image_files, load_image
 
@@ -270,6 +276,69 @@ def _per_class_split(labels: Tensor, query_per_class: int, train_per_class: int,
     return train_idx, query_idx, database_idx
 
 
+# Every global a CIFAR-10 python batch may reference: numpy arrays (protocols 0-4 rebuild them with
+# _reconstruct + ndarray + dtype, protocol 5 with _frombuffer; numpy 1.x wrote numpy.core, numpy 2.x
+# writes numpy._core), numpy scalars, and _codecs.encode, which Python 3 uses for bytes under
+# protocols 0-2. None of them runs anything but numpy's own array and dtype constructors.
+_CIFAR_GLOBALS = {
+    **{
+        (module, name): obj
+        for prefix in ("numpy.core", "numpy._core")
+        for module, name, obj in (
+            (f"{prefix}.multiarray", "_reconstruct", _np_multiarray._reconstruct),
+            (f"{prefix}.multiarray", "scalar", _np_multiarray.scalar),
+            (f"{prefix}.numeric", "_frombuffer", _np_numeric._frombuffer),
+        )
+    },
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _codecs.encode,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only dicts, lists, bytes, str, numbers and numpy arrays: a batch file cannot run code."""
+
+    def __init__(self, file) -> None:
+        super().__init__(file, encoding="bytes")
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _CIFAR_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"its pickle references {module}.{name}, but a batch holds only dicts, lists, bytes, str, int "
+                "and numpy arrays (refused; nothing was run)"
+            ) from None
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("its pickle holds a persistent id (refused; nothing was run)")
+
+
+def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The images uint8 [n, 3, 32, 32] and labels int64 [n] of one batch, read without running code."""
+    try:
+        with open(path, "rb") as fh:
+            batch = _CifarUnpickler(fh).load()
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{path} is not a CIFAR-10 batch: {error}") from None
+    except OSError:
+        raise
+    except Exception as error:  # a truncated or garbled pickle fails in many ways; name the file
+        raise ValueError(f"{path} is not a CIFAR-10 batch: {type(error).__name__}: {error}") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        keys = sorted(map(repr, batch)) if isinstance(batch, dict) else type(batch).__name__
+        raise ValueError(f"{path} is not a CIFAR-10 batch: expected a dict with b'data' and b'labels', got {keys}")
+    images = np.asarray(batch[b"data"], dtype=np.uint8)
+    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    if labels.ndim != 1 or images.size != labels.size * 3 * 32 * 32:
+        raise ValueError(
+            f"{path} is not a CIFAR-10 batch: expected a list of n labels and n images of 3x32x32 bytes, got "
+            f"labels of shape {labels.shape} and {images.size} image bytes"
+        )
+    return images.reshape(-1, 3, 32, 32), labels
+
+
 def load_cifar10(
     root: str, query_per_class: int = 100, train_per_class: int = 1000, seed: int = 0, topk: int = 1000
 ) -> RetrievalData:
@@ -287,6 +356,13 @@ def load_cifar10(
 
     Returns:
         RetrievalData with 3x32x32 uint8 images and int64 labels.
+
+    Raises:
+        DatasetNotFoundError: a batch file is missing.
+        ValueError: a batch is not a CIFAR-10 batch. The pickles are read with an unpickler that
+            admits only dicts, lists, bytes, str, numbers and numpy arrays, so a batch that would
+            run code (any other global) is refused before anything of it runs; the message names
+            the file and the global.
     """
     files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     if not os.path.isfile(os.path.join(root, files[0])) and os.path.isdir(os.path.join(root, "cifar-10-batches-py")):
@@ -299,10 +375,9 @@ def load_cifar10(
         )
     images, labels = [], []
     for f in files:
-        with open(os.path.join(root, f), "rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        batch_images, batch_labels = _read_cifar_batch(os.path.join(root, f))
+        images.append(batch_images)
+        labels.append(batch_labels)
     all_set = ImageSet(torch.from_numpy(np.concatenate(labels)), images=torch.from_numpy(np.concatenate(images)))
     train_idx, query_idx, database_idx = _per_class_split(all_set.labels, query_per_class, train_per_class, seed)
     return RetrievalData(

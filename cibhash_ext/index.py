@@ -1,13 +1,23 @@
 """HammingIndex: exact Hamming search over packed binary codes with user ids, saved atomically in a
 versioned file format (:mod:`cibhash_ext.index_file`), memory-mapped loading with chunked search,
 and faiss interop.
+
+Replace an index file by rename, never by writing into it: :meth:`HammingIndex.save` writes a
+temporary file and renames it over the old one, and so should any other tool (``mv``, not ``cp``).
+A process that has the old file mapped keeps searching the file it loaded, unchanged, until it
+loads the new one. A mapped file written in place (``cp new old``, truncated, appended to) would
+give a process reading the map different results or kill it with SIGBUS; a mapped index therefore
+compares the file's size and modification time with those it had at load before each block it
+reads, and raises :class:`IndexFileChangedError` instead. (A write that lands while a block is
+being read cannot be caught this way.)
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Iterator
+import weakref
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import torch
@@ -16,12 +26,47 @@ from torch import Tensor
 from cibhash_ext import index_file, ops
 from cibhash_ext.index_file import FORMAT_VERSION, MAGIC, MAX_CODES, MAX_NBITS, padding_mask
 
-__all__ = ["HammingIndex", "FORMAT_VERSION", "MAGIC"]
+__all__ = ["HammingIndex", "IndexFileChangedError", "FORMAT_VERSION", "MAGIC"]
 
 # Ties are merged on one int64 key, distance << 40 | position; positions must fit in 40 bits.
 _POSITION_BITS = 40
 DEFAULT_CHUNK_BYTES = 64 << 20
 _IO_BLOCK = 16 << 20
+
+
+class IndexFileChangedError(RuntimeError):
+    """The file behind a memory-mapped index was written in place after it was loaded; load it again."""
+
+
+class _MappedFile:
+    """The open file behind a memory-mapped index and its size and modification time at load.
+
+    The identity is taken with fstat of the file that was mapped, so a file replaced by rename
+    (a new inode at the path) leaves the mapped index valid; only a write into the mapped file
+    itself changes it.
+    """
+
+    def __init__(self, path: str, fh: BinaryIO) -> None:
+        self.path = path
+        self._fh = fh
+        self._loaded = self._stat()
+        weakref.finalize(self, fh.close)
+
+    def _stat(self) -> tuple[int, int]:
+        st = os.fstat(self._fh.fileno())
+        return st.st_size, st.st_mtime_ns
+
+    def check(self) -> None:
+        """Raises IndexFileChangedError if the file's size or modification time changed since load."""
+        now = self._stat()
+        if now != self._loaded:
+            (size0, _), (size1, _) = self._loaded, now
+            change = f"size {size0} -> {size1} bytes" if size1 != size0 else "same size, modified since"
+            raise IndexFileChangedError(
+                f"index file {self.path!r} was written in place after it was memory-mapped ({change}), so the "
+                "map no longer holds the index that was loaded: load it again, and replace index files by "
+                "rename (HammingIndex.save does) instead of writing into them"
+            )
 
 
 def _tensor_view(array: np.ndarray) -> Tensor:
@@ -131,6 +176,23 @@ def sort_matches(qrow: Tensor, dist: Tensor, pos: Tensor, num_queries: int) -> t
     return order, lims
 
 
+def _as_int64_ids(ids) -> Tensor:
+    """``ids`` (a tensor or numpy array of integers) as int64, refusing what would change on the way:
+    bools, floats, and uint64 ids >= 2^63 (which a cast would wrap to negative ids)."""
+    if isinstance(ids, np.ndarray):
+        ids = torch.from_numpy(np.ascontiguousarray(ids, dtype=ids.dtype.newbyteorder("=")))
+    if not isinstance(ids, Tensor):
+        raise TypeError(f"ids must be a torch.Tensor or numpy array of integers, got {_describe(ids)}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"ids must hold integers, got {ids.dtype}")
+    if ids.dtype == torch.uint64:
+        too_big = ids.view(torch.int64) < 0
+        if bool(too_big.any()):
+            shown = [v + (1 << 64) for v in ids.view(torch.int64)[too_big][:5].tolist()]
+            raise ValueError(f"ids must be < 2^63 (they are stored as int64), got uint64 ids {shown}")
+    return ids.to(torch.int64)
+
+
 def _check_int(value, name: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -170,6 +232,7 @@ class HammingIndex:
         self._ids: Tensor | np.ndarray | None = None  # None: id = _id_base + position
         self._id_base = 0
         self._path: str | None = None
+        self._mapping: _MappedFile | None = None  # set with _path when the codes are a file's map
 
     def __len__(self) -> int:
         return int(self._codes.shape[0])
@@ -186,7 +249,14 @@ class HammingIndex:
     @property
     def codes(self) -> Tensor:
         """Tensor[n, code_size], uint8: the packed codes (a zero-copy view when memory-mapped)."""
-        return _tensor_view(self._codes) if self.is_mmap else self._codes
+        if not self.is_mmap:
+            return self._codes
+        self._check_mapping()
+        return _tensor_view(self._codes)
+
+    def _check_mapping(self) -> None:
+        if self._mapping is not None:
+            self._mapping.check()
 
     @property
     def ids(self) -> Tensor:
@@ -199,6 +269,7 @@ class HammingIndex:
                 return torch.arange(self._id_base, self._id_base + len(self), dtype=torch.int64, device=self.device)
             return positions + self._id_base
         if isinstance(self._ids, np.ndarray):
+            self._check_mapping()
             if positions is None:
                 return torch.from_numpy(np.array(self._ids, dtype=np.int64))
             picked = self._ids[positions.cpu().numpy().reshape(-1)].astype(np.int64)
@@ -223,7 +294,7 @@ class HammingIndex:
         self._codes = self.codes.to(device).contiguous()
         if self._ids is not None:
             self._ids = self._ids_at(None).to(device)
-        self.device, self._path = device, None
+        self.device, self._path, self._mapping = device, None, None
         return self
 
     def slice(self, start: int, stop: int) -> "HammingIndex":
@@ -240,7 +311,7 @@ class HammingIndex:
         if not start <= stop <= len(self):
             raise ValueError(f"start and stop must satisfy 0 <= start <= stop <= {len(self)}, got {start} and {stop}")
         out = HammingIndex(self.nbits, self.device)
-        out.chunk_bytes, out._path = self.chunk_bytes, self._path
+        out.chunk_bytes, out._path, out._mapping = self.chunk_bytes, self._path, self._mapping
         out._codes = self._codes[start:stop]
         if self._ids is None:
             out._id_base = self._id_base + start
@@ -262,7 +333,8 @@ class HammingIndex:
                 the index. Default: ``max(existing ids) + 1`` onwards (0 onwards when empty).
 
         Raises:
-            TypeError, ValueError: bad codes or ids (the message names the argument); duplicate ids.
+            TypeError, ValueError: bad codes or ids (the message names the argument): ids that are not
+                integers, uint64 ids >= 2^63 (ids are int64), duplicate ids.
             RuntimeError: the index is memory-mapped (read-only).
         """
         self._require_writable("add")
@@ -283,15 +355,10 @@ class HammingIndex:
         self._ids = torch.cat([old_ids, new_ids])
 
     def _check_new_ids(self, ids, n: int) -> Tensor:
-        if isinstance(ids, np.ndarray):
-            ids = torch.from_numpy(np.ascontiguousarray(ids))
-        if not isinstance(ids, Tensor):
-            raise TypeError(f"ids must be a torch.Tensor or numpy array of integers, got {_describe(ids)}")
-        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-            raise TypeError(f"ids must hold integers, got {ids.dtype}")
+        ids = _as_int64_ids(ids)
         if ids.shape != (n,):
             raise ValueError(f"ids must have shape ({n},), one per code, got {tuple(ids.shape)}")
-        ids = ids.to(device=self.device, dtype=torch.int64)
+        ids = ids.to(self.device)
         unique = torch.unique(ids)
         if unique.numel() != n:
             counts = torch.unique(ids, return_counts=True)
@@ -317,15 +384,13 @@ class HammingIndex:
 
         Raises:
             TypeError: ids are not integers.
+            ValueError: uint64 ids >= 2^63.
             RuntimeError: the index is memory-mapped (read-only).
         """
         self._require_writable("remove_ids")
-        if isinstance(ids, np.ndarray):
-            ids = torch.from_numpy(np.ascontiguousarray(ids))
-        if not isinstance(ids, Tensor) or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-            raise TypeError(f"ids must be a tensor or numpy array of integers, got {_describe(ids)}")
+        ids = _as_int64_ids(ids)
         current = self._ids_at(None)
-        drop = torch.isin(current, ids.reshape(-1).to(device=self.device, dtype=torch.int64))
+        drop = torch.isin(current, ids.reshape(-1).to(self.device))
         removed = int(drop.sum())
         if removed:
             keep = ~drop
@@ -345,6 +410,7 @@ class HammingIndex:
             return
         rows = max(1, int(self.chunk_bytes) // self.code_size)
         for start in range(0, n, rows):
+            self._check_mapping()
             yield start, _tensor_view(self._codes[start : start + rows])
 
     def _prepare_queries(self, queries) -> Tensor:
@@ -445,6 +511,7 @@ class HammingIndex:
     def _code_blocks(self) -> Iterator[memoryview]:
         rows = max(1, _IO_BLOCK // self.code_size)
         for start in range(0, len(self), rows):
+            self._check_mapping()
             block = self._codes[start : start + rows]
             block = np.ascontiguousarray(block) if self.is_mmap else block.cpu().numpy()
             yield memoryview(block.reshape(-1))
@@ -456,6 +523,7 @@ class HammingIndex:
                 stop = min(start + rows, len(self))
                 block = np.arange(self._id_base + start, self._id_base + stop, dtype=np.int64)
             else:
+                self._check_mapping()
                 block = self._ids[start : start + rows]
                 block = np.asarray(block if isinstance(block, np.ndarray) else block.cpu().numpy())
             yield memoryview(np.ascontiguousarray(block, dtype="<i8").view(np.uint8))
@@ -480,15 +548,18 @@ class HammingIndex:
     ) -> "HammingIndex":
         """Reads an index written by :meth:`save`.
 
-        The header is always checked (magic, version, header checksum, consistency of nbits,
-        sizes and offsets, exact file size). ``verify=True`` also streams the codes and ids
+        The file must be a regular file (a FIFO, device or directory is refused at once, never
+        waited on). The header is always checked (magic, version, header checksum, consistency of
+        nbits, sizes and offsets, exact file size). ``verify=True`` also streams the codes and ids
         through zlib.crc32 (and checks padding bits are 0), reading the whole file once;
         ``verify=False`` skips that pass, which makes loading a huge mapped file O(1).
 
         Args:
             path (str or PathLike): index file.
             mmap (bool): map the codes and ids read-only instead of reading them into memory; the
-                index is then read-only and searches stream it in ``chunk_bytes`` blocks.
+                index is then read-only and searches stream it in ``chunk_bytes`` blocks. Replace a
+                mapped file by rename only (see the module docstring): a file written in place
+                makes the next search raise :class:`IndexFileChangedError`.
             verify (bool): check the data checksum.
             chunk_bytes (int): search block size in bytes for a mapped index.
 
@@ -497,20 +568,31 @@ class HammingIndex:
 
         Raises:
             FileNotFoundError: no such file.
-            ValueError: the file is not a valid index; the message names the file and the problem.
+            ValueError: the file is not a regular file or not a valid index; the message names the
+                file and the problem.
         """
         path = os.fspath(path)
-        header = index_file.read_header(path)
-        index = cls(header.nbits)
-        index.chunk_bytes = _check_int(chunk_bytes, "chunk_bytes", 1)
-        codes, ids = index_file.open_arrays(path, header, mmap)
-        if verify:
-            index_file.verify(path, codes, ids, header)
-        if mmap and header.count:
-            index._codes, index._ids, index._path = codes, ids, path
-        else:
-            index._codes = torch.from_numpy(np.ascontiguousarray(codes))
-            index._ids = None if ids is None else torch.from_numpy(ids.astype(np.int64))
+        chunk_bytes = _check_int(chunk_bytes, "chunk_bytes", 1)
+        fh = index_file.open_file(path)
+        try:
+            header = index_file.read_header(path, fh)
+            index = cls(header.nbits)
+            index.chunk_bytes = chunk_bytes
+            codes, ids = index_file.open_arrays(path, header, mmap, fh)
+            # Recorded before the verify pass reads the map, so a write during it is caught too.
+            mapping = _MappedFile(path, fh) if mmap and header.count else None
+            if verify:
+                index_file.verify(path, codes, ids, header, fh)
+            if mapping is not None:
+                mapping.check()
+                index._codes, index._ids, index._path, index._mapping = codes, ids, path, mapping
+                return index
+        except BaseException:
+            fh.close()
+            raise
+        fh.close()
+        index._codes = torch.from_numpy(np.ascontiguousarray(codes))
+        index._ids = None if ids is None else torch.from_numpy(ids.astype(np.int64))
         return index
 
     # ------------------------------------------------------------------------------------------

@@ -36,16 +36,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import stat
 import struct
 import tempfile
 import zlib
-from typing import Iterable
+from typing import BinaryIO, Iterable
 
 import numpy as np
 
 __all__ = [
     "MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "MAX_CODES", "Header",
-    "padding_mask", "write", "read_header", "open_arrays", "verify",
+    "padding_mask", "write", "open_file", "read_header", "open_arrays", "verify",
 ]
 
 MAGIC = b"CIBHIDX\0"
@@ -124,32 +125,72 @@ def write(path: str, nbits: int, count: int, code_blocks: Iterable, id_blocks: I
     _fsync_directory(directory)
 
 
-def read_header(path: str) -> Header:
-    """Reads and checks the header of ``path`` against the file's size.
+def open_file(path: str) -> BinaryIO:
+    """Opens ``path`` for reading without ever blocking, and only if it is a regular file.
+
+    A FIFO would block the open (and the reads) forever, and a device or directory has no fixed
+    size to check the header against, so they are refused. The header, the arrays and the map of
+    one load all come from this one open file, so they describe the same file.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: bad magic, unsupported version, header checksum mismatch, inconsistent fields,
-            truncated or overlong file; the message names the file.
+        ValueError: not a regular file; the message names the file and what it is.
     """
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
-        head = fh.read(HEADER_SIZE)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISDIR: "a directory", stat.S_ISCHR: "a character device",
+                     stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
+            kind = next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+            raise ValueError(f"cannot load index {path!r}: it is {kind}, not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_header(path: str, fh: BinaryIO | None = None) -> Header:
+    """Reads and checks the header of ``path`` (read from ``fh``, its :func:`open_file`, if given)
+    against the file's size.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a regular file, bad magic, unsupported version, header checksum mismatch,
+            inconsistent fields, truncated or overlong file; the message names the file.
+    """
+    if fh is None:
+        with open_file(path) as opened:
+            return read_header(path, opened)
+    size = os.fstat(fh.fileno()).st_size
+    fh.seek(0)
+    head = fh.read(HEADER_SIZE)
     return _parse_header(head, size, path)
 
 
-def open_arrays(path: str, header: Header, mmap: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def open_arrays(
+    path: str, header: Header, mmap: bool, fh: BinaryIO | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The codes uint8 [count, code_size] and ids int64 [count] (None without ids) of a checked file,
-    memory-mapped read-only (np.memmap) or read into memory."""
+    memory-mapped read-only (np.memmap) or read into memory, from ``fh`` (its :func:`open_file`) if
+    given."""
     count, code_size = header.count, header.code_size
     if count == 0:
         return np.zeros((0, code_size), np.uint8), (np.zeros(0, np.int64) if header.has_ids else None)
+    if fh is None:
+        with open_file(path) as opened:
+            return open_arrays(path, header, mmap, opened)
     if mmap:
-        codes = np.memmap(path, np.uint8, "r", offset=HEADER_SIZE, shape=(count, code_size))
-        ids = np.memmap(path, "<i8", "r", offset=header.ids_offset, shape=(count,)) if header.has_ids else None
+        codes = np.memmap(fh, np.uint8, "r", offset=HEADER_SIZE, shape=(count, code_size))
+        ids = np.memmap(fh, "<i8", "r", offset=header.ids_offset, shape=(count,)) if header.has_ids else None
         return codes, ids
-    codes = np.fromfile(path, np.uint8, count * code_size, offset=HEADER_SIZE).reshape(count, code_size)
-    ids = np.fromfile(path, "<i8", count, offset=header.ids_offset) if header.has_ids else None
+    fh.seek(HEADER_SIZE)
+    codes = np.fromfile(fh, np.uint8, count * code_size).reshape(count, code_size)
+    ids = None
+    if header.has_ids:
+        fh.seek(header.ids_offset)
+        ids = np.fromfile(fh, "<i8", count)
     return codes, ids
 
 
@@ -222,9 +263,10 @@ def _parse_header(head: bytes, size: int, path: str) -> dict:
     return Header(nbits, code_size, count, has_ids, ids_offset, data_crc)
 
 
-def verify(path: str, codes: np.ndarray, ids: np.ndarray | None, header: Header) -> None:
+def verify(path: str, codes: np.ndarray, ids: np.ndarray | None, header: Header, fh: BinaryIO | None = None) -> None:
     """Streams the codes and ids through zlib.crc32 against the header, and checks the padding
-    bits and the alignment padding are 0. Raises ValueError naming the file otherwise."""
+    bits and the alignment padding (read from ``fh``, the :func:`open_file` of ``path``, if given)
+    are 0. Raises ValueError naming the file otherwise."""
     crc = 0
     mask = padding_mask(header.nbits)
     rows = max(1, _IO_BLOCK // header.code_size)
@@ -236,9 +278,9 @@ def verify(path: str, codes: np.ndarray, ids: np.ndarray | None, header: Header)
             padding_ok = False
     if ids is not None:
         codes_end = HEADER_SIZE + codes.shape[0] * header.code_size
-        with open(path, "rb") as fh:
-            fh.seek(codes_end)
-            if any(fh.read(header.ids_offset - codes_end)):
+        with contextlib.nullcontext(fh) if fh is not None else open_file(path) as opened:
+            opened.seek(codes_end)
+            if any(opened.read(header.ids_offset - codes_end)):
                 raise ValueError(f"cannot load index {path!r}: the alignment padding before the ids is not zero")
         for start in range(0, ids.shape[0], _IO_BLOCK // 8):
             crc = zlib.crc32(memoryview(np.ascontiguousarray(ids[start : start + _IO_BLOCK // 8]).view(np.uint8)), crc)

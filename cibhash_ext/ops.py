@@ -11,6 +11,8 @@ Everywhere, equal Hamming distances are ordered by the lower database index.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from . import _reference
@@ -26,18 +28,37 @@ __all__ = [
 ]
 
 _OPS = "cibhash_ext"
+_BINARIZE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _op(name: str):
     """The compiled op ``name``, or its pure-PyTorch reference when the library is not loaded."""
     if LOAD_ERROR is not None:
-        return getattr(_reference, name)
+        return _checked_reference(name)
     return getattr(getattr(torch.ops, _OPS), name)
 
 
 def _check_tensor(value, name: str) -> None:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def _check_int(value, name: str, op: str) -> int:
+    """``value`` as an int: Python and numpy integers pass; bool, float and str are refused, not rounded."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__} {value!r}")
+
+
+def _check_same_device(queries: torch.Tensor, database: torch.Tensor, op: str) -> None:
+    # Checked here too: with a meta tensor on one side the dispatcher would pick the fake kernel.
+    if queries.device != database.device:
+        raise ValueError(
+            f"{op}: expected queries and database on the same device, got {queries.device} and {database.device}"
+        )
 
 
 def pack_bits(x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +88,15 @@ def unpack_bits(codes: torch.Tensor, nbits: int) -> torch.Tensor:
         Tensor[..., nbits], uint8 with values in {0, 1}.
     """
     _check_tensor(codes, "codes")
-    return _op("unpack_bits")(codes, int(nbits))
+    return _op("unpack_bits")(codes, _check_int(nbits, "nbits", "unpack_bits"))
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"stochastic_binarize: generator must be a torch.Generator or None, got {type(generator).__name__} "
+            f"{generator!r}"
+        )
 
 
 def _draw_seed_offset(generator: torch.Generator | None) -> torch.Tensor:
@@ -102,8 +131,6 @@ def _binarize_backward(ctx, grad_codes):
 
 _stochastic_binarize.register_autograd(_binarize_backward, setup_context=_binarize_setup_context)
 
-_BINARIZE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
 
 def stochastic_binarize(
     logits: torch.Tensor, stochastic: bool = True, generator: torch.Generator | None = None
@@ -124,6 +151,7 @@ def stochastic_binarize(
     Returns:
         Tensor of the shape and dtype of ``logits`` with values in {0, 1}.
     """
+    _check_generator(generator)
     _check_tensor(logits, "logits")
     if logits.dtype not in _BINARIZE_DTYPES:
         raise TypeError(f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
@@ -143,6 +171,7 @@ def hamming_distance(queries: torch.Tensor, database: torch.Tensor) -> torch.Ten
     """
     _check_tensor(queries, "queries")
     _check_tensor(database, "database")
+    _check_same_device(queries, database, "hamming_distance")
     return _op("hamming_distance")(queries, database)
 
 
@@ -163,7 +192,8 @@ def hamming_topk(queries: torch.Tensor, database: torch.Tensor, k: int) -> tuple
     """
     _check_tensor(queries, "queries")
     _check_tensor(database, "database")
-    return _op("hamming_topk")(queries, database, int(k))
+    _check_same_device(queries, database, "hamming_topk")
+    return _op("hamming_topk")(queries, database, _check_int(k, "k", "hamming_topk"))
 
 
 def hamming_radius(
@@ -184,7 +214,123 @@ def hamming_radius(
     """
     _check_tensor(queries, "queries")
     _check_tensor(database, "database")
-    return _op("hamming_radius")(queries, database, int(radius))
+    _check_same_device(queries, database, "hamming_radius")
+    return _op("hamming_radius")(queries, database, _check_int(radius, "radius", "hamming_radius"))
+
+
+# The fake kernels make the checks of csrc/ops/*.h with torch._check_type / _check_value (TypeError /
+# ValueError, like the real ops), so a traced, fake or meta call fails where the real op would
+# instead of returning a tensor of the wrong shape or device.
+
+
+def _fake_check_codes(t: torch.Tensor, op: str, name: str) -> None:
+    torch._check_type(
+        t.dtype == torch.uint8, lambda: f"{op}: expected {name} of dtype uint8 (packed codes), got {t.dtype}"
+    )
+    torch._check_value(
+        t.dim() == 2, lambda: f"{op}: expected {name} of shape [rows, bytes_per_code], got a {t.dim()}-d tensor"
+    )
+
+
+def _fake_check_query_database(queries: torch.Tensor, database: torch.Tensor, op: str) -> None:
+    _fake_check_codes(queries, op, "queries")
+    _fake_check_codes(database, op, "database")
+    q_width, db_width = queries.shape[1], database.shape[1]
+    torch._check_value(
+        q_width == db_width,
+        lambda: f"{op}: expected queries and database with the same code width, got {q_width} bytes and "
+        f"{db_width} bytes",
+    )
+    torch._check_value(q_width >= 1, lambda: f"{op}: expected codes of at least 1 byte, got 0")
+    torch._check_value(
+        queries.device == database.device,
+        lambda: f"{op}: expected queries and database on the same device, got {queries.device} and {database.device}",
+    )
+
+
+def _fake_check_logits(logits: torch.Tensor, op: str) -> None:
+    torch._check_type(
+        logits.dtype in _BINARIZE_DTYPES,
+        lambda: f"{op}: expected logits of dtype float32, float16 or bfloat16, got {logits.dtype}",
+    )
+
+
+def _check_pack_bits(x) -> None:
+    op = "pack_bits"
+    torch._check_value(x.dim() >= 1, lambda: f"{op}: expected x with at least 1 dimension [..., L], got 0-d")
+    torch._check_value(x.shape[-1] >= 1, lambda: f"{op}: expected at least 1 bit in the last dimension, got 0")
+    torch._check_type(not x.is_complex(), lambda: f"{op}: expected a real, integer or bool tensor, got {x.dtype}")
+
+
+def _check_unpack_bits(codes, nbits) -> None:
+    op = "unpack_bits"
+    torch._check_type(codes.dtype == torch.uint8, lambda: f"{op}: expected codes of dtype uint8, got {codes.dtype}")
+    torch._check_value(codes.dim() >= 1, lambda: f"{op}: expected codes with at least 1 dimension, got 0-d")
+    torch._check_value(nbits >= 1, lambda: f"{op}: expected nbits >= 1, got {nbits}")
+    width = codes.shape[-1]
+    torch._check_value(
+        (nbits + 7) // 8 == width,
+        lambda: f"{op}: {nbits} bits need {(nbits + 7) // 8} bytes per code, but codes have {width}",
+    )
+
+
+def _check_binarize_forward(logits, stochastic, seed, offset) -> None:
+    _fake_check_logits(logits, "stochastic_binarize_forward")
+
+
+def _check_binarize_backward(grad_codes, logits) -> None:
+    op = "stochastic_binarize_backward"
+    _fake_check_logits(logits, op)
+    torch._check_value(
+        grad_codes.shape == logits.shape,
+        lambda: f"{op}: expected grad_codes of shape {tuple(logits.shape)}, got {tuple(grad_codes.shape)}",
+    )
+    torch._check_type(
+        grad_codes.dtype == logits.dtype,
+        lambda: f"{op}: expected grad_codes of dtype {logits.dtype}, got {grad_codes.dtype}",
+    )
+    torch._check_value(
+        grad_codes.device == logits.device,
+        lambda: f"{op}: expected grad_codes on {logits.device}, got {grad_codes.device}",
+    )
+
+
+def _check_hamming_distance(queries, database) -> None:
+    _fake_check_query_database(queries, database, "hamming_distance")
+
+
+def _check_hamming_topk(queries, database, k) -> None:
+    _fake_check_query_database(queries, database, "hamming_topk")
+    n = database.shape[0]
+    torch._check_value(k >= 1, lambda: f"hamming_topk: expected k >= 1, got {k}")
+    torch._check_value(n == 0 or k <= n, lambda: f"hamming_topk: expected k <= database size {n}, got k={k}")
+
+
+def _check_hamming_radius(queries, database, radius) -> None:
+    _fake_check_query_database(queries, database, "hamming_radius")
+    torch._check_value(radius >= 0, lambda: f"hamming_radius: expected radius >= 0, got {radius}")
+
+
+# Each op's input checks: run by its fake kernel, and before the reference when the library is not loaded.
+_CHECKS = {
+    "pack_bits": _check_pack_bits,
+    "unpack_bits": _check_unpack_bits,
+    "stochastic_binarize_forward": _check_binarize_forward,
+    "stochastic_binarize_backward": _check_binarize_backward,
+    "hamming_distance": _check_hamming_distance,
+    "hamming_topk": _check_hamming_topk,
+    "hamming_radius": _check_hamming_radius,
+}
+
+
+def _checked_reference(name: str):
+    check, reference = _CHECKS[name], getattr(_reference, name)
+
+    def run(*args):
+        check(*args)
+        return reference(*args)
+
+    return run
 
 
 def _register_abstract_and_autograd() -> None:
@@ -192,26 +338,32 @@ def _register_abstract_and_autograd() -> None:
 
     @torch.library.register_fake(lib + "pack_bits")
     def _(x):
+        _check_pack_bits(x)
         return x.new_empty((*x.shape[:-1], (x.shape[-1] + 7) // 8), dtype=torch.uint8)
 
     @torch.library.register_fake(lib + "unpack_bits")
     def _(codes, nbits):
+        _check_unpack_bits(codes, nbits)
         return codes.new_empty((*codes.shape[:-1], nbits), dtype=torch.uint8)
 
     @torch.library.register_fake(lib + "stochastic_binarize_forward")
     def _(logits, stochastic, seed, offset):
+        _check_binarize_forward(logits, stochastic, seed, offset)
         return torch.empty_like(logits)
 
     @torch.library.register_fake(lib + "stochastic_binarize_backward")
     def _(grad_codes, logits):
+        _check_binarize_backward(grad_codes, logits)
         return torch.empty_like(logits)
 
     @torch.library.register_fake(lib + "hamming_distance")
     def _(queries, database):
+        _check_hamming_distance(queries, database)
         return queries.new_empty((queries.shape[0], database.shape[0]), dtype=torch.int32)
 
     @torch.library.register_fake(lib + "hamming_topk")
     def _(queries, database, k):
+        _check_hamming_topk(queries, database, k)
         width = k if database.shape[0] != 0 else 0
         return (
             queries.new_empty((queries.shape[0], width), dtype=torch.int32),
@@ -220,6 +372,7 @@ def _register_abstract_and_autograd() -> None:
 
     @torch.library.register_fake(lib + "hamming_radius")
     def _(queries, database, radius):
+        _check_hamming_radius(queries, database, radius)
         matches = torch.library.get_ctx().new_dynamic_size()
         return (
             queries.new_empty((queries.shape[0] + 1,), dtype=torch.int64),

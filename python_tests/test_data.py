@@ -150,3 +150,70 @@ def test_load_dataset_errors():
         load_dataset("mnist", "/tmp")
     with pytest.raises(ValueError, match="--data-root"):
         load_dataset("cifar10")
+
+
+def write_cifar_batches(root, protocol=4, n=20, seed=3):
+    """The six batch files in the layout of the real ones (a dict of bytes keys, a uint8 array, lists)."""
+    rng = np.random.default_rng(seed)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in (np.arange(n) % 10)],
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+        }
+        with open(root / name, "wb") as fh:
+            pickle.dump(batch, fh, protocol=protocol)
+
+
+class _WritesMarker:
+    """Unpickling this runs code: it writes a marker file (what a hostile batch would do, harmlessly)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_cifar10_batches_of_every_pickle_protocol_load(tmp_path, protocol):
+    write_cifar_batches(tmp_path, protocol)
+    data = load_cifar10(str(tmp_path), query_per_class=1, train_per_class=1)
+    assert len(data.query) + len(data.database) == 6 * 20
+    assert data.query.images.dtype == torch.uint8 and data.query.images.shape[1:] == (3, 32, 32)
+
+
+def test_cifar10_batch_written_by_numpy_1_loads(tmp_path):
+    # numpy 1.x pickles name numpy.core.multiarray where numpy 2.x names numpy._core.multiarray.
+    write_cifar_batches(tmp_path, protocol=2)
+    blob = (tmp_path / "test_batch").read_bytes()
+    assert b"numpy._core.multiarray\n" in blob
+    (tmp_path / "test_batch").write_bytes(blob.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"))
+    assert len(load_cifar10(str(tmp_path), query_per_class=1, train_per_class=1).database) == 6 * 20 - 10
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4])
+def test_cifar10_batch_that_runs_code_is_refused(tmp_path, protocol):
+    write_cifar_batches(tmp_path)
+    marker = tmp_path / "payload-ran"
+    with open(tmp_path / "data_batch_3", "wb") as fh:
+        pickle.dump({b"data": _WritesMarker(marker), b"labels": [0]}, fh, protocol=protocol)
+    with pytest.raises(ValueError, match=r"data_batch_3 is not a CIFAR-10 batch: .*references (posix|os)\.system"):
+        load_cifar10(str(tmp_path))
+    assert not marker.exists()
+
+
+def test_cifar10_batch_errors_name_the_file(tmp_path):
+    write_cifar_batches(tmp_path)
+    (tmp_path / "data_batch_2").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(ValueError, match="data_batch_2 is not a CIFAR-10 batch"):
+        load_cifar10(str(tmp_path))
+    with open(tmp_path / "data_batch_2", "wb") as fh:
+        pickle.dump([1, 2, 3], fh)
+    with pytest.raises(ValueError, match=r"data_batch_2 is not a CIFAR-10 batch: expected a dict with b'data'"):
+        load_cifar10(str(tmp_path))
+    with open(tmp_path / "data_batch_2", "wb") as fh:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 2, 3]}, fh)
+    with pytest.raises(ValueError, match="data_batch_2 is not a CIFAR-10 batch: expected a list of n labels"):
+        load_cifar10(str(tmp_path))

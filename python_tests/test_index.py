@@ -143,7 +143,14 @@ def test_slice_shares_codes_and_keeps_ids():
         (lambda ix: ix.search(torch.zeros(2, 3, dtype=torch.uint8), 1), ValueError, "queries must have 2 columns"),
         (lambda ix: ix.search(torch.zeros(2, 2, dtype=torch.uint8), 2.0), TypeError, "k must be an int"),
         (lambda ix: ix.range_search(torch.zeros(2, 2, dtype=torch.uint8), -1), ValueError, "radius must be >= 0"),
-        (lambda ix: ix.remove_ids([1]), TypeError, "ids must be a tensor"),
+        (lambda ix: ix.remove_ids([1]), TypeError, "ids must be a torch.Tensor or numpy array of integers, got list"),
+        (lambda ix: ix.add(torch.zeros(2, 2, dtype=torch.uint8), ids=np.array([7, 2**63], np.uint64)), ValueError,
+         r"ids must be < 2\^63 \(they are stored as int64\), got uint64 ids \[9223372036854775808\]"),
+        (lambda ix: ix.add(torch.zeros(1, 2, dtype=torch.uint8), ids=torch.tensor([2**64 - 1], dtype=torch.uint64)),
+         ValueError, r"got uint64 ids \[18446744073709551615\]"),
+        (lambda ix: ix.add(torch.zeros(1, 2, dtype=torch.uint8), ids=np.array([True])), TypeError,
+         "ids must hold integers, got torch.bool"),
+        (lambda ix: ix.remove_ids(np.array([2**64 - 1], np.uint64)), ValueError, "ids must be < 2\\^63"),
     ],
 )
 def test_argument_errors_name_the_argument(call, error, match):
@@ -151,6 +158,19 @@ def test_argument_errors_name_the_argument(call, error, match):
     index.add(torch.zeros(5, 2, dtype=torch.uint8))
     with pytest.raises(error, match=match):
         call(index)
+
+
+def test_uint64_ids_are_kept_exactly_or_refused():
+    index = HammingIndex(8)
+    index.add(torch.zeros(2, 1, dtype=torch.uint8), ids=np.array([5, 2**63 - 1], np.uint64))
+    assert index.ids.tolist() == [5, 2**63 - 1]
+    # 2^63 + 5 would wrap to a negative id; refused, and the index is unchanged.
+    with pytest.raises(ValueError, match="ids must be < 2\\^63"):
+        index.add(torch.zeros(1, 1, dtype=torch.uint8), ids=np.array([2**63 + 5], np.uint64))
+    assert len(index) == 2
+    # Big-endian ids (as np.load may return them) are values, not byte patterns.
+    index.add(torch.zeros(2, 1, dtype=torch.uint8), ids=np.array([2**40, 7], ">u8"))
+    assert index.ids.tolist() == [5, 2**63 - 1, 2**40, 7]
 
 
 def test_constructor_errors():

@@ -4,9 +4,14 @@ and atomic saving under a failed write, a failed rename and a killed process."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import shutil
+import signal
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -214,3 +219,106 @@ def test_save_overwrites_an_index_that_is_mapped(tmp_path):
         mapped.add(codes[:1])
     with pytest.raises(RuntimeError, match="memory-mapped read-only"):
         mapped.remove_ids(torch.tensor([0]))
+
+
+# ----------------------------------------------------------------------------------------------
+# A mapped file that changes under the map; files that are not regular files
+# ----------------------------------------------------------------------------------------------
+
+_LONG_AGO_NS = 1_000_000_000 * 1_000_000_000  # 2001: the index was built long before it is overwritten
+
+
+def _saved_pair(tmp_path, n=300):
+    """Two indexes of the same size with different codes, saved to a.idx and b.idx (same file size)."""
+    a, codes_a, _ = build(32, n=n, seed=11)
+    b, _, _ = build(32, n=n, seed=12)
+    a.save(tmp_path / "a.idx")
+    b.save(tmp_path / "b.idx")
+    # File times are kept at a clock tick of a few ms; an index built in the same tick as the
+    # overwrite below would not show a new mtime, which no real index exchange does.
+    os.utime(tmp_path / "a.idx", ns=(_LONG_AGO_NS, _LONG_AGO_NS))
+    assert os.path.getsize(tmp_path / "a.idx") == os.path.getsize(tmp_path / "b.idx")
+    return tmp_path / "a.idx", tmp_path / "b.idx", codes_a
+
+
+def test_mapped_index_overwritten_in_place_is_detected(tmp_path):
+    path, other, codes = _saved_pair(tmp_path)
+    mapped = HammingIndex.load(path, chunk_bytes=1000)
+    part = mapped.slice(10, 200)
+    before = mapped.search(codes[:3], 5)
+    shutil.copyfile(other, path)  # `cp b.idx a.idx`: the same inode, the same size, other codes
+    changed = r"a.idx' was written in place after it was memory-mapped \(same size"
+    for call in (lambda: mapped.search(codes[:3], 5), lambda: mapped.range_search(codes[:3], 4),
+                 lambda: mapped.ids, lambda: mapped.codes, lambda: part.search(codes[:3], 5),
+                 lambda: mapped.save(tmp_path / "copy.idx")):
+        with pytest.raises(RuntimeError, match=changed) as e:
+            call()
+        assert type(e.value).__name__ == "IndexFileChangedError"
+    assert not (tmp_path / "copy.idx").exists()
+    # Loading it again gives the new index.
+    again = HammingIndex.load(path)
+    assert not torch.equal(again.search(codes[:3], 5)[1], before[1])
+
+
+def test_mapped_index_replaced_by_rename_keeps_searching_what_it_loaded(tmp_path):
+    path, other, codes = _saved_pair(tmp_path)
+    mapped = HammingIndex.load(path)
+    before = mapped.search(codes[:3], 5)
+    HammingIndex.load(other, mmap=False).save(path)  # save replaces by rename
+    after = mapped.search(codes[:3], 5)
+    assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])
+
+
+_TRUNCATE_AND_SEARCH = """
+import os, sys, torch
+from cibhash_ext.index import HammingIndex
+path = sys.argv[1]
+mapped = HammingIndex.load(path)
+queries = mapped.codes[:2].clone()
+os.truncate(path, 4096)  # the codes now lie past the end of the file: reading them is a SIGBUS
+try:
+    mapped.search(queries, 3)
+except RuntimeError as error:
+    print("refused:", error)
+"""
+
+
+def test_truncated_mapped_index_raises_instead_of_sigbus(tmp_path):
+    index, _, _ = build(64, n=40_000, seed=4)  # 320 kB of codes, so whole pages lie past 4096 bytes
+    index.save(tmp_path / "big.idx")
+    size = os.path.getsize(tmp_path / "big.idx")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    # In a child process: if the check failed, the SIGBUS would kill the test run.
+    child = subprocess.run([sys.executable, "-c", _TRUNCATE_AND_SEARCH, str(tmp_path / "big.idx")],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert child.returncode == 0, f"the search died with {child.returncode}: {child.stderr[-2000:]}"
+    assert "refused:" in child.stdout and "written in place" in child.stdout
+    assert f"size {size} -> 4096 bytes" in child.stdout
+
+
+@contextlib.contextmanager
+def _fails_after(seconds):
+    """Turns a call that would block forever into a TimeoutError."""
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"blocked for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_a_fifo_or_other_non_regular_file_is_refused_at_once(tmp_path, mmap):
+    fifo = tmp_path / "pipe.idx"
+    os.mkfifo(fifo)
+    with _fails_after(10):
+        with pytest.raises(ValueError, match=r"pipe.idx': it is a FIFO, not a regular file"):
+            HammingIndex.load(fifo, mmap=mmap)
+        with pytest.raises(ValueError, match="it is a directory, not a regular file"):
+            HammingIndex.load(tmp_path, mmap=mmap)
+        with pytest.raises(ValueError, match="it is a character device, not a regular file"):
+            HammingIndex.load(os.devnull, mmap=mmap)

@@ -1,5 +1,6 @@
 """The compiled ops against the pure-PyTorch reference (exactly), faiss-cpu, opcheck and their errors."""
 
+import contextlib
 import math
 import os
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import cibhash_ext as ops
 from cibhash_ext import _reference as ref
@@ -360,6 +362,111 @@ def test_hamming_errors():
         ops.hamming_topk(q, db, 11)
     with pytest.raises(ValueError, match="expected radius >= 0, got -1"):
         ops.hamming_radius(q, db, -1)
+
+
+def test_loose_scalar_arguments_are_refused():
+    q = torch.zeros(3, 8, dtype=torch.uint8)
+    db = torch.zeros(10, 8, dtype=torch.uint8)
+    for bad, shown in [(2.9, "float 2.9"), ("3", "str '3'"), (True, "bool True"), (torch.tensor(3.0), "Tensor")]:
+        with pytest.raises(TypeError, match=f"hamming_topk: k must be an int, got {shown}"):
+            ops.hamming_topk(q, db, bad)
+        with pytest.raises(TypeError, match=f"hamming_radius: radius must be an int, got {shown}"):
+            ops.hamming_radius(q, db, bad)
+    with pytest.raises(TypeError, match="unpack_bits: nbits must be an int, got float 15.7"):
+        ops.unpack_bits(db[:, :2], 15.7)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int 5"):
+        ops.stochastic_binarize(torch.zeros(3, 4), generator=5)
+    # numpy integers are integers.
+    assert ops.hamming_topk(q, db, np.int64(3))[0].shape == (3, 3)
+    assert ops.hamming_radius(q, db, np.int32(0))[0].tolist() == [0, 10, 20, 30]
+    assert ops.unpack_bits(db[:, :2], np.uint8(16)).shape == (10, 16)
+
+
+def test_public_ops_refuse_mixed_devices():
+    q = torch.zeros(3, 8, dtype=torch.uint8)
+    db = torch.zeros(10, 8, dtype=torch.uint8, device="meta")
+    with pytest.raises(ValueError, match="hamming_distance: expected queries and database on the same device, got cpu and meta"):
+        ops.hamming_distance(q, db)
+    with pytest.raises(ValueError, match="hamming_topk: .*same device, got meta and cpu"):
+        ops.hamming_topk(db, q, 1)
+    with pytest.raises(ValueError, match="hamming_radius: .*same device, got cpu and meta"):
+        ops.hamming_radius(q, db, 1)
+
+
+def _fake_inputs(kind):
+    """A context and a function that makes fake tensors: meta tensors, or FakeTensorMode's fake CPU tensors."""
+    if kind == "meta":
+        return contextlib.nullcontext(), lambda t: t.to("meta")
+    mode = FakeTensorMode()
+    return mode, mode.from_tensor
+
+
+@pytest.mark.parametrize("kind", ["meta", "fake"])
+def test_fake_kernels_check_like_the_real_ops(kind):
+    lib = torch.ops.cibhash_ext
+    context, fake = _fake_inputs(kind)
+    real = {
+        "q": torch.zeros(3, 8, dtype=torch.uint8), "db": torch.zeros(10, 8, dtype=torch.uint8),
+        "q_float": torch.zeros(3, 8), "q_1d": torch.zeros(8, dtype=torch.uint8),
+        "q_narrow": torch.zeros(3, 0, dtype=torch.uint8), "db_narrow": torch.zeros(10, 0, dtype=torch.uint8),
+        "db_4": torch.zeros(10, 4, dtype=torch.uint8), "db_int": torch.zeros(10, 8, dtype=torch.int32),
+        "scalar": torch.tensor(1.0), "no_bits": torch.zeros(3, 0), "complex": torch.zeros(3, 4, dtype=torch.complex64),
+        "f64": torch.zeros(3, dtype=torch.float64), "f16": torch.zeros(3, dtype=torch.float16),
+        "f3": torch.zeros(3), "f4": torch.zeros(4),
+    }
+    with context:
+        t = {name: fake(value) for name, value in real.items()}
+        q, db = t["q"], t["db"]
+        d, i = lib.hamming_topk(q, db, 4)  # valid calls still give the right shapes and devices
+        assert d.shape == (3, 4) and d.dtype == torch.int32 and i.dtype == torch.int64 and d.device == q.device
+        assert lib.hamming_distance(q, db).shape == (3, 10)
+        assert lib.unpack_bits(db, 60).shape == (10, 60)
+        with pytest.raises(TypeError, match="expected queries of dtype uint8"):
+            lib.hamming_topk(t["q_float"], db, 1)
+        with pytest.raises(ValueError, match=r"expected queries of shape \[rows, bytes_per_code\], got a 1-d"):
+            lib.hamming_distance(t["q_1d"], db)
+        with pytest.raises(ValueError, match="same code width, got 8 bytes and 4 bytes"):
+            lib.hamming_radius(q, t["db_4"], 1)
+        with pytest.raises(ValueError, match="at least 1 byte"):
+            lib.hamming_distance(t["q_narrow"], t["db_narrow"])
+        with pytest.raises(ValueError, match="expected k >= 1, got 0"):
+            lib.hamming_topk(q, db, 0)
+        with pytest.raises(ValueError, match="expected k <= database size 10, got k=11"):
+            lib.hamming_topk(q, db, 11)
+        with pytest.raises(ValueError, match="expected radius >= 0, got -1"):
+            lib.hamming_radius(q, db, -1)
+        with pytest.raises(ValueError, match="64 bits need 8 bytes per code, but codes have 4"):
+            lib.unpack_bits(t["db_4"], 64)
+        with pytest.raises(ValueError, match="expected nbits >= 1, got 0"):
+            lib.unpack_bits(db, 0)
+        with pytest.raises(TypeError, match="expected codes of dtype uint8"):
+            lib.unpack_bits(t["db_int"], 64)
+        with pytest.raises(ValueError, match="at least 1 dimension"):
+            lib.pack_bits(t["scalar"])
+        with pytest.raises(ValueError, match="at least 1 bit"):
+            lib.pack_bits(t["no_bits"])
+        with pytest.raises(TypeError, match="real, integer or bool"):
+            lib.pack_bits(t["complex"])
+        with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+            lib.stochastic_binarize_forward(t["f64"], True, 1, 2)
+        with pytest.raises(ValueError, match="expected grad_codes of shape"):
+            lib.stochastic_binarize_backward(t["f3"], t["f4"])
+        with pytest.raises(TypeError, match="expected grad_codes of dtype"):
+            lib.stochastic_binarize_backward(t["f16"], t["f3"])
+
+
+def test_fake_kernels_refuse_mixed_devices():
+    # The raw ops with a meta tensor on one side dispatch to the fake kernel, which returned a CPU
+    # tensor of uninitialised memory before it checked the devices.
+    lib = torch.ops.cibhash_ext
+    q = torch.zeros(3, 8, dtype=torch.uint8)
+    db = torch.zeros(10, 8, dtype=torch.uint8, device="meta")
+    for call in (lambda: lib.hamming_distance(q, db), lambda: lib.hamming_topk(q, db, 2),
+                 lambda: lib.hamming_radius(db, q, 2)):
+        with pytest.raises(ValueError, match="same device"):
+            call()
+    with pytest.raises(ValueError, match="expected grad_codes on cpu, got meta"):
+        lib.stochastic_binarize_backward(torch.zeros(3, device="meta"), torch.zeros(3))
 
 
 @needs_cuda
