@@ -13,7 +13,7 @@ import os
 import typing
 from typing import Any
 
-from cibhash_ext.models import BACKBONES
+from cibhash_ext.models import BACKBONES, CUSTOM_BACKBONE
 from cibhash_ext.transforms import AugmentConfig
 
 __all__ = ["TrainConfig", "load_config", "AUGMENT_PRESETS", "DATASET_OPTIONS"]
@@ -41,7 +41,8 @@ class TrainConfig:
 
     Attributes:
         dataset (str): one of :data:`cibhash_ext.data.DATASETS`; "folder" is every image under
-            ``data_root``, without labels.
+            ``data_root``, without labels; "tensor" and "dataset" are Python data given to
+            :func:`cibhash_ext.train` (a run of those cannot reload its data by itself).
         data_root (str, optional): dataset folder (Fashion-MNIST has a default).
         train_size (int, optional): train on a random subset of this many training images.
         query_size (int, optional): fashion_mnist: keep the first N queries; folder and Python data:
@@ -50,7 +51,9 @@ class TrainConfig:
         query_per_class, train_per_class (int, optional): split sizes of cifar10 and image_folder
             (None: the loader's protocol defaults).
         backbone (str): one of :data:`cibhash_ext.models.BACKBONES`, or "auto": mlp on Fashion-MNIST,
-            convnet elsewhere (at 64x64 on image files).
+            convnet elsewhere. The trained-from-scratch backbones (and a module passed from Python,
+            "custom") see in-memory images at their size and image files at 64x64 unless ``augment``
+            sets ``size``.
         backbone_weights (str, optional): local weights file (vgg16: required).
         convnet_widths (tuple[int, ...]): channels of the convnet backbone's three conv blocks.
         convnet_fc (int): width of the convnet's fully connected feature layer.
@@ -142,17 +145,15 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Checks every setting; raises ValueError naming the setting, what it must be and what it is."""
-        from cibhash_ext.data import DATASETS
-
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if self.dataset not in DATASET_OPTIONS:
+            raise ValueError(f"dataset must be one of {', '.join(DATASET_OPTIONS)}, got {self.dataset!r}")
         if self.temperature is not None and (
             len(self.temperature) not in (1, len(self.code_lengths)) or any(t <= 0 for t in self.temperature)
         ):
             raise ValueError(
                 f"temperature must be one value > 0 or one per code length {self.code_lengths}, got {self.temperature}"
             )
-        if self.backbone not in BACKBONES:
+        if self.backbone not in (*BACKBONES, CUSTOM_BACKBONE):
             raise ValueError(f"backbone must be one of auto, {', '.join(BACKBONES)}, got {self.backbone!r}")
         if not self.code_lengths or any(v <= 0 for v in self.code_lengths):
             raise ValueError(f"code_lengths must be positive integers, got {self.code_lengths}")
@@ -240,7 +241,7 @@ class TrainConfig:
         if preset == "auto":
             preset = "small_grayscale" if self.backbone in ("convnet", "mlp") and channels == 1 else "paper"
         base = AugmentConfig.small_grayscale() if preset == "small_grayscale" else AugmentConfig.paper()
-        if preset == "paper" and self.backbone in ("convnet", "mlp") and "size" not in self.augment:
+        if preset == "paper" and self.backbone in ("convnet", "mlp", CUSTOM_BACKBONE) and "size" not in self.augment:
             base = dataclasses.replace(base, size=0 if in_memory else FILE_INPUT_SIZE)
         return dataclasses.replace(base, **self.augment)
 

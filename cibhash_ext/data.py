@@ -32,7 +32,7 @@ try:
 except ImportError:  # numpy < 2
     from numpy.core import multiarray as _np_multiarray, numeric as _np_numeric
 
-from cibhash_ext.files import IMAGE_EXTENSIONS, image_files, load_image
+from cibhash_ext.files import IMAGE_EXTENSIONS, image_files, load_image, readable_images, skipped_warning
 
 __all__ = [
     "DATASETS",
@@ -484,19 +484,9 @@ def load_image_folder(
 
 def _checked_files(paths: list[str]) -> list[str]:
     """The readable images among ``paths``; the others are named in one warning (never a crash later)."""
-    from PIL import Image, UnidentifiedImageError
-
-    good, bad = [], []
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                img.verify()
-            good.append(path)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            bad.append(path)
+    good, bad = readable_images(paths)
     if bad:
-        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-        warnings.warn(f"skipped {len(bad)} unreadable image file(s): {shown}", stacklevel=3)
+        warnings.warn(skipped_warning(bad), stacklevel=3)
     return good
 
 

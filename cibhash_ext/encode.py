@@ -6,6 +6,7 @@ a ``torch.export`` program of the encode path.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Sequence
 
 import torch
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 from cibhash_ext import run_dir as runs
 from cibhash_ext.config import TrainConfig
 from cibhash_ext.data import ImageSet, load_dataset
-from cibhash_ext.files import image_files
+from cibhash_ext.files import image_files, readable_images, skipped_warning
 from cibhash_ext.models import CIBHashModel, build_model
 from cibhash_ext.pipeline import EvalTransform, autocast, eval_batches, to_model_input
 from cibhash_ext.progress import progress
@@ -104,7 +105,7 @@ def _as_image_set(images) -> ImageSet:
     from PIL import Image
 
     if isinstance(images, (str, os.PathLike)):
-        return ImageSet(None, paths=image_files([images]))
+        return ImageSet(None, paths=readable_files([images]))
     if isinstance(images, Tensor):
         if images.dim() == 3:
             images = images.unsqueeze(0)
@@ -117,7 +118,7 @@ def _as_image_set(images) -> ImageSet:
     if isinstance(images, Sequence) and images and all(isinstance(i, Image.Image) for i in images):
         return ImageSet(None, items=(list(images), list(range(len(images)))))
     if isinstance(images, Sequence) and images and all(isinstance(i, (str, os.PathLike)) for i in images):
-        return ImageSet(None, paths=image_files(images))
+        return ImageSet(None, paths=readable_files(images))
     raise TypeError("images must be a file or folder path, a list of paths or of PIL images, a Dataset or an image "
                     f"tensor [N, C, H, W], got {type(images).__name__}")
 
@@ -168,9 +169,24 @@ def encode_run(run_dir: str, inputs: Sequence[str] | None = None, split: str | N
         images = getattr(load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options()), split)
         names = [str(i) for i in range(len(images))]
     else:
-        names = image_files(inputs)
+        names = readable_files(inputs)
         images = ImageSet(None, paths=names)
     return names, encode_images(model, images, batch_size, workers, show_progress)
+
+
+def readable_files(inputs: Sequence[str]) -> list[str]:
+    """The image files of ``inputs`` (files, folders searched recursively): an unreadable file named
+    in ``inputs`` is an error; unreadable files inside a folder are left out with one warning."""
+    good, bad = readable_images(image_files(inputs))
+    named = {os.path.abspath(os.fspath(i)) for i in inputs if not os.path.isdir(i)}
+    for path in bad:
+        if os.path.abspath(path) in named:
+            raise ValueError(f"{path} is not a readable image (empty, truncated or not an image file)")
+    if bad:
+        warnings.warn(skipped_warning(bad), stacklevel=3)
+    if not good:
+        raise ValueError(f"no readable image among {[os.fspath(i) for i in inputs]}")
+    return good
 
 
 class _Encoder(nn.Module):

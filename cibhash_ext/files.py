@@ -24,6 +24,7 @@ __all__ = [
     "torch_save",
     "image_files",
     "load_image",
+    "readable_images",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -149,3 +150,25 @@ def load_image(path: str, mode: str):
             return img.convert(mode)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"{path} is not a readable image: {exc}") from None
+
+
+def readable_images(paths: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Splits ``paths`` into image files that open and pass PIL's check, and the others (empty,
+    truncated headers, not an image). A cheap check: pixels are decoded later."""
+    from PIL import Image, UnidentifiedImageError
+
+    good, bad = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+            good.append(path)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            bad.append(path)
+    return good, bad
+
+
+def skipped_warning(bad: Sequence[str]) -> str:
+    """The one warning that names the unreadable files left out."""
+    shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+    return f"skipped {len(bad)} unreadable image file(s): {shown}"

@@ -76,16 +76,19 @@ class EvalTransform:
 
 
 class ImageViews(torch.utils.data.Dataset):
-    """``transform`` of each image of an ImageSet, through PIL. An image file that cannot be read
-    mid-epoch is named in one warning and replaced by the next readable image: never a crash."""
+    """``transform`` of each image of an ImageSet, through PIL. With ``skip_unreadable`` (training),
+    an image file that cannot be decoded mid-epoch is named in a warning and replaced by the next
+    readable image: never a crash mid-epoch. Otherwise (encoding) it is an error naming the file."""
 
-    def __init__(self, images: ImageSet, transform: Callable, mode: str) -> None:
-        self.images, self.transform, self.mode = images, transform, mode
+    def __init__(self, images: ImageSet, transform: Callable, mode: str, skip_unreadable: bool = False) -> None:
+        self.images, self.transform, self.mode, self.skip_unreadable = images, transform, mode, skip_unreadable
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
+        if not self.skip_unreadable:
+            return self.transform(self.images.pil(i, self.mode).convert(self.mode))
         for step in range(len(self.images)):
             j = (i + step) % len(self.images)
             try:
@@ -169,7 +172,7 @@ def train_batches(cfg: TrainConfig, data: RetrievalData, aug: AugmentConfig, epo
     mode = "RGB" if len(aug.mean) == 3 else "L"
     two_views = transform if transform is not None else TwoViews(build_pil_transform(aug))
     loader = torch.utils.data.DataLoader(
-        ImageViews(images, two_views, mode), batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+        ImageViews(images, two_views, mode, skip_unreadable=True), batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
         num_workers=cfg.workers, generator=g,
     )
     yield from itertools.islice(loader, steps)
