@@ -25,6 +25,8 @@ __all__ = [
     "image_files",
     "load_image",
     "readable_images",
+    "remove_stale_temporaries",
+    "skipped_warning",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -32,6 +34,21 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".t
 
 def _temporary_pattern(path: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(path)), f".{glob.escape(os.path.basename(path))}.*.tmp")
+
+
+def _writer_alive(temporary: str, path: str) -> bool:
+    """Whether the process that created a temporary of ``path`` (its pid is in the name) still runs."""
+    middle = os.path.basename(temporary)[len(os.path.basename(path)) + 2 : -len(".tmp")]
+    pid = middle.split(".", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _file_mode(path: str) -> int:
@@ -56,10 +73,12 @@ def _fsync_directory(directory: str) -> None:
 
 
 def remove_stale_temporaries(path: str) -> None:
-    """Deletes temporary files that an interrupted write of ``path`` left behind (``.<name>.*.tmp``)."""
+    """Deletes the temporary files that interrupted writes of ``path`` left behind
+    (``.<name>.<pid>.*.tmp`` whose process is gone; a write under way in another process is kept)."""
     for stale in glob.glob(_temporary_pattern(path)):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(stale)
+        if not _writer_alive(stale, path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
 
 
 @contextlib.contextmanager
@@ -81,7 +100,7 @@ def atomic_write(path: str, binary: bool = True) -> Iterator[IO]:
     if os.path.isdir(path) and not os.path.islink(path):
         raise IsADirectoryError(f"cannot write {path}: it is a directory")
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
             yield fh

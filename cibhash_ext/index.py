@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from cibhash_ext import index_file, ops
+from cibhash_ext.files import remove_stale_temporaries
 from cibhash_ext.index_file import FORMAT_VERSION, MAGIC, MAX_CODES, MAX_NBITS, padding_mask
 
 __all__ = ["HammingIndex", "IndexFileChangedError", "FORMAT_VERSION", "MAGIC"]
@@ -573,6 +574,7 @@ class HammingIndex:
         """
         path = os.fspath(path)
         chunk_bytes = _check_int(chunk_bytes, "chunk_bytes", 1)
+        remove_stale_temporaries(path)
         fh = index_file.open_file(path)
         try:
             header = index_file.read_header(path, fh)

@@ -38,11 +38,12 @@ import dataclasses
 import os
 import stat
 import struct
-import tempfile
 import zlib
 from typing import BinaryIO, Iterable
 
 import numpy as np
+
+from cibhash_ext.files import atomic_write
 
 __all__ = [
     "MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "MAX_CODES", "Header",
@@ -84,9 +85,9 @@ def write(path: str, nbits: int, count: int, code_blocks: Iterable, id_blocks: I
     """Writes an index file atomically.
 
     The data go to a temporary file in the same directory, which is flushed, fsync'ed and renamed
-    over ``path`` (``os.replace``); the directory is fsync'ed last. A failure or crash at any point
-    leaves an existing ``path`` untouched. After an exception the temporary file is removed; after
-    a hard kill a stray ``.<name>.*.tmp`` file may remain and can be deleted.
+    over ``path`` (``os.replace``); the directory is fsync'ed last (:func:`cibhash_ext.files.atomic_write`).
+    A failure or crash at any point leaves an existing ``path`` untouched. After an exception the
+    temporary file is removed; one left by a hard kill is removed by the next save or load of ``path``.
 
     Args:
         path (str): destination.
@@ -95,34 +96,22 @@ def write(path: str, nbits: int, count: int, code_blocks: Iterable, id_blocks: I
         code_blocks (iterable of buffers): the codes, uint8 rows in order, count * ceil(nbits/8) bytes.
         id_blocks (iterable of buffers, optional): the ids as little-endian int64, or None.
     """
-    directory = os.path.dirname(os.path.abspath(path))
     code_size = (nbits + 7) // 8
     codes_end = HEADER_SIZE + count * code_size
     ids_offset = _ids_offset(count, code_size, id_blocks is not None)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            _write_all(fh, bytes(HEADER_SIZE))
-            crc = 0
-            for block in code_blocks:
+    with atomic_write(path) as fh:
+        _write_all(fh, bytes(HEADER_SIZE))
+        crc = 0
+        for block in code_blocks:
+            _write_all(fh, block)
+            crc = zlib.crc32(block, crc)
+        if id_blocks is not None:
+            _write_all(fh, bytes(ids_offset - codes_end))
+            for block in id_blocks:
                 _write_all(fh, block)
                 crc = zlib.crc32(block, crc)
-            if id_blocks is not None:
-                _write_all(fh, bytes(ids_offset - codes_end))
-                for block in id_blocks:
-                    _write_all(fh, block)
-                    crc = zlib.crc32(block, crc)
-            fh.seek(0)
-            _write_all(fh, _pack_header(nbits, count, id_blocks is not None, ids_offset, crc))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)
+        fh.seek(0)
+        _write_all(fh, _pack_header(nbits, count, id_blocks is not None, ids_offset, crc))
 
 
 def open_file(path: str) -> BinaryIO:
@@ -197,24 +186,6 @@ def open_arrays(
 def _write_all(fh, data) -> None:
     """Writes one block (a seam the atomic-save tests use to fail a write midway)."""
     fh.write(data)
-
-
-def _file_mode(path: str) -> int:
-    try:
-        return os.stat(path).st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def _fsync_directory(directory: str) -> None:
-    # The rename is durable only once the directory entry is on disk.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pack_header(nbits: int, count: int, has_ids: bool, ids_offset: int, data_crc: int) -> bytes:

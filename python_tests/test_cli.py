@@ -145,3 +145,197 @@ def test_presets_and_overrides():
     assert custom.code_lengths == (8, 24) and custom.temperature == (0.5,) and custom.stochastic is False
     assert _config_from_args(parse(["train", "--temperature", "0.2,0.1", "--code-lengths", "16,64"])).temperature_for(64) == 0.1
     assert custom.backbone == default.backbone
+
+
+# --- one parser, one config, one error policy; hostile run directories (a tiny run on a folder of PNGs) ---
+
+TINY_FLAGS = ["--epochs", "1", "--batch-size", "16", "--code-lengths", "16,32", "--hidden", "32", "--convnet-widths",
+              "8,8,8", "--convnet-fc", "32", "--aug", "size=16", "--no-progress", "--threads", "1", "--baselines", "none"]
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(1)
+    (root / "photos").mkdir()
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / "photos" / f"{i:02d}.png")
+    run = root / "run"
+    assert main(["train", "--dataset", "folder", "--data-root", str(root / "photos"), "--run-dir", str(run),
+                 *TINY_FLAGS]) == 0
+    return root, run
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith(f"cibhash {command}: error: "), err
+    return err
+
+
+def test_config_file_with_flags_on_top(folder_run, tmp_path, capsys):
+    root, run = folder_run
+    stored = json.loads((run / "config.json").read_text())
+    assert (stored["dataset"], stored["epochs"], stored["code_lengths"]) == ("folder", 1, [16, 32])
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(run / "config.json"), "--run-dir", str(again), "--code-lengths", "8",
+                 "--no-progress"]) == 0
+    second = json.loads((again / "config.json").read_text())
+    assert second["code_lengths"] == [8] and {k: v for k, v in second.items() if k not in ("code_lengths", "resolved")} \
+        == {k: v for k, v in stored.items() if k not in ("code_lengths", "resolved")}
+
+
+def test_train_options_come_from_the_config_fields():
+    import dataclasses
+
+    from cibhash_ext.config import TrainConfig
+
+    help_text = build_parser_help("train")
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--aug" if field.name == "augment" else "--" + field.name.replace("_", "-")
+        assert flag in help_text, flag
+
+
+def build_parser_help(command: str) -> str:
+    from cibhash_ext.cli import build_parser
+
+    parser = build_parser()
+    return parser._subparsers._group_actions[0].choices[command].format_help()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--dataset", "coco", "--data-root", "/nonexistent", "--train-size", "1000"], "does not use train_size"),
+    (["train", "--threads", "-1"], "threads must be >= 1"),
+    (["train", "--epochs", "0"], "epochs must be >= 1"),
+    (["train", "--config", "/nonexistent/cfg.json"], "config file not found"),
+])
+def test_user_mistakes_in_train_are_one_line_errors(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in _one_line_error(capsys, "train")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_cuda_without_a_gpu_is_a_one_line_error(capsys, tmp_path, folder_run):
+    root, _ = folder_run
+    assert main(["train", "--dataset", "folder", "--data-root", str(root / "photos"), "--run-dir", str(tmp_path / "r"),
+                 "--device", "cuda", *TINY_FLAGS]) == 2
+    assert "no CUDA GPU is visible" in _one_line_error(capsys, "train")
+
+
+def test_bad_config_files_are_one_line_errors(tmp_path, capsys):
+    for text, message in (("[1, 2]", "JSON object"), ('{"epochs": "ten"}', "'epochs' must be an integer"),
+                          ("{not json", "not valid JSON")):
+        path = tmp_path / "cfg.json"
+        path.write_text(text)
+        assert main(["train", "--config", str(path), "--run-dir", str(tmp_path / "r")]) == 2
+        assert message in _one_line_error(capsys, "train")
+
+
+def test_damaged_run_files_are_one_line_errors(folder_run, tmp_path, capsys):
+    root, run = folder_run
+    image = str(root / "photos" / "00.png")
+    for name, damage, message in (
+        ("config.json", lambda p: p.write_text("[1]"), "JSON object"),
+        ("config.json", lambda p: p.write_text('{"dataset": "folder", "code_lengths": [16], "epochs": "x"}'),
+         "must be an integer"),
+        ("checkpoint.pt", lambda p: p.write_bytes(b""), "not a readable checkpoint"),
+        ("checkpoint.pt", lambda p: p.write_text("hello"), "not a readable checkpoint"),
+        ("checkpoint.pt", lambda p: p.write_bytes(p.read_bytes()[:1000]), "not a readable checkpoint"),
+        ("model.pt", lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not a readable model"),
+    ):
+        copy = tmp_path / f"copy{len(os.listdir(tmp_path))}"
+        shutil.copytree(run, copy)
+        if name == "checkpoint.pt":
+            (copy / "model.pt").unlink()  # encode falls back to the checkpoint
+        damage(copy / name)
+        if name == "config.json":  # read by --resume (encode and evaluate read the model's own copy)
+            assert main(["train", "--resume", "--run-dir", str(copy), "--no-progress"]) == 2
+            assert message in _one_line_error(capsys, "train"), (name, message)
+        else:
+            assert main(["encode", str(copy), image, "--out", str(tmp_path / "c.npz"), "--no-progress"]) == 2
+            assert message in _one_line_error(capsys, "encode"), (name, message)
+
+
+def test_a_checkpoint_with_flipped_weight_bits_is_refused(folder_run, tmp_path, capsys):
+    _, run = folder_run
+    copy = tmp_path / "flipped"
+    shutil.copytree(run, copy)
+    for name, key in (("model.pt", "state_dict"), ("checkpoint.pt", "model")):
+        state = torch.load(copy / name, weights_only=True)
+        weight = state[key]["heads.16.net.0.weight"]
+        weight.view(torch.int32)[0, 0] ^= 0b11  # two flipped bits in one float
+        torch.save(state, copy / name)
+    assert main(["evaluate", str(copy), "--no-progress"]) == 2
+    assert "damaged" in _one_line_error(capsys, "evaluate")
+    (copy / "model.pt").unlink()
+    assert main(["train", "--resume", "--run-dir", str(copy), "--no-progress"]) == 2
+    assert "damaged" in _one_line_error(capsys, "train")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["encode", "{run}", "{root}/photos/00.png", "--out", "/etc/passwd/codes.npz"], "cannot create its folder"),
+    (["encode", "{run}", "{root}/zero.png", "--out", "{tmp}/c.npz", "--no-progress"], "not a readable image"),
+    (["encode", "{run}", "{root}/photos", "--out", "{tmp}/c.npz", "--threads", "-1"], "--threads must be >= 1"),
+    (["evaluate", "{run}", "--threads", "0"], "--threads must be >= 1"),
+    (["index", "build", "{tmp}/codes.npy", "-o", "{tmp}/a.idx", "--nbits", "0"], "--nbits must be >= 1"),
+    (["search", "{tmp}/a.idx", "{tmp}/codes.npy", "-k", "1", "--names"], "equally long lists"),
+    (["search", "{tmp}/a.idx", "{tmp}/codes.npy", "-k", "1", "--threads", "-1"], "--threads must be >= 1"),
+])
+def test_user_mistakes_are_one_line_errors(argv, message, folder_run, tmp_path, capsys):
+    root, run = folder_run
+    (root / "zero.png").write_bytes(b"")
+    np.save(tmp_path / "codes.npy", np.zeros((4, 2), np.uint8))
+    assert main(["index", "build", str(tmp_path / "codes.npy"), "-o", str(tmp_path / "a.idx")]) == 0
+    (tmp_path / "a.idx.names.json").write_text('{"ids": [0, 1]}')
+    capsys.readouterr()
+    argv = [a.format(run=run, root=root, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    assert message in _one_line_error(capsys, " ".join(argv[:2]) if argv[0] == "index" else argv[0])
+
+
+def test_writes_never_follow_links_out_of_a_run_directory(folder_run, tmp_path, capsys):
+    root, run = folder_run
+    copy = tmp_path / "received"
+    shutil.copytree(run, copy)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("report.md", "metrics.json", "retrieval.png", "nn_distance.png"):
+        (outside / name).write_text("precious")
+        (copy / name).unlink()
+        (copy / name).symlink_to(outside / name)
+    assert main(["evaluate", str(copy), "--no-progress"]) == 0
+    for name in ("report.md", "metrics.json", "retrieval.png", "nn_distance.png"):
+        assert (outside / name).read_text() == "precious", name
+        assert not (copy / name).is_symlink() and (copy / name).stat().st_size > 0
+    (outside / "train.log").write_text("precious")
+    (copy / "train.log").unlink()
+    (copy / "train.log").symlink_to(outside / "train.log")
+    assert main(["evaluate", str(copy), "--no-progress"]) == 2
+    assert "symbolic link" in _one_line_error(capsys, "evaluate")
+    assert (outside / "train.log").read_text() == "precious"
+
+
+def test_a_non_empty_folder_that_is_not_a_run_is_not_overwritten(folder_run, tmp_path, capsys):
+    root, _ = folder_run
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "config.json").write_text('{"my": "settings"}')
+    argv = ["train", "--dataset", "folder", "--data-root", str(root / "photos"), "--run-dir", str(target), *TINY_FLAGS]
+    assert main(argv) == 2
+    assert "not a run of cibhash_ext" in _one_line_error(capsys, "train")
+    assert (target / "config.json").read_text() == '{"my": "settings"}'
+    assert main([*argv, "--force"]) == 0
+    assert (target / "checkpoint.pt").is_file()
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(folder_run, tmp_path):
+    root, run = folder_run
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    shutil.copy(run / "config.json", killed / "config.json")  # what a run writes before its first epoch
+    (killed / ".checkpoint.pt.999999999.abc.tmp").write_bytes(b"half a checkpoint")  # a dead writer's leftover
+    assert main(["train", "--resume", "--run-dir", str(killed), "--no-progress"]) == 0
+    assert (killed / "checkpoint.pt").is_file() and (killed / "metrics.json").is_file()
+    assert not [n for n in os.listdir(killed) if n.endswith(".tmp")]
+    fresh, resumed = (torch.load(d / "model.pt", weights_only=True)["state_dict"] for d in (run, killed))
+    assert all(torch.equal(fresh[k], resumed[k]) for k in fresh)  # the same run as the uninterrupted one

@@ -35,8 +35,12 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     if not args.out.endswith(".npz"):
         raise ValueError(f"--out must name a .npz file, got {args.out!r}")
     set_threads(args.threads)
+    folder = os.path.dirname(os.path.abspath(args.out))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"--out {args.out}: cannot create its folder {folder}: {exc.strerror}") from None
     names, codes = encode_run(args.run_dir, args.inputs, args.split, args.batch_size, show_progress=not args.no_progress)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     buffer = io.BytesIO()
     np.savez(buffer, names=np.array(names), **{f"codes_{v}": c.numpy() for v, c in codes.items()})
     with atomic_write(args.out) as fh:
