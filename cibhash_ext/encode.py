@@ -20,7 +20,8 @@ from cibhash_ext.models import CIBHashModel, build_model
 from cibhash_ext.pipeline import EvalTransform, autocast, eval_batches, to_model_input
 from cibhash_ext.progress import progress
 
-__all__ = ["load_model", "encode", "encode_images", "encode_run", "export_encoder", "prepare_for_inference"]
+__all__ = ["load_model", "encode", "encode_images", "encode_run", "export_encoder", "prepare_for_inference",
+           "readable_files"]
 
 
 def prepare_for_inference(model: CIBHashModel, cfg: TrainConfig, input_shape: Sequence[int]) -> CIBHashModel:

@@ -74,9 +74,12 @@ def augmented_copies(images: ImageSet, aug: AugmentConfig, seed: int) -> ImageSe
 
 
 def _baseline_hashers(cfg: TrainConfig, train_x: Tensor):
+    """(name, length, fitted hasher) of each baseline; ITQ is left out where the training pixels
+    have fewer rows or columns than bits (its PCA has too few components)."""
     for name in cfg.baselines:
         for v in cfg.code_lengths:
-            if name == "itq" and v > train_x.shape[1]:
+            if name == "itq" and v > min(train_x.shape):
+                LOG.info("ITQ at %d bits left out: it needs at least %d training images and pixels", v, v)
                 continue
             yield name, v, (ITQ(v, seed=cfg.seed) if name == "itq" else LSH(v, seed=cfg.seed)).fit(train_x)
 

@@ -1,0 +1,57 @@
+"""Without the compiled library (``CIBHASH_NO_EXTENSION=1``, as after a failed build) the package
+imports, warns once with the reason, and the public API gives the compiled results to the bit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import cibhash_ext as ch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = r"""
+import sys, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import cibhash_ext as ch
+messages = [str(w.message) for w in caught if "compiled library is not loaded" in str(w.message)]
+assert len(messages) == 1 and "CIBHASH_NO_EXTENSION is set" in messages[0] and "slower" in messages[0], messages
+import torch
+from cibhash_ext._extension import LOAD_ERROR
+assert LOAD_ERROR is not None
+inputs = torch.load(sys.argv[1])
+torch.save(__import__("fallback_cases").run(ch, inputs), sys.argv[2])
+"""
+
+
+def test_the_public_api_without_the_compiled_library_matches_it(tmp_path):
+    import fallback_cases
+
+    g = torch.Generator().manual_seed(0)
+    inputs = fallback_cases.make_inputs(g)
+    torch.save(inputs, tmp_path / "inputs.pt")
+    env = {**os.environ, "CIBHASH_NO_EXTENSION": "1", "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    fallback = torch.load(tmp_path / "out.pt")
+    compiled = fallback_cases.run(ch, inputs)
+    assert fallback.keys() == compiled.keys()
+    for name in compiled:
+        assert type(fallback[name]) is type(compiled[name]), name
+        if isinstance(compiled[name], str):  # an error: same type and message
+            assert fallback[name] == compiled[name], name
+        else:
+            assert all(torch.equal(a, b) for a, b in zip(fallback[name], compiled[name])), name
+
+
+def test_the_extension_is_loaded_in_this_process():
+    from cibhash_ext._extension import LOAD_ERROR
+
+    if LOAD_ERROR is not None:
+        pytest.fail(f"the compiled library did not load here: {LOAD_ERROR}")
+    assert ch.hamming_topk is not None
