@@ -12,6 +12,8 @@ from torch import Tensor
 
 from cibhash_ext import ops
 
+__all__ = ["LSH", "ITQ"]
+
 
 def _as_matrix(x: Tensor, name: str) -> Tensor:
     if not isinstance(x, Tensor):

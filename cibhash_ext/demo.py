@@ -14,6 +14,8 @@ import torch
 
 from . import ops
 
+__all__ = ["main"]
+
 
 def _timed(label: str, fn):
     start = time.perf_counter()

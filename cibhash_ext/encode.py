@@ -17,7 +17,8 @@ from cibhash_ext.config import TrainConfig
 from cibhash_ext.data import ImageSet, load_dataset
 from cibhash_ext.files import image_files, readable_images, skipped_warning
 from cibhash_ext.models import CIBHashModel, build_model
-from cibhash_ext.pipeline import EvalTransform, autocast, eval_batches, to_model_input
+from cibhash_ext.pipeline import autocast, eval_batches, to_model_input
+from cibhash_ext.transforms import EvalTransform
 from cibhash_ext.progress import progress
 
 __all__ = ["load_model", "encode", "encode_images", "encode_run", "export_encoder", "prepare_for_inference",

@@ -14,6 +14,17 @@ from torch import Tensor
 
 from cibhash_ext import ops
 
+__all__ = [
+    "relevance",
+    "average_precision_at_k",
+    "mean_average_precision",
+    "precision_within_radius",
+    "precision_at_n",
+    "precision_recall_curve",
+    "evaluate_codes",
+    "PRECISION_AT_N",
+]
+
 
 PRECISION_AT_N = (100, 200, 500, 1000, 2000, 5000)
 

@@ -11,6 +11,8 @@ from torch import Tensor, nn
 
 from cibhash_ext import ops
 
+__all__ = ["StochasticBinaryLayer"]
+
 
 class StochasticBinaryLayer(nn.Module):
     """Binarises logits into {0, 1} codes, stochastically while training.

@@ -12,6 +12,14 @@ from torch import Tensor, nn
 
 from cibhash_ext import distributed
 
+__all__ = [
+    "CIBHashLoss",
+    "nt_xent_codes",
+    "bernoulli_kl_logits",
+    "bernoulli_kl_probs",
+    "symmetric_kl_stop_gradient",
+]
+
 
 def _check_pair(name1: str, a: Tensor, name2: str, b: Tensor) -> None:
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):

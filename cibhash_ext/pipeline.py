@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -17,10 +17,16 @@ from torch import Tensor
 from cibhash_ext import distributed
 from cibhash_ext.config import TrainConfig
 from cibhash_ext.data import ImageSet, RetrievalData
-from cibhash_ext.transforms import AugmentConfig, BatchAugment, BatchNormalize, TwoViews, build_pil_transform
+from cibhash_ext.transforms import (
+    AugmentConfig,
+    BatchAugment,
+    BatchNormalize,
+    EvalTransform,
+    TwoViews,
+    build_pil_transform,
+)
 
 __all__ = [
-    "EvalTransform",
     "ImageViews",
     "autocast",
     "epoch_generator",
@@ -48,31 +54,6 @@ def to_model_input(x: Tensor, device: str | torch.device, channels_last: bool) -
 def autocast(device: str | torch.device, bf16: bool):
     """bfloat16 autocast for the backbone on ``device`` (a no-op context when ``bf16`` is False)."""
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
-
-
-class EvalTransform:
-    """The deterministic view of one image for a trained model: convert to its mode ("L"/"RGB"),
-    resize to its input size (bilinear), scale to [0, 1] and normalise. PIL image -> Tensor[C, H, W].
-
-    Args:
-        input_shape (Sequence[int]): the model's input [C, H, W].
-        mean, std (Sequence[float]): per-channel normalisation.
-    """
-
-    def __init__(self, input_shape: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> None:
-        from torchvision import transforms as T
-
-        channels, height, width = (int(v) for v in input_shape)
-        self.mode = "L" if channels == 1 else "RGB"
-        self.input_shape = [channels, height, width]
-        self.mean, self.std = tuple(mean), tuple(std)
-        self._steps = T.Compose([T.Resize((height, width)), T.ToTensor(), T.Normalize(self.mean, self.std)])
-
-    def __call__(self, image) -> Tensor:
-        return self._steps(image.convert(self.mode))
-
-    def __repr__(self) -> str:
-        return f"EvalTransform(input_shape={self.input_shape}, mean={self.mean}, std={self.std})"
 
 
 class ImageViews(torch.utils.data.Dataset):

@@ -14,11 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+__all__ = [
+    "AugmentConfig",
+    "build_pil_transform",
+    "EvalTransform",
+    "TwoViews",
+    "BatchAugment",
+    "BatchNormalize",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -142,15 +151,29 @@ def build_pil_transform(cfg: AugmentConfig) -> Callable:
     return T.Compose(steps)
 
 
-def build_eval_transform(cfg: AugmentConfig) -> Callable:
-    """Deterministic evaluation transform: resize to ``size`` (if > 0), to tensor, normalise."""
-    from torchvision import transforms as T
+class EvalTransform:
+    """The deterministic view of one image for a trained model: convert to its mode ("L"/"RGB"),
+    resize to its input size (bilinear), scale to [0, 1] and normalise. PIL image -> Tensor[C, H, W].
 
-    steps: list = []
-    if cfg.size > 0:
-        steps.append(T.Resize((cfg.size, cfg.size)))
-    steps += [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
-    return T.Compose(steps)
+    Args:
+        input_shape (Sequence[int]): the model's input [C, H, W].
+        mean, std (Sequence[float]): per-channel normalisation.
+    """
+
+    def __init__(self, input_shape: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> None:
+        from torchvision import transforms as T
+
+        channels, height, width = (int(v) for v in input_shape)
+        self.mode = "L" if channels == 1 else "RGB"
+        self.input_shape = [channels, height, width]
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._steps = T.Compose([T.Resize((height, width)), T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def __call__(self, image) -> Tensor:
+        return self._steps(image.convert(self.mode))
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(input_shape={self.input_shape}, mean={self.mean}, std={self.std})"
 
 
 class TwoViews:

@@ -12,7 +12,7 @@ from cibhash_ext.transforms import (
     BatchAugment,
     BatchNormalize,
     TwoViews,
-    build_eval_transform,
+    EvalTransform,
     build_pil_transform,
 )
 
@@ -79,8 +79,14 @@ def test_paper_pil_pipeline():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
     v1, v2 = TwoViews(build_pil_transform(cfg))(image)
     assert v1.shape == v2.shape == (3, 224, 224) and not torch.equal(v1, v2)
-    e1, e2 = build_eval_transform(cfg)(image), build_eval_transform(cfg)(image)
+    evaluation = EvalTransform((3, 224, 224), cfg.mean, cfg.std)
+    e1, e2 = evaluation(image), evaluation(image)
     assert e1.shape == (3, 224, 224) and torch.equal(e1, e2)
+    # The evaluation view is the PIL bilinear resize, then the batch normalisation of the same pixels.
+    from torchvision.transforms.functional import pil_to_tensor
+
+    resized = pil_to_tensor(image.resize((224, 224), Image.BILINEAR))[None]
+    assert torch.equal(e1, BatchNormalize(dataclasses.replace(cfg, size=0))(resized)[0])
     names = repr(build_pil_transform(cfg))
     for part in ("RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter", "RandomGrayscale", "GaussianBlur", "Normalize"):
         assert part in names
