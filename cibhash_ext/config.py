@@ -8,11 +8,11 @@ fields (:mod:`cibhash_ext.cli.train`), ``config.json`` of a run is :meth:`TrainC
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import typing
 from typing import Any
 
+from cibhash_ext.files import read_json
 from cibhash_ext.models import BACKBONES, CUSTOM_BACKBONE
 from cibhash_ext.transforms import AugmentConfig
 
@@ -262,13 +262,7 @@ def load_config(config: "TrainConfig | dict | str | os.PathLike | None" = None, 
         values = dict(config)
     elif isinstance(config, (str, os.PathLike)):
         path = os.fspath(config)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            with open(path, encoding="utf-8") as fh:
-                values = json.load(fh)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"config file {path} is not valid JSON: {exc}") from None
+        values = read_json(path, "config file")
         if not isinstance(values, dict):
             raise ValueError(f"config file {path} must hold a JSON object of settings, got a {type(values).__name__}")
     else:

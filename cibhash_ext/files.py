@@ -24,6 +24,8 @@ __all__ = [
     "torch_save",
     "image_files",
     "load_image",
+    "read_json",
+    "read_array",
     "readable_images",
     "remove_stale_temporaries",
     "skipped_warning",
@@ -119,6 +121,34 @@ def write_text(path: str, text: str) -> None:
     """Writes ``text`` to ``path`` atomically."""
     with atomic_write(path, binary=False) as fh:
         fh.write(text)
+
+
+def read_json(path: str, what: str):
+    """The JSON value in ``path``; ``what`` names the file in errors.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not valid JSON (or not UTF-8).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def read_array(path: str, what: str):
+    """The numpy array (or NpzFile) in a .npy/.npz file, never unpickled; ``what`` names it in errors."""
+    import numpy as np
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} file {path!r} does not exist")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{what} file {path!r} is not a readable .npy/.npz file: {exc}") from None
 
 
 def write_json(path: str, obj) -> None:

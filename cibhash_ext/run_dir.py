@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from cibhash_ext.config import TrainConfig
-from cibhash_ext.files import remove_stale_temporaries, torch_save, write_json
+from cibhash_ext.files import read_json, remove_stale_temporaries, torch_save, write_json
 
 __all__ = [
     "CONFIG_FILE",
@@ -99,11 +99,7 @@ def load_run_config(run_dir: str) -> TrainConfig:
     path = os.path.join(run_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir} is not a run directory: {path} is missing")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            values = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    values = read_json(path, "the run's configuration")
     try:
         return TrainConfig.from_dict(values)
     except (TypeError, ValueError) as exc:

@@ -206,7 +206,7 @@ def build_parser_help(command: str) -> str:
     (["train", "--dataset", "coco", "--data-root", "/nonexistent", "--train-size", "1000"], "does not use train_size"),
     (["train", "--threads", "-1"], "threads must be >= 1"),
     (["train", "--epochs", "0"], "epochs must be >= 1"),
-    (["train", "--config", "/nonexistent/cfg.json"], "config file not found"),
+    (["train", "--config", "/nonexistent/cfg.json"], "config file /nonexistent/cfg.json does not exist"),
 ])
 def test_user_mistakes_in_train_are_one_line_errors(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -153,3 +153,22 @@ def test_image_files_train_through_the_pil_pipeline(tmp_path):
     state = load_checkpoint(str(tmp_path / "run"))
     assert state["input_shape"] == [3, 32, 32]
     assert os.path.isfile(tmp_path / "run" / "retrieval.png")
+
+
+def test_default_backbone_and_input_size_per_dataset():
+    # Fashion-MNIST: the measured pixel MLP at 28x28 (unchanged).
+    fm = TrainConfig()
+    assert fm.backbone == "mlp" and fm.augment_config(1, True).size == 0
+    # CIFAR-10 (in memory, RGB): the small CNN at the native 32x32, not a pixel MLP at 224x224.
+    cifar = TrainConfig(dataset="cifar10", data_root="x")
+    assert cifar.backbone == "convnet" and cifar.augment_config(3, True).size == 0
+    # Image files: the small CNN at 64x64; an explicit size wins; the paper preset keeps VGG-16 at 224.
+    for name in ("folder", "image_folder", "nus_wide", "coco"):
+        files = TrainConfig(dataset=name, data_root="x")
+        assert files.backbone == "convnet" and files.augment_config(3, False).size == 64
+    assert TrainConfig(dataset="folder", augment={"size": 96}).augment_config(3, False).size == 96
+    assert TrainConfig.paper(dataset="folder").augment_config(3, False).size == 224
+    from cibhash_ext.models import build_model
+
+    params = sum(p.numel() for p in build_model(cifar, [3, 32, 32]).parameters())
+    assert params < 5_000_000, params

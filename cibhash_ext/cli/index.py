@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from cibhash_ext.cli.common import set_threads
-from cibhash_ext.files import write_text
+from cibhash_ext.files import read_array, read_json, write_text
 
 __all__ = ["add_commands", "NAMES_SUFFIX"]
 
@@ -70,12 +70,7 @@ def add_commands(subparsers) -> None:
 
 def _load_codes(path: str, key: str | None, what: str) -> tuple[np.ndarray, int | None]:
     """Reads a 2-D uint8 array from .npy/.npz; returns it and the bit length a codes_<L> key implies."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} file {path!r} does not exist")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"{what} file {path!r} is not a readable .npy/.npz file: {exc}") from exc
+    data = read_array(path, what)
     nbits = None
     if isinstance(data, np.lib.npyio.NpzFile):
         with data:
@@ -94,12 +89,7 @@ def _load_codes(path: str, key: str | None, what: str) -> tuple[np.ndarray, int 
 
 
 def _load_ids(path: str, count: int) -> np.ndarray:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"ids file {path!r} does not exist")
-    try:
-        ids = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"ids file {path!r} is not a readable .npy file: {exc}") from None
+    ids = read_array(path, "ids")
     if not isinstance(ids, np.ndarray) or not np.issubdtype(ids.dtype, np.integer) or ids.shape != (count,):
         got = f"a {ids.dtype} array of shape {ids.shape}" if isinstance(ids, np.ndarray) else "an .npz archive"
         raise ValueError(f"ids file {path!r} must hold {count} integers (one per code), got {got}")
@@ -155,11 +145,7 @@ def _names_of(index_path: str) -> dict[int, str]:
     path = index_path + NAMES_SUFFIX
     if not os.path.exists(path):
         raise FileNotFoundError(f"--names: {path!r} does not exist (it is written by `index build --run`)")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            table = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"--names: {path!r} is not valid JSON: {exc}") from None
+    table = read_json(path, "--names: the names file")
     if (not isinstance(table, dict) or not isinstance(table.get("ids"), list) or not isinstance(table.get("names"), list)
             or len(table["ids"]) != len(table["names"])):
         raise ValueError(f"--names: {path!r} must hold an object with equally long lists 'ids' and 'names'")
