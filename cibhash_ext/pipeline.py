@@ -7,6 +7,7 @@ with or without a resume before it, and the global batches are the same for any 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import warnings
 from typing import Callable, Iterator
@@ -151,6 +152,8 @@ def train_batches(cfg: TrainConfig, data: RetrievalData, aug: AugmentConfig, epo
             yield views[: cfg.batch_size], views[cfg.batch_size :]
         return
     mode = "RGB" if len(aug.mean) == 3 else "L"
+    if aug.size == 0:  # in-memory images through PIL (hue jitter) keep their own size
+        aug = dataclasses.replace(aug, size=int(images.images.shape[-1]))
     two_views = transform if transform is not None else TwoViews(build_pil_transform(aug))
     loader = torch.utils.data.DataLoader(
         ImageViews(images, two_views, mode, skip_unreadable=True), batch_size=cfg.batch_size, sampler=sampler, drop_last=True,

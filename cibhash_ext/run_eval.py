@@ -67,9 +67,12 @@ def augmented_copies(images: ImageSet, aug: AugmentConfig, seed: int) -> ImageSe
     state = torch.get_rng_state()
     torch.manual_seed(seed)  # torchvision's PIL transforms draw from the global generator
     try:
-        copies = [to_pil_image(_to_uint8(transform(images.pil(i, mode))[None], aug)[0]) for i in range(len(images))]
+        pixels = [_to_uint8(transform(images.pil(i, mode))[None], aug)[0] for i in range(len(images))]
     finally:
         torch.set_rng_state(state)
+    if images.in_memory:
+        return ImageSet(None, images=torch.stack(pixels) if pixels else images.images[:0])
+    copies = [to_pil_image(p) for p in pixels]
     return ImageSet(None, items=(copies, list(range(len(copies)))))
 
 

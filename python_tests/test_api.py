@@ -235,3 +235,11 @@ def test_index_search_returns_the_query_image_itself_first(folder_run, folder, t
             unique += 1
             assert found["names"][0] == f
     assert unique >= 1
+
+
+def test_rgb_tensor_data_with_the_paper_augmentation_trains_at_its_own_size(tmp_path):
+    # RGB in memory with hue jitter: the PIL pipeline, at the images' own 20x20 (CIFAR-10's path).
+    images = torch.from_numpy(_planted_images(48, 20)).permute(0, 3, 1, 2).contiguous()
+    _, metrics = train(data=images, run_dir=tmp_path / "run", **{**TINY, "augment": {}})
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]["input_shape"] == [3, 20, 20]
+    assert metrics["labels"] is False and "16" in metrics["cibhash"]
