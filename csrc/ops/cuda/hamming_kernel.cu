@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/launchers.h"
 
 namespace cibhash {
@@ -258,7 +259,7 @@ __global__ void __launch_bounds__(kThreads)
                           int64_t N, int64_t bytes, int bins, int64_t k, const int64_t* __restrict__ lims,
                           int32_t* __restrict__ out_dist, int64_t* __restrict__ out_idx, int* __restrict__ workspace,
                           int64_t region) {
-  extern __shared__ int smem[];
+  CIBHASH_DYNAMIC_SHARED(int, smem);
   int* const hist = workspace ? workspace + static_cast<int64_t>(blockIdx.x) * region : smem;  // [kWarps][kQ][bins]
   int* const start = hist + static_cast<int64_t>(kWarps) * kQ * bins;  // [kQ][bins]
   int* const thresh = start + kQ * bins;  // [kQ], d* per query, -1 for none
@@ -420,7 +421,7 @@ cudaError_t launch_select_kernel(const SelectPlan& p, const uint8_t* queries, co
     if (e != cudaSuccess) return e;
   }
   int* ws = p.shared ? nullptr : static_cast<int*>(workspace);
-  kernel<<<p.blocks, kThreads, smem, stream>>>(queries, database, Q, N, bytes, bins, k, lims, dist, idx, ws, p.region);
+  CIBHASH_LAUNCH(p.blocks, kThreads, smem, stream, kernel)(queries, database, Q, N, bytes, bins, k, lims, dist, idx, ws, p.region);
   return cudaGetLastError();
 }
 
@@ -459,7 +460,7 @@ cudaError_t launch_hamming_distance(const uint8_t* queries, const uint8_t* datab
                                     int64_t bytes, int32_t* out, cudaStream_t stream) {
   return with_width(bytes, queries, database, [&](auto width) {
     using Scanner = typename decltype(width)::template Scanner<kDenseQ>;
-    hamming_distance_kernel<Scanner><<<dense_grid(Q, N), kThreads, 0, stream>>>(queries, database, Q, N, bytes, out);
+    CIBHASH_LAUNCH(dense_grid(Q, N), kThreads, 0, stream, hamming_distance_kernel<Scanner>)(queries, database, Q, N, bytes, out);
     return cudaGetLastError();
   });
 }
@@ -486,7 +487,7 @@ cudaError_t launch_hamming_radius_count(const uint8_t* queries, const uint8_t* d
   auto* out = reinterpret_cast<unsigned long long*>(counts);
   return with_width(bytes, queries, database, [&](auto width) {
     using Scanner = typename decltype(width)::template Scanner<kDenseQ>;
-    hamming_radius_count_kernel<Scanner><<<dense_grid(Q, N), kThreads, 0, stream>>>(queries, database, Q, N, bytes, r,
+    CIBHASH_LAUNCH(dense_grid(Q, N), kThreads, 0, stream, hamming_radius_count_kernel<Scanner>)(queries, database, Q, N, bytes, r,
                                                                                      out);
     return cudaGetLastError();
   });
