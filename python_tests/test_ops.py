@@ -437,3 +437,17 @@ def test_topk_exact_when_the_sampled_bound_is_too_tight(k, threads):
     rd, ri = ref.hamming_topk(queries, database, k)
     assert (rd[0] == 0).sum() == 120 and (rd[0] == 10).sum() == k - 120
     assert torch.equal(d, rd.int()) and torch.equal(i, ri)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_in_different_chunks_of_one_warp_get_their_own_slots(device):
+    """The selection kernel's cursor hand-over (issue 11, fix 1): rows 0 and 37 are the first warp's
+    only matches, in different 32-row chunks; with a masked sync both took slot 0 under CUDA's memory
+    model. The emulation reproduces it under ThreadSanitizer (test_cuda_emulation.py)."""
+    database = torch.full((300, 1), 0xFF, dtype=torch.uint8)
+    database[[0, 37]] = 0
+    query = torch.zeros(1, 1, dtype=torch.uint8)
+    lims, dist, idx = ops.hamming_radius(query.to(device), database.to(device), 0)
+    assert lims.tolist() == [0, 2] and dist.tolist() == [0, 0] and idx.tolist() == [0, 37]
+    dist, idx = ops.hamming_topk(query.to(device), database.to(device), 2)
+    assert dist.tolist() == [[0, 0]] and idx.tolist() == [[0, 37]]

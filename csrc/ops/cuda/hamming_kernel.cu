@@ -358,16 +358,18 @@ __global__ void __launch_bounds__(kThreads)
           const int rank = __popc(peers & lanes_below);
           int* const cursor = my_hist + i * bins + d[i];
           const int64_t slot = static_cast<int64_t>(*cursor) + rank;
-          // Every peer has read the cursor before the lowest one moves it, and the move is seen
-          // by the next chunk's readers.
+          // Every peer has read the cursor before the lowest one moves it.
           __syncwarp(mask);
           if (rank == 0) *cursor += __popc(peers);
-          __syncwarp(mask);
           if (!kTopk || slot < k) {
             out_dist[out_base[i] + slot] = d[i];
             out_idx[out_base[i] + slot] = row;
           }
         }
+        // The move is seen by whichever lane reads that cursor in a later chunk, kept now or not:
+        // ballots and matches do not order memory, so every lane syncs here, not only this
+        // round's kept ones (a masked sync let two rows of different chunks share a slot).
+        __syncwarp();
       }
     }
     // The next block of queries zeroes hist.
