@@ -114,7 +114,16 @@ def write_cases(path: Path, cases: list[Case]) -> None:
                 f.write(data)
 
 
-def read_outputs(path: Path) -> list[tuple[int, list[bytes]]]:
+@dataclass
+class Result:
+    """A case's launcher status (a cudaError_t), output buffers, and __ldg loads by size."""
+
+    status: int
+    blobs: list[bytes]
+    loads: dict[int, int]
+
+
+def read_outputs(path: Path) -> list[Result]:
     data = path.read_bytes()
     pos, out = 0, []
     while pos < len(data):
@@ -126,13 +135,14 @@ def read_outputs(path: Path) -> list[tuple[int, list[bytes]]]:
             pos += 8
             arrays.append(data[pos : pos + n])
             pos += n
-        out.append((status, arrays))
+        loads = dict(zip((1, 2, 4, 8, 16), np.frombuffer(arrays[-1], dtype=np.int64).tolist()))
+        out.append(Result(status, arrays[:-1], loads))
     return out
 
 
-def run_driver(driver: Path, cases: list[Case], timeout: float = 600) -> tuple[list[tuple[int, list[bytes]]], str]:
-    """Runs the cases; returns (status, output blobs) per case and the driver's stderr. Raises when the
-    driver dies (an emulation error, a sanitizer report) with its stderr in the message."""
+def run_driver(driver: Path, cases: list[Case], timeout: float = 600) -> list[Result]:
+    """Runs the cases; returns a Result per case. Raises when the driver dies (an emulation error, a
+    sanitizer report) with its stderr in the message."""
     with tempfile.TemporaryDirectory() as tmp:
         cases_path, out_path = Path(tmp) / "cases.bin", Path(tmp) / "out.bin"
         write_cases(cases_path, cases)
@@ -141,4 +151,4 @@ def run_driver(driver: Path, cases: list[Case], timeout: float = 600) -> tuple[l
                               timeout=timeout, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"{driver.name} exited with {proc.returncode}:\n{proc.stderr[-6000:]}")
-        return read_outputs(out_path), proc.stderr
+        return read_outputs(out_path)

@@ -159,7 +159,8 @@ def elementwise_cases(rng: np.random.Generator) -> list[emu.Case]:
     return cases
 
 
-def _check(case: emu.Case, status: int, blobs: list[bytes]) -> None:
+def _check(case: emu.Case, result: emu.Result) -> None:
+    status, blobs = result.status, result.blobs
     assert status == 0, f"{case.label}: launcher returned cudaError {status}"
     assert len(blobs) == len(case.expected), case.label
     for got, want in zip(blobs, case.expected):
@@ -183,10 +184,10 @@ def test_sweep_reaches_every_launch_plan():
 def test_kernels_match_cpu_ops_under_asan(drivers):
     rng = np.random.default_rng(2024)
     cases = hamming_cases(rng) + elementwise_cases(rng)
-    results, _ = emu.run_driver(drivers["asan"], cases)
+    results = emu.run_driver(drivers["asan"], cases)
     assert len(results) == len(cases)
-    for case, (status, blobs) in zip(cases, results):
-        _check(case, status, blobs)
+    for case, result in zip(cases, results):
+        _check(case, result)
 
 
 def cursor_race_cases() -> list[emu.Case]:
@@ -205,8 +206,8 @@ def cursor_race_cases() -> list[emu.Case]:
 
 def test_cursor_race_trigger_under_asan(drivers):
     cases = cursor_race_cases()
-    for case, (status, blobs) in zip(cases, emu.run_driver(drivers["asan"], cases)[0]):
-        _check(case, status, blobs)
+    for case, result in zip(cases, emu.run_driver(drivers["asan"], cases)):
+        _check(case, result)
 
 
 def test_strict_warp_memory_model_under_tsan(drivers):
@@ -223,5 +224,46 @@ def test_strict_warp_memory_model_under_tsan(drivers):
         lims, d, i = OPS.hamming_radius(q_t, db_t, 3 * width)
         cases.append(emu.Case(emu.RADIUS, [0, 9, 300, width, 3 * width], [q, db], sms=1,
                               label=f"tsan radius B={width}", expected=[lims.numpy(), d.numpy(), i.numpy()]))
-    for case, (status, blobs) in zip(cases, emu.run_driver(drivers["tsan"], cases)[0]):
-        _check(case, status, blobs)
+    for case, result in zip(cases, emu.run_driver(drivers["tsan"], cases)):
+        _check(case, result)
+
+
+# (code bytes, byte offsets of queries and database) -> the one load size the scan must use: each
+# path needs rows aligned to its own word only (issue 11, fix 3).
+LOAD_PATHS = [
+    (8, (0, 0), 8), (8, (8, 8), 8), (8, (8, 4), 4), (8, (1, 0), 1),
+    (16, (0, 0), 16), (16, (8, 8), 8), (32, (8, 24), 8), (32, (16, 16), 16), (24, (8, 8), 8),
+    (12, (4, 4), 4), (2, (2, 2), 2), (2, (1, 2), 1), (4, (4, 12), 4), (4, (2, 0), 1),
+]
+
+
+def test_each_scan_path_needs_only_its_own_alignment(drivers):
+    rng = np.random.default_rng(3)
+    cases = []
+    for width, offsets, _ in LOAD_PATHS:
+        q, db = _codes(rng, 3, width, False), _codes(rng, 50, width, False)
+        cases.append(emu.Case(emu.DISTANCE, [0, 3, 50, width], [q, db], offsets=offsets,
+                              label=f"distance B={width} offsets={offsets}",
+                              expected=[OPS.hamming_distance(torch.from_numpy(q), torch.from_numpy(db)).numpy()]))
+    for case, result, (_, _, size) in zip(cases, emu.run_driver(drivers["asan"], cases), LOAD_PATHS):
+        _check(case, result)
+        assert {s for s, n in result.loads.items() if n} == {size}, f"{case.label}: loads {result.loads}"
+
+
+def test_widest_select_codes_run_and_wider_are_refused(drivers):
+    """At the CUDA width limit (2^19 bytes, 4 Mbit: fix 2) the selection kernel's int arithmetic does
+    not overflow (UBSan would abort) and its workspace fits the cap; one byte more is refused."""
+    width = 1 << 19
+    rng = np.random.default_rng(5)
+    db = rng.integers(0, 256, (2, width), dtype=np.uint8)
+    q = db[1:].copy()
+    ok = [emu.Case(emu.TOPK, [0, 1, 2, width, 1], [q, db], label="topk at the width limit",
+                   expected=[np.array([[0]], np.int32), np.array([[1]])]),
+          emu.Case(emu.RADIUS, [0, 1, 2, width, 0], [q, db], label="radius at the width limit",
+                   expected=[np.array([0, 1]), np.array([0], np.int32), np.array([1])])]
+    wide = np.zeros((1, width + 1), dtype=np.uint8)
+    refused = [emu.Case(emu.TOPK, [0, 1, 1, width + 1, 1], [wide, wide], label="topk past the limit")]
+    results = emu.run_driver(drivers["asan"], ok + refused)
+    for case, result in zip(ok, results):
+        _check(case, result)
+    assert results[2].status == 1  # cudaErrorInvalidValue

@@ -427,7 +427,13 @@ uint64_t warp_op(Op op, Site site, unsigned mask, uint64_t value, int arg, int w
 
 void* dynamic_shared_base() { return sched().dynamic_smem; }
 
+uint64_t (&loads_by_size())[5] {
+  static uint64_t counts[5];
+  return counts;
+}
+
 void check_aligned(const void* p, size_t alignment, const char* what, Site site) {
+  __atomic_fetch_add(&loads_by_size()[__builtin_ctzll(alignment)], 1, __ATOMIC_RELAXED);
   if (reinterpret_cast<uintptr_t>(p) % alignment != 0) {
     fail("%s at %s:%d: misaligned %zu-byte load from %p", what, site.file, site.line, alignment, p);
   }

@@ -92,7 +92,10 @@ void syncthreads(Site site);
 // A rendezvous of the lanes in `mask`; returns the op's result for the calling lane (see cuda_emu.cpp).
 uint64_t warp_op(Op op, Site site, unsigned mask, uint64_t value, int arg, int width);
 void* dynamic_shared_base();
+// Fails unless p is aligned to `alignment` (the load's size), and counts the load by its size.
 void check_aligned(const void* p, size_t alignment, const char* what, Site site);
+// __ldg loads so far by size (1, 2, 4, 8, 16 bytes), to show which load path a launch took.
+uint64_t (&loads_by_size())[5];
 
 // What the caller is running, named in every error message.
 void set_context(const std::string& what);

@@ -2,12 +2,14 @@
 // writes their outputs, for python_tests/test_cuda_emulation.py to compare with the CPU ops.
 // Usage: cuda_emu_driver CASES OUT. Every number in both files is a little-endian int64.
 //   case:   op, p[8], sms, smem_optin, offset[2], nblobs, then per blob: nbytes, bytes
-//   output: status (a cudaError_t), nblobs, then per blob: nbytes, bytes
+//   output: status (a cudaError_t), nblobs, then per blob: nbytes, bytes; the last blob holds the
+//           case's __ldg loads by size (1, 2, 4, 8, 16 bytes), the others the launchers' outputs
 // Input blob i is placed `offset[i]` bytes past a 64-byte boundary (a misaligned view); every
 // buffer is its own exact-size allocation, so AddressSanitizer sees any access past its end.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <stdexcept>
@@ -163,7 +165,10 @@ int main(int argc, char** argv) {
     cuda_emu::set_device_attribute(cudaDevAttrMultiProcessorCount, static_cast<int>(c.sms));
     cuda_emu::set_device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, static_cast<int>(c.smem_optin));
     std::vector<std::unique_ptr<Buffer>> outs;
+    std::fill(std::begin(cuda_emu::loads_by_size()), std::end(cuda_emu::loads_by_size()), 0);
     const cudaError_t e = run(c, outs);
+    outs.push_back(std::make_unique<Buffer>(sizeof(cuda_emu::loads_by_size())));
+    std::memcpy(outs.back()->data(), cuda_emu::loads_by_size(), sizeof(cuda_emu::loads_by_size()));
     write_i64(out, e);
     write_i64(out, static_cast<int64_t>(outs.size()));
     for (const auto& b : outs) {
