@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-CSRC = ROOT / "csrc"
-CACHE = ROOT / "build" / "cuda_emu"
+# CIBHASH_EMU_CSRC points at another copy of csrc/ (scripts/emu_seeded_bugs.py plants bugs in one).
+CSRC = Path(os.environ.get("CIBHASH_EMU_CSRC", ROOT / "csrc"))
+CACHE = ROOT / "build" / "cuda_emu"  # keyed by content: planted bugs build apart
 
 # The kernel files compile unchanged: CIBHASH_CUDA_EMU selects the emulated launch macro
 # (ops/cuda/launch.cuh) and csrc/emu/ stands in for the CUDA headers.
