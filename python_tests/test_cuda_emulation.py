@@ -13,8 +13,13 @@ ThreadSanitizer with the strict warp memory model (only ``__syncthreads`` and ``
 memory; ballots, shuffles and matches do not), which is what exposed the cursor race fixed in the
 selection kernel's ordered rescan.
 
-Seeded one-line bugs this test catches (scripts/emu_seeded_bugs.py reruns the list): see
-docs/cuda_emulation.md.
+Seeded one-line bugs this test catches (scripts/emu_seeded_bugs.py plants each and reruns it): a
+removed ``__syncthreads`` (after the histograms), a ballot taken by the kept lanes only (deadlock),
+the 8-byte path without its alignment check (misaligned load), no ``cudaFuncSetAttribute`` above
+48 KiB (launch refused), an off-by-one top-k threshold, a half-warp shuffle mask, the histogram
+region one slice short (shared-memory overflow, ASan), histograms not zeroed (poisoned shared
+memory), the masked-only cursor sync of fix 1 (ThreadSanitizer), and pack_bits dropping a row's
+last bit (wrong output).
 
 What it cannot catch: nvcc's code generation (including FMA contraction: the emulation compiles
 with -ffp-contract=off, like the host build, so a missing ``__fmul_rn`` would pass here), the
