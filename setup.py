@@ -17,6 +17,7 @@ from setuptools import find_packages, setup  # noqa: E402
 from torch.utils import cpp_extension  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
 
 
 def _want_cuda() -> bool:
@@ -35,9 +36,10 @@ def _extension():
     kwargs = {"extra_link_args": ["-fopenmp"], "include_dirs": [os.path.join(HERE, "csrc")]}
     if _want_cuda():
         # With no GPU visible, cpp_extension cannot infer the architectures and dies with an
-        # IndexError; default to Ampere + Hopper.
+        # IndexError; default to Ampere + Hopper, plus Hopper's PTX, which newer GPUs (Blackwell)
+        # compile at load time instead of failing with "no kernel image is available".
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
         sources += sorted(glob.glob(os.path.join("csrc", "ops", "cuda", "*.cpp")))
         sources += sorted(glob.glob(os.path.join("csrc", "ops", "cuda", "*.cu")))
         extra["cxx"] = cxx + ["-DCIBHASH_WITH_CUDA"]

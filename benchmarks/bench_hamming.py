@@ -9,6 +9,7 @@ PyTorch matmul + topk baseline, on the same inputs and threads, checked for equa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -497,6 +498,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-round-s", type=float, default=0.02,
                    help="calls shorter than this repeat within a round (per-call mean)")
     p.add_argument("--no-memory-check", action="store_true", help="skip W1's peak-memory subprocess")
+    p.add_argument("--k", type=int, help="replaces k of the top-k workloads (e.g. 4096, the large-k selection)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--memory-probe", choices=list(WORKLOADS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -534,6 +536,8 @@ def main(argv=None) -> int:
     try:
         for name in names:
             w = WORKLOADS[name]
+            if args.k and not w.is_radius:
+                w = dataclasses.replace(w, k=args.k)
             row = run_workload(args, w, limits)
             if name == "W1" and not args.no_memory_check:
                 mem = measure_peak_memory(args, w)

@@ -3,6 +3,9 @@ and the precision-recall curve, all on the extension's search ops in query chunk
 
 Ranking everywhere is by Hamming distance with equal distances ordered by the lower database index
 (the tie rule of :func:`cibhash_ext.ops.hamming_topk`).
+
+Codes may live on any device: the searches run there, and their results come to the CPU, where the
+labels are taken (from any device) and the metrics computed.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ __all__ = [
 PRECISION_AT_N = (100, 200, 500, 1000, 2000, 5000)
 
 
-def _check_inputs(query_codes: Tensor, database_codes: Tensor, query_labels: Tensor, database_labels: Tensor) -> None:
+def _check_inputs(
+    query_codes: Tensor, database_codes: Tensor, query_labels: Tensor, database_labels: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Checks the arguments; returns the labels on the CPU (see the module docstring)."""
     for name, codes in (("query_codes", query_codes), ("database_codes", database_codes)):
         if not isinstance(codes, Tensor) or codes.dtype != torch.uint8 or codes.dim() != 2:
             got = f"{codes.dtype} tensor of shape {tuple(codes.shape)}" if isinstance(codes, Tensor) else type(codes).__name__
@@ -47,6 +53,7 @@ def _check_inputs(query_codes: Tensor, database_codes: Tensor, query_labels: Ten
             "labels must be class indices [N] or multi-hot [N, C] for both queries and database, got "
             f"shapes {tuple(query_labels.shape)} and {tuple(database_labels.shape)}"
         )
+    return query_labels.cpu(), database_labels.cpu()
 
 
 def relevance(query_labels: Tensor, retrieved_labels: Tensor) -> Tensor:
@@ -82,7 +89,7 @@ def _ranked_relevance(query_codes, database_codes, query_labels, database_labels
     (distance, index) order."""
     for start in range(0, len(query_codes), chunk):
         _, idx = ops.hamming_topk(query_codes[start : start + chunk], database_codes, k)
-        yield relevance(query_labels[start : start + chunk], database_labels[idx]).double()
+        yield relevance(query_labels[start : start + chunk], database_labels[idx.cpu()]).double()
 
 
 def _average_precision(rel: Tensor, topk: int) -> Tensor:
@@ -119,7 +126,7 @@ def average_precision_at_k(
     Returns:
         Tensor[Q], float64: AP of each query.
     """
-    _check_inputs(query_codes, database_codes, query_labels, database_labels)
+    query_labels, database_labels = _check_inputs(query_codes, database_codes, query_labels, database_labels)
     if topk <= 0:
         raise ValueError(f"topk must be > 0, got {topk}")
     k = min(int(topk), len(database_codes))
@@ -156,7 +163,7 @@ def precision_within_radius(
     Returns:
         float: the mean precision.
     """
-    _check_inputs(query_codes, database_codes, query_labels, database_labels)
+    query_labels, database_labels = _check_inputs(query_codes, database_codes, query_labels, database_labels)
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
     if len(query_codes) == 0:
@@ -164,7 +171,7 @@ def precision_within_radius(
     total = 0.0
     for start in range(0, len(query_codes), chunk):
         q_labels = query_labels[start : start + chunk]
-        lims, _, idx = ops.hamming_radius(query_codes[start : start + chunk], database_codes, radius)
+        lims, _, idx = (t.cpu() for t in ops.hamming_radius(query_codes[start : start + chunk], database_codes, radius))
         counts = lims[1:] - lims[:-1]
         owner = torch.repeat_interleave(torch.arange(len(counts)), counts)
         rel = relevance(q_labels[owner], database_labels[idx][:, None])
@@ -186,7 +193,7 @@ def precision_at_n(
     Returns:
         dict mapping N (clipped to the database size) to the mean precision.
     """
-    _check_inputs(query_codes, database_codes, query_labels, database_labels)
+    query_labels, database_labels = _check_inputs(query_codes, database_codes, query_labels, database_labels)
     ns = sorted({min(int(n), len(database_codes)) for n in ns if int(n) > 0})
     if not ns or len(query_codes) == 0:
         return {n: 0.0 for n in ns}
@@ -210,7 +217,7 @@ def precision_recall_curve(
     Returns:
         dict with lists ``radius``, ``precision``, ``recall`` (length nbits + 1).
     """
-    _check_inputs(query_codes, database_codes, query_labels, database_labels)
+    query_labels, database_labels = _check_inputs(query_codes, database_codes, query_labels, database_labels)
     if nbits <= 0 or (nbits + 7) // 8 != query_codes.shape[1]:
         raise ValueError(f"nbits must be the code length ({query_codes.shape[1]} bytes), got {nbits}")
     bins = nbits + 1
@@ -221,7 +228,7 @@ def precision_recall_curve(
         # chunk, so a query's relevant histogram counts one slice instead of masking all N columns.
         # The curve depends on distances only, not on the order of the database.
         order = torch.argsort(database_labels, stable=True)
-        database_codes, database_labels = database_codes[order], database_labels[order]
+        database_codes, database_labels = database_codes[order.to(database_codes.device)], database_labels[order]
         classes, counts = torch.unique_consecutive(database_labels, return_counts=True)
         ends = counts.cumsum(0)
         ranges = {c: (int(e - n), int(e)) for c, n, e in zip(classes.tolist(), counts.tolist(), ends.tolist())}
@@ -230,7 +237,7 @@ def precision_recall_curve(
     rec_sum = torch.zeros(bins, dtype=torch.float64)
     rec_n = 0
     for start in range(0, len(query_codes), chunk):
-        dist = ops.hamming_distance(query_codes[start : start + chunk], database_codes)
+        dist = ops.hamming_distance(query_codes[start : start + chunk], database_codes).cpu()
         q = len(dist)
         q_labels = query_labels[start : start + chunk]
         # Row r's distances become r * bins + d: one bincount gives every query's histogram.
@@ -276,7 +283,7 @@ def evaluate_codes(
     Returns:
         dict: ``map``, ``topk``, ``precision_radius2`` and, with ``curves``, ``precision_at_n`` and ``pr_curve``.
     """
-    _check_inputs(query_codes, database_codes, query_labels, database_labels)
+    query_labels, database_labels = _check_inputs(query_codes, database_codes, query_labels, database_labels)
     if topk <= 0:
         raise ValueError(f"topk must be > 0, got {topk}")
     k = min(int(topk), len(database_codes))

@@ -14,6 +14,7 @@ from cibhash_ext.evaluation import (
     precision_within_radius,
     relevance,
 )
+from conftest import needs_cuda
 
 
 def bits(rows):
@@ -136,3 +137,21 @@ def test_evaluate_codes_agrees_with_the_single_metric_functions():
     expected = precision_at_n(q, db, ql, dl, ns=(100, 200, 500, 1000))
     assert result["precision_at_n"] == pytest.approx({str(n): v for n, v in expected.items()})
     assert result["pr_curve"] == precision_recall_curve(q, db, ql, dl, 16)
+
+
+@pytest.mark.parametrize("multi", [False, True], ids=["classes", "multi_hot"])
+@pytest.mark.parametrize("label_device", ["cpu", "cuda"])
+@needs_cuda
+def test_cuda_codes_give_the_cpu_metrics(label_device, multi):
+    """Codes on a GPU, labels on either device: the same numbers as on the CPU (issue 11, fix 6)."""
+    g = torch.Generator().manual_seed(4)
+    q = torch.randint(0, 256, (30, 2), dtype=torch.uint8, generator=g)
+    db = torch.randint(0, 256, (700, 2), dtype=torch.uint8, generator=g)
+    if multi:
+        ql, dl = torch.randint(0, 2, (30, 4), generator=g), torch.randint(0, 2, (700, 4), generator=g)
+    else:
+        ql, dl = torch.randint(0, 5, (30,), generator=g), torch.randint(0, 5, (700,), generator=g)
+    want = evaluate_codes(q, db, ql, dl, 16, topk=100)
+    got = evaluate_codes(q.cuda(), db.cuda(), ql.to(label_device), dl.to(label_device), 16, topk=100)
+    assert got == want
+    assert average_precision_at_k(q.cuda(), db.cuda(), ql, dl, 50).equal(average_precision_at_k(q, db, ql, dl, 50))

@@ -544,3 +544,41 @@ def test_topk_exact_when_the_sampled_bound_is_too_tight(k, threads):
     rd, ri = ref.hamming_topk(queries, database, k)
     assert (rd[0] == 0).sum() == 120 and (rd[0] == 10).sum() == k - 120
     assert torch.equal(d, rd.int()) and torch.equal(i, ri)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_in_different_chunks_of_one_warp_get_their_own_slots(device):
+    """The selection kernel's cursor hand-over (issue 11, fix 1): rows 0 and 37 are the first warp's
+    only matches, in different 32-row chunks; with a masked sync both took slot 0 under CUDA's memory
+    model. The emulation reproduces it under ThreadSanitizer (test_cuda_emulation.py)."""
+    database = torch.full((300, 1), 0xFF, dtype=torch.uint8)
+    database[[0, 37]] = 0
+    query = torch.zeros(1, 1, dtype=torch.uint8)
+    lims, dist, idx = ops.hamming_radius(query.to(device), database.to(device), 0)
+    assert lims.tolist() == [0, 2] and dist.tolist() == [0, 0] and idx.tolist() == [0, 37]
+    dist, idx = ops.hamming_topk(query.to(device), database.to(device), 2)
+    assert dist.tolist() == [[0, 0]] and idx.tolist() == [[0, 37]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pack_bits_refuses_unsupported_dtypes_with_type_error(device):
+    """float8 and the like: the same TypeError on CPU and CUDA (issue 11, fix 5)."""
+    x = torch.ones(2, 8, device=device).to(torch.float8_e4m3fn)
+    with pytest.raises(TypeError, match="pack_bits: expected a real, integer or bool tensor"):
+        ops.pack_bits(x)
+
+
+@needs_cuda
+def test_cuda_select_width_limit_is_a_value_error():
+    """hamming_topk / hamming_radius on CUDA take codes of up to 2^19 bytes (README, CUDA limits);
+    wider ones raise ValueError, as a bad argument does on the CPU (issue 11, fixes 2 and 5)."""
+    limit = 1 << 19
+    db = torch.randint(0, 256, (3, limit), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    d, i = ops.hamming_topk(db[1:2].cuda(), db.cuda(), 2)
+    rd, ri = ops.hamming_topk(db[1:2], db, 2)
+    assert torch.equal(d.cpu(), rd) and torch.equal(i.cpu(), ri)
+    wide = torch.zeros(2, limit + 1, dtype=torch.uint8, device="cuda")
+    with pytest.raises(ValueError, match="at most 524288 bytes"):
+        ops.hamming_topk(wide, wide, 1)
+    with pytest.raises(ValueError, match="at most 524288 bytes"):
+        ops.hamming_radius(wide, wide, 3)

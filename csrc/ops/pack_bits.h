@@ -7,12 +7,25 @@ namespace cibhash {
 
 inline int64_t packed_width(int64_t nbits) { return (nbits + 7) / 8; }
 
+// The dtypes both kernels handle (float8, quantized and sub-byte types are refused on either
+// device with the same TypeError).
+inline bool is_pack_bits_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kBool: case at::kByte: case at::kChar: case at::kShort: case at::kInt: case at::kLong:
+    case at::kUInt16: case at::kUInt32: case at::kUInt64: case at::kHalf: case at::kBFloat16: case at::kFloat:
+    case at::kDouble:
+      return true;
+    default:
+      return false;
+  }
+}
+
 inline void check_pack_bits_input(const at::Tensor& x) {
   TORCH_CHECK_VALUE(x.dim() >= 1, "pack_bits: expected x with at least 1 dimension [..., L], got a ",
               x.dim(), "-d tensor");
   TORCH_CHECK_VALUE(x.size(-1) >= 1, "pack_bits: expected at least 1 bit in the last dimension, got ",
               x.size(-1));
-  TORCH_CHECK_TYPE(!x.is_complex(), "pack_bits: expected a real, integer or bool tensor, got ",
+  TORCH_CHECK_TYPE(is_pack_bits_dtype(x.scalar_type()), "pack_bits: expected a real, integer or bool tensor, got ",
               x.scalar_type());
 }
 

@@ -14,12 +14,13 @@
 namespace cibhash {
 namespace {
 
-// The selection kernels count distances in int32 histograms with one bin per distance 0 .. 8B.
+// The selection kernels' limits (ops/cuda/launchers.h): int32 histograms with one bin per
+// distance 0 .. 8B. Bad sizes are bad arguments, so ValueError as on the CPU.
 void check_select_sizes(const at::Tensor& database, const char* op) {
-  TORCH_CHECK(database.size(0) <= INT_MAX, op, " on CUDA: expected at most ", INT_MAX, " database codes, got ",
-              database.size(0));
-  TORCH_CHECK(database.size(1) < (int64_t{1} << 28), op, " on CUDA: expected codes of fewer than 2^28 bytes, got ",
-              database.size(1));
+  TORCH_CHECK_VALUE(database.size(0) <= INT_MAX, op, " on CUDA: expected at most ", INT_MAX,
+                    " database codes, got ", database.size(0));
+  TORCH_CHECK_VALUE(database.size(1) <= gpu::kMaxSelectCodeBytes, op, " on CUDA: expected codes of at most ",
+                    gpu::kMaxSelectCodeBytes, " bytes, got ", database.size(1));
 }
 
 // Scratch for the selection kernels' histograms when they do not fit in shared memory.

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/launchers.h"
 
 namespace cibhash {
@@ -125,24 +126,21 @@ struct GenericWidth {
   using Scanner = GenericScanner<Word, kQ>;
 };
 
-// The single switch that turns the runtime code width into a template argument. Word loads need
-// aligned rows: the wrapper's contiguous tensors start 16-byte aligned unless they are views with
-// an odd offset, which take the byte path.
+// The single switch that turns the runtime code width into a template argument. Each path loads
+// words of one size and needs rows aligned to that size only (the width is a multiple of it, so
+// the first row's alignment holds for every row): a view such as codes[1:] of 8-byte codes is
+// 8-byte aligned and keeps the 8-byte path; a 16-byte width on an 8-byte boundary reads 8-byte words.
 template <typename F>
 cudaError_t with_width(int64_t bytes, const uint8_t* queries, const uint8_t* database, F&& f) {
-  const bool aligned = ((reinterpret_cast<uintptr_t>(queries) | reinterpret_cast<uintptr_t>(database)) % 16) == 0;
-  if (aligned) {
-    switch (bytes) {
-      case 2: return f(FixedWidth<2>{});
-      case 4: return f(FixedWidth<4>{});
-      case 8: return f(FixedWidth<8>{});
-      case 16: return f(FixedWidth<16>{});
-      case 32: return f(FixedWidth<32>{});
-      default: break;
-    }
-    if (bytes % 8 == 0) return f(GenericWidth<unsigned long long>{});
-    if (bytes % 4 == 0) return f(GenericWidth<unsigned int>{});
-  }
+  const uintptr_t base = reinterpret_cast<uintptr_t>(queries) | reinterpret_cast<uintptr_t>(database);
+  const auto aligned = [base](uintptr_t word) { return base % word == 0; };
+  if (bytes == 2 && aligned(2)) return f(FixedWidth<2>{});
+  if (bytes == 4 && aligned(4)) return f(FixedWidth<4>{});
+  if (bytes == 8 && aligned(8)) return f(FixedWidth<8>{});
+  if (bytes == 16 && aligned(16)) return f(FixedWidth<16>{});
+  if (bytes == 32 && aligned(16)) return f(FixedWidth<32>{});
+  if (bytes % 8 == 0 && aligned(8)) return f(GenericWidth<unsigned long long>{});
+  if (bytes % 4 == 0 && aligned(4)) return f(GenericWidth<unsigned int>{});
   return f(GenericWidth<unsigned char>{});
 }
 
@@ -258,7 +256,7 @@ __global__ void __launch_bounds__(kThreads)
                           int64_t N, int64_t bytes, int bins, int64_t k, const int64_t* __restrict__ lims,
                           int32_t* __restrict__ out_dist, int64_t* __restrict__ out_idx, int* __restrict__ workspace,
                           int64_t region) {
-  extern __shared__ int smem[];
+  CIBHASH_DYNAMIC_SHARED(int, smem);
   int* const hist = workspace ? workspace + static_cast<int64_t>(blockIdx.x) * region : smem;  // [kWarps][kQ][bins]
   int* const start = hist + static_cast<int64_t>(kWarps) * kQ * bins;  // [kQ][bins]
   int* const thresh = start + kQ * bins;  // [kQ], d* per query, -1 for none
@@ -357,16 +355,18 @@ __global__ void __launch_bounds__(kThreads)
           const int rank = __popc(peers & lanes_below);
           int* const cursor = my_hist + i * bins + d[i];
           const int64_t slot = static_cast<int64_t>(*cursor) + rank;
-          // Every peer has read the cursor before the lowest one moves it, and the move is seen
-          // by the next chunk's readers.
+          // Every peer has read the cursor before the lowest one moves it.
           __syncwarp(mask);
           if (rank == 0) *cursor += __popc(peers);
-          __syncwarp(mask);
           if (!kTopk || slot < k) {
             out_dist[out_base[i] + slot] = d[i];
             out_idx[out_base[i] + slot] = row;
           }
         }
+        // The move is seen by whichever lane reads that cursor in a later chunk, kept now or not:
+        // ballots and matches do not order memory, so every lane syncs here, not only this
+        // round's kept ones (a masked sync let two rows of different chunks share a slot).
+        __syncwarp();
       }
     }
     // The next block of queries zeroes hist.
@@ -378,6 +378,14 @@ constexpr int kSelectMaxBlocks = 1 << 30;
 // A global-memory workspace is bounded by capping the blocks that each hold a histogram slice.
 constexpr int64_t kMaxWorkspaceBytes = int64_t{1} << 28;
 
+constexpr int64_t select_region(int kq, int64_t bins) { return static_cast<int64_t>(kWarps + 1) * kq * bins + kq; }
+
+// What the width limit buys: the kernel's int counters and offsets (per_query, j, base, bins)
+// cannot overflow, and one block's histograms fit in the workspace cap, which is therefore real.
+constexpr int64_t kMaxSelectBins = 8 * kMaxSelectCodeBytes + 1;
+static_assert(select_region(4, kMaxSelectBins) <= INT_MAX, "selection histogram offsets must fit in int");
+static_assert(select_region(1, kMaxSelectBins) * 4 <= kMaxWorkspaceBytes, "one block must fit in the workspace");
+
 struct SelectPlan {
   int kq;            // queries per block, 1 or 4
   bool shared;       // histograms in shared memory (else in the workspace)
@@ -385,8 +393,6 @@ struct SelectPlan {
   int64_t region;    // ints of histogram state per block
   int64_t workspace_bytes;
 };
-
-int64_t select_region(int kq, int bins) { return static_cast<int64_t>(kWarps + 1) * kq * bins + kq; }
 
 // Blocks of 4 queries share every database load, which pays once there are enough blocks to keep
 // every SM busy; with fewer queries, one query per block gives 4x the blocks.
@@ -402,7 +408,7 @@ SelectPlan plan_select(int64_t Q, int bins) {
     p.blocks = static_cast<int>(std::min<int64_t>(groups, kSelectMaxBlocks));
     p.workspace_bytes = 0;
   } else {
-    const int64_t by_memory = std::max<int64_t>(1, kMaxWorkspaceBytes / (p.region * 4));
+    const int64_t by_memory = kMaxWorkspaceBytes / (p.region * 4);  // >= 1 (static_assert above)
     p.blocks = static_cast<int>(std::min({groups, int64_t{4} * sms, by_memory}));
     p.workspace_bytes = p.blocks * p.region * 4;
   }
@@ -420,7 +426,7 @@ cudaError_t launch_select_kernel(const SelectPlan& p, const uint8_t* queries, co
     if (e != cudaSuccess) return e;
   }
   int* ws = p.shared ? nullptr : static_cast<int*>(workspace);
-  kernel<<<p.blocks, kThreads, smem, stream>>>(queries, database, Q, N, bytes, bins, k, lims, dist, idx, ws, p.region);
+  CIBHASH_LAUNCH(p.blocks, kThreads, smem, stream, kernel)(queries, database, Q, N, bytes, bins, k, lims, dist, idx, ws, p.region);
   return cudaGetLastError();
 }
 
@@ -429,7 +435,7 @@ cudaError_t launch_select(const uint8_t* queries, const uint8_t* database, int64
                           int64_t bins64, int64_t k, const int64_t* lims, int32_t* dist, int64_t* idx,
                           void* workspace, cudaStream_t stream) {
   // Histogram counts, cursors and bin indices are int32.
-  if (N > INT_MAX || bins64 > INT_MAX) return cudaErrorInvalidValue;
+  if (N > INT_MAX || bytes > kMaxSelectCodeBytes) return cudaErrorInvalidValue;
   const int bins = static_cast<int>(bins64);
   const SelectPlan p = plan_select(Q, bins);
   if (p.workspace_bytes > 0 && workspace == nullptr) return cudaErrorInvalidValue;
@@ -448,9 +454,9 @@ cudaError_t launch_select(const uint8_t* queries, const uint8_t* database, int64
 int64_t topk_bins(int64_t bytes) { return 8 * bytes + 1; }
 int64_t radius_bins(int64_t bytes, int64_t radius) { return std::min(radius, 8 * bytes) + 1; }
 
-// Histograms too large for int32 bins are refused by launch_select and need no workspace.
-int64_t select_workspace_bytes(int64_t Q, int64_t bins) {
-  return bins > INT_MAX ? 0 : plan_select(Q, static_cast<int>(bins)).workspace_bytes;
+// Codes too wide are refused by launch_select and need no workspace.
+int64_t select_workspace_bytes(int64_t Q, int64_t bytes, int64_t bins) {
+  return bytes > kMaxSelectCodeBytes ? 0 : plan_select(Q, static_cast<int>(bins)).workspace_bytes;
 }
 
 }  // namespace
@@ -459,17 +465,17 @@ cudaError_t launch_hamming_distance(const uint8_t* queries, const uint8_t* datab
                                     int64_t bytes, int32_t* out, cudaStream_t stream) {
   return with_width(bytes, queries, database, [&](auto width) {
     using Scanner = typename decltype(width)::template Scanner<kDenseQ>;
-    hamming_distance_kernel<Scanner><<<dense_grid(Q, N), kThreads, 0, stream>>>(queries, database, Q, N, bytes, out);
+    CIBHASH_LAUNCH(dense_grid(Q, N), kThreads, 0, stream, hamming_distance_kernel<Scanner>)(queries, database, Q, N, bytes, out);
     return cudaGetLastError();
   });
 }
 
 int64_t hamming_topk_workspace_bytes(int64_t Q, int64_t bytes) {
-  return select_workspace_bytes(Q, topk_bins(bytes));
+  return select_workspace_bytes(Q, bytes, topk_bins(bytes));
 }
 
 int64_t hamming_radius_workspace_bytes(int64_t Q, int64_t bytes, int64_t radius) {
-  return select_workspace_bytes(Q, radius_bins(bytes, radius));
+  return select_workspace_bytes(Q, bytes, radius_bins(bytes, radius));
 }
 
 cudaError_t launch_hamming_topk(const uint8_t* queries, const uint8_t* database, int64_t Q, int64_t N,
@@ -486,7 +492,7 @@ cudaError_t launch_hamming_radius_count(const uint8_t* queries, const uint8_t* d
   auto* out = reinterpret_cast<unsigned long long*>(counts);
   return with_width(bytes, queries, database, [&](auto width) {
     using Scanner = typename decltype(width)::template Scanner<kDenseQ>;
-    hamming_radius_count_kernel<Scanner><<<dense_grid(Q, N), kThreads, 0, stream>>>(queries, database, Q, N, bytes, r,
+    CIBHASH_LAUNCH(dense_grid(Q, N), kThreads, 0, stream, hamming_radius_count_kernel<Scanner>)(queries, database, Q, N, bytes, r,
                                                                                      out);
     return cudaGetLastError();
   });

@@ -47,7 +47,10 @@ cudaError_t launch_stochastic_binarize_backward(const void* grad_codes, const vo
                                                 FloatType type, int64_t n, cudaStream_t stream);
 
 // Hamming search on codes of `bytes` bytes: queries [Q, bytes], database [N, bytes].
-// hamming_topk and hamming_radius need N < 2^31 (their histograms count in int32).
+// hamming_topk and hamming_radius need N < 2^31 (their histograms count in int32) and codes of at
+// most kMaxSelectCodeBytes (4 Mbit): one histogram bin per distance 0 .. 8B, held in int offsets,
+// and one block's histograms must fit in the kernels' 256 MiB workspace cap.
+constexpr int64_t kMaxSelectCodeBytes = int64_t{1} << 19;
 
 // out [Q, N] int32.
 cudaError_t launch_hamming_distance(const uint8_t* queries, const uint8_t* database, int64_t Q, int64_t N,

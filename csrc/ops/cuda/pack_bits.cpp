@@ -27,7 +27,7 @@ gpu::ElementType element_type(at::ScalarType t) {
     case at::kBFloat16: return gpu::ElementType::kBFloat16;
     case at::kFloat: return gpu::ElementType::kFloat;
     case at::kDouble: return gpu::ElementType::kDouble;
-    default: TORCH_CHECK(false, "pack_bits: expected a real, integer or bool tensor, got ", t);
+    default: TORCH_CHECK_TYPE(false, "pack_bits: expected a real, integer or bool tensor, got ", t);
   }
 }
 

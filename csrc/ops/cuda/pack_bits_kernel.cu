@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "ops/cuda/grid.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/launchers.h"
 
 namespace cibhash {
@@ -67,7 +68,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 cudaError_t launch_pack(const void* x, uint8_t* out, int64_t rows, int64_t nbits, cudaStream_t stream) {
   const int64_t width = (nbits + 7) / 8;
-  pack_bits_kernel<T><<<elementwise_blocks(rows * width), kThreads, 0, stream>>>(static_cast<const T*>(x), out, rows, nbits,
+  CIBHASH_LAUNCH(elementwise_blocks(rows * width), kThreads, 0, stream, pack_bits_kernel<T>)(static_cast<const T*>(x), out, rows, nbits,
                                                                           width);
   return cudaGetLastError();
 }
@@ -98,7 +99,7 @@ cudaError_t launch_pack_bits(const void* x, ElementType type, uint8_t* out, int6
 cudaError_t launch_unpack_bits(const uint8_t* codes, uint8_t* out, int64_t rows, int64_t nbits,
                                cudaStream_t stream) {
   const int64_t width = (nbits + 7) / 8;
-  unpack_bits_kernel<<<elementwise_blocks(rows * width), kThreads, 0, stream>>>(codes, out, rows, nbits, width);
+  CIBHASH_LAUNCH(elementwise_blocks(rows * width), kThreads, 0, stream, unpack_bits_kernel)(codes, out, rows, nbits, width);
   return cudaGetLastError();
 }
 

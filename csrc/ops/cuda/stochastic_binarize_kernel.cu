@@ -9,6 +9,7 @@
 
 #include "ops/binarize_math.h"
 #include "ops/cuda/grid.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/launchers.h"
 
 namespace cibhash {
@@ -75,16 +76,16 @@ cudaError_t launch_forward(const void* logits, void* codes, int64_t n, bool stoc
   const T* z = static_cast<const T*>(logits);
   T* out = static_cast<T*>(codes);
   if (stochastic) {
-    binarize_forward_kernel<T, true><<<blocks, kThreads, 0, stream>>>(z, out, n, seed, offset);
+    CIBHASH_LAUNCH(blocks, kThreads, 0, stream, binarize_forward_kernel<T, true>)(z, out, n, seed, offset);
   } else {
-    binarize_forward_kernel<T, false><<<blocks, kThreads, 0, stream>>>(z, out, n, seed, offset);
+    CIBHASH_LAUNCH(blocks, kThreads, 0, stream, binarize_forward_kernel<T, false>)(z, out, n, seed, offset);
   }
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t launch_backward(const void* grad, const void* logits, void* grad_logits, int64_t n, cudaStream_t stream) {
-  binarize_backward_kernel<T><<<elementwise_blocks(n), kThreads, 0, stream>>>(
+  CIBHASH_LAUNCH(elementwise_blocks(n), kThreads, 0, stream, binarize_backward_kernel<T>)(
       static_cast<const T*>(grad), static_cast<const T*>(logits), static_cast<T*>(grad_logits), n);
   return cudaGetLastError();
 }
