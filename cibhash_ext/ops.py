@@ -29,6 +29,9 @@ __all__ = [
 
 _OPS = "cibhash_ext"
 _BINARIZE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# As csrc/ops/pack_bits.h: float8, quantized and sub-byte types are refused.
+_PACK_BITS_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16,
+                     torch.uint32, torch.uint64, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _op(name: str):
@@ -259,7 +262,7 @@ def _check_pack_bits(x) -> None:
     op = "pack_bits"
     torch._check_value(x.dim() >= 1, lambda: f"{op}: expected x with at least 1 dimension [..., L], got 0-d")
     torch._check_value(x.shape[-1] >= 1, lambda: f"{op}: expected at least 1 bit in the last dimension, got 0")
-    torch._check_type(not x.is_complex(), lambda: f"{op}: expected a real, integer or bool tensor, got {x.dtype}")
+    torch._check_type(x.dtype in _PACK_BITS_DTYPES, lambda: f"{op}: expected a real, integer or bool tensor, got {x.dtype}")
 
 
 def _check_unpack_bits(codes, nbits) -> None:

@@ -55,4 +55,5 @@ def run(ch, inputs: dict) -> dict:
     record("negative_radius", lambda: ch.hamming_radius(queries, codes, -1))
     record("bad_dtype", lambda: ch.stochastic_binarize(logits.double()))
     record("bad_nbits", lambda: ch.unpack_bits(codes, 12))
+    record("float8", lambda: ch.pack_bits(logits.to(torch.float8_e4m3fn)))
     return out
