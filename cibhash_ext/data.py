@@ -562,7 +562,11 @@ def as_retrieval_data(data, query_size: int | None = None, train_size: int | Non
         first = data[0]
         labels = None
         if isinstance(first, (tuple, list)) and len(first) >= 2 and isinstance(first[1], (int, np.integer, Tensor)):
-            labels = torch.tensor([int(data[i][1]) for i in range(n)], dtype=torch.int64)
+            # torchvision datasets list their labels in .targets; others are read item by item.
+            targets = getattr(data, "targets", None)
+            if targets is None or len(targets) != n:
+                targets = [data[i][1] for i in range(n)]
+            labels = torch.tensor([int(t) for t in targets], dtype=torch.int64)
         _to_pil(_image_of(first))  # fails early on an unsupported item type
         return holdout_split(ImageSet(labels, items=(data, list(range(n)))), "dataset", query_size, train_size, seed)
     raise TypeError(f"data must be a dataset name, a folder path, a Dataset or an image tensor, got {type(data).__name__}")

@@ -197,7 +197,7 @@ def load_image(path: str, mode: str):
     try:
         with Image.open(path) as img:
             return img.convert(mode)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{path} is not a readable image: {exc}") from None
 
 
@@ -212,7 +212,7 @@ def readable_images(paths: Sequence[str]) -> tuple[list[str], list[str]]:
             with Image.open(path) as img:
                 img.verify()
             good.append(path)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             bad.append(path)
     return good, bad
 
