@@ -21,7 +21,7 @@ __all__ = ["TrainConfig", "load_config", "AUGMENT_PRESETS", "DATASET_OPTIONS"]
 AUGMENT_PRESETS = ("auto", "paper", "small_grayscale")
 # The split options each dataset reads; giving one that the dataset ignores is an error.
 DATASET_OPTIONS = {
-    "fashion_mnist": ("train_size", "query_size", "database_size"),
+    "fashion_mnist": ("train_size", "query_size", "database_size", "validation"),
     "cifar10": ("query_per_class", "train_per_class"),
     "image_folder": ("query_per_class", "train_per_class"),
     "nus_wide": (),
@@ -50,6 +50,9 @@ class TrainConfig:
         database_size (int, optional): fashion_mnist: keep the first N database images (quick runs).
         query_per_class, train_per_class (int, optional): split sizes of cifar10 and image_folder
             (None: the loader's protocol defaults).
+        validation (bool): fashion_mnist: the validation split for tuning, inside the train images
+            alone (queries: 5,000 of them, fixed; database and training set: the other 55,000), so
+            that no choice is made on the test queries.
         backbone (str): one of :data:`cibhash_ext.models.BACKBONES`, or "auto": mlp on Fashion-MNIST,
             convnet elsewhere. The trained-from-scratch backbones (and a module passed from Python,
             "custom") see in-memory images at their size and image files at 64x64 unless ``augment``
@@ -72,6 +75,10 @@ class TrainConfig:
         global_batch (bool): with several processes, contrast each code against the codes of every
             process (the negatives of one process with the global batch); False keeps each process's
             own batch, as data-parallel SimCLR code without a gather does. No effect in one process.
+        balance (float): weight of the bit-balance penalty on the codes (0: off, the paper's).
+        debias (float): tau+ of the debiased contrastive loss, the assumed share of same-class images
+            among the negatives (Chuang et al. 2020; 0: off, the paper's).
+        memory (int): a memory bank of this many recent codes as extra negatives (MeCoQ; 0: off).
         augment_preset (str): "auto" (small_grayscale for the convnet and mlp on 1-channel images, else
             paper), "paper" or "small_grayscale".
         augment (dict): overrides of :class:`cibhash_ext.transforms.AugmentConfig` fields.
@@ -96,6 +103,7 @@ class TrainConfig:
     database_size: int | None = None
     query_per_class: int | None = None
     train_per_class: int | None = None
+    validation: bool = False
     backbone: str = "auto"
     backbone_weights: str | None = None
     convnet_widths: tuple[int, ...] = (32, 64, 64)
@@ -114,6 +122,9 @@ class TrainConfig:
     kl_eps: float | None = None
     stochastic: bool = True
     global_batch: bool = True
+    balance: float = 0.0
+    debias: float = 0.0
+    memory: int = 0
     augment_preset: str = "auto"
     augment: dict = dataclasses.field(default_factory=dict)
     pipeline: str = "auto"
@@ -172,6 +183,9 @@ class TrainConfig:
         if not self.lr > 0 or self.weight_decay < 0 or self.beta < 0 or not 0 <= self.warmup < 1:
             raise ValueError(f"expected lr > 0, weight_decay >= 0, beta >= 0 and 0 <= warmup < 1, got lr "
                              f"{self.lr}, weight_decay {self.weight_decay}, beta {self.beta}, warmup {self.warmup}")
+        if self.balance < 0 or not 0 <= self.debias < 1 or self.memory < 0:
+            raise ValueError(f"expected balance >= 0, 0 <= debias < 1 and memory >= 0, got balance {self.balance}, "
+                             f"debias {self.debias}, memory {self.memory}")
         if self.schedule not in ("onecycle", "constant"):
             raise ValueError(f"schedule must be 'onecycle' or 'constant', got {self.schedule!r}")
         if self.augment_preset not in AUGMENT_PRESETS:
@@ -187,8 +201,9 @@ class TrainConfig:
         bad = set(self.baselines) - {"lsh", "itq"}
         if bad:
             raise ValueError(f"baselines must be among 'lsh', 'itq', got {sorted(bad)}")
-        ignored = [name for name in ("train_size", "query_size", "database_size", "query_per_class", "train_per_class")
-                   if getattr(self, name) is not None and name not in DATASET_OPTIONS[self.dataset]]
+        ignored = [name for name in ("train_size", "query_size", "database_size", "query_per_class", "train_per_class",
+                                     "validation")
+                   if getattr(self, name) not in (None, False) and name not in DATASET_OPTIONS[self.dataset]]
         if ignored:
             reads = ", ".join(DATASET_OPTIONS[self.dataset]) or "none of them"
             raise ValueError(f"dataset {self.dataset!r} does not use {', '.join(ignored)} (it reads {reads})")
@@ -230,7 +245,8 @@ class TrainConfig:
 
     def dataset_options(self) -> dict:
         """The split options of the configured dataset (those it reads and that are set), plus the seed."""
-        options = {name: getattr(self, name) for name in DATASET_OPTIONS[self.dataset] if getattr(self, name) is not None}
+        options = {name: getattr(self, name) for name in DATASET_OPTIONS[self.dataset]
+                   if getattr(self, name) not in (None, False)}
         if self.dataset in ("nus_wide", "coco"):
             return options
         return {**options, "seed": self.seed}

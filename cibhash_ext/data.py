@@ -58,6 +58,7 @@ FASHION_MNIST_FILES = (
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
+FASHION_MNIST_VALIDATION_SEED = 20261201  # fixed: the validation queries never change with --seed
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DATASETS = ("fashion_mnist", "cifar10", "nus_wide", "coco", "image_folder", "folder")
 
@@ -217,8 +218,12 @@ def load_fashion_mnist(
     query_size: int | None = None,
     database_size: int | None = None,
     seed: int = 0,
+    validation: bool = False,
 ) -> RetrievalData:
     """Fashion-MNIST: queries = the 10,000 test images, database = training set = the 60,000 train images.
+
+    With ``validation``, the test images are not used at all: 5,000 train images (a fixed random
+    choice) are the queries, the other 55,000 the database and the training set. Tune on this split.
 
     Args:
         root (str): folder with the four IDX .gz files (the Debian package ``dataset-fashion-mnist``
@@ -247,12 +252,17 @@ def load_fashion_mnist(
     labels_test = torch.from_numpy(y_test.astype(np.int64))
     database = ImageSet(labels_train, images=images_train)
     query = ImageSet(labels_test, images=images_test)
+    if validation:
+        order = torch.randperm(len(database), generator=torch.Generator().manual_seed(FASHION_MNIST_VALIDATION_SEED))
+        query = database.subset(order[:5000].sort().values)
+        database = database.subset(order[5000:].sort().values)
     train = database.subset(_sample_train(len(database), train_size, seed))
     if query_size is not None:
         query = query.subset(torch.arange(min(query_size, len(query))))
     if database_size is not None:
         database = database.subset(torch.arange(min(database_size, len(database))))
-    return RetrievalData("fashion_mnist", train, query, database, False, 1000, FASHION_MNIST_CLASSES)
+    name = "fashion_mnist_validation" if validation else "fashion_mnist"
+    return RetrievalData(name, train, query, database, False, 1000, FASHION_MNIST_CLASSES)
 
 
 def _per_class_split(labels: Tensor, query_per_class: int, train_per_class: int, seed: int):

@@ -15,6 +15,7 @@ from cibhash_ext import distributed
 __all__ = [
     "CIBHashLoss",
     "nt_xent_codes",
+    "bit_balance_penalty",
     "bernoulli_kl_logits",
     "bernoulli_kl_probs",
     "symmetric_kl_stop_gradient",
@@ -32,7 +33,8 @@ def _check_pair(name1: str, a: Tensor, name2: str, b: Tensor) -> None:
         raise TypeError(f"{name1} and {name2} must be floating point, got {a.dtype} and {b.dtype}")
 
 
-def nt_xent_codes(codes1: Tensor, codes2: Tensor, temperature: float = 0.3, global_batch: bool = False, group=None) -> Tensor:
+def nt_xent_codes(codes1: Tensor, codes2: Tensor, temperature: float = 0.3, global_batch: bool = False, group=None,
+                  negatives: Tensor | None = None, debias: float = 0.0) -> Tensor:
     """NT-Xent (normalised temperature-scaled cross entropy) over two views' binary codes.
 
     The 2N codes of a batch are mapped to +-1 vectors ``s = 2b - 1``; the similarity of two codes
@@ -54,6 +56,12 @@ def nt_xent_codes(codes1: Tensor, codes2: Tensor, temperature: float = 0.3, glob
         temperature (float): tau > 0.
         global_batch (bool): use the other ranks' codes as negatives too (no effect without a group).
         group (ProcessGroup, optional): the group to gather over (default: the whole world).
+        negatives (Tensor[M, L], optional): more negatives for every anchor, such as a memory bank of
+            recent codes (MeCoQ, Wang et al., AAAI 2022); no gradient flows into them.
+        debias (float): tau+ of the debiased contrastive loss (Chuang et al., NeurIPS 2020): the
+            assumed share of same-class images among the negatives; 0 is the plain NT-Xent. The
+            negative term is estimated as ``max((sum_neg - tau+ * M * pos) / (1 - tau+), M e^{-1/tau})``
+            with M negatives per anchor (cosines of +-1 codes are >= -1).
 
     Returns:
         Tensor[], float32: the mean loss over this rank's anchors.
@@ -73,11 +81,45 @@ def nt_xent_codes(codes1: Tensor, codes2: Tensor, temperature: float = 0.3, glob
     signs = torch.cat([codes1, codes2]).float() * 2 - 1
     mine = torch.arange(first, first + n, device=signs.device)
     anchors = torch.cat([mine, mine + total])
+    if not 0 <= debias < 1:
+        raise ValueError(f"debias must be in [0, 1), got {debias}")
+    if negatives is not None:
+        if negatives.dim() != 2 or negatives.shape[1] != length:
+            raise ValueError(f"negatives must be [M, {length}] codes, got shape {tuple(negatives.shape)}")
+        signs = torch.cat([signs, negatives.detach().float() * 2 - 1])
     sim = signs[anchors] @ signs.t() / (length * temperature)
     # An anchor is never its own negative.
     sim = sim.index_put((torch.arange(2 * n, device=sim.device), anchors), sim.new_tensor(float("-inf")))
     positives = torch.cat([mine + total, mine])
-    return F.cross_entropy(sim, positives)
+    if debias == 0:
+        return F.cross_entropy(sim, positives)
+    rows = torch.arange(2 * n, device=sim.device)
+    pos = sim[rows, positives]
+    negative_mask = torch.ones_like(sim, dtype=torch.bool)
+    negative_mask[rows, anchors] = False
+    negative_mask[rows, positives] = False
+    count = sim.shape[1] - 2
+    # In units of exp(pos): log(pos + Ng) - log(pos), computed stably from the similarities.
+    neg_sum = torch.where(negative_mask, (sim - pos[:, None]).exp(), sim.new_zeros(())).sum(dim=1)
+    floor = count * torch.exp(-1.0 / temperature - pos)
+    ng = torch.maximum((neg_sum - debias * count) / (1 - debias), floor)
+    return torch.log1p(ng).mean()
+
+
+def bit_balance_penalty(codes: Tensor) -> Tensor:
+    """Mean over bits of ``(mean over the batch of the bit - 1/2)^2``, times 4 (so in [0, 1]): 0 when
+    every bit is set for half the batch. The bit-balance term of Weighted Contrastive Hashing
+    (Yu et al., ACCV 2022) and of the balanced-code literature since Weiss et al. 2008.
+
+    Args:
+        codes (Tensor[N, L], floating): codes in {0, 1} (with the binary layer's gradient).
+
+    Returns:
+        Tensor[], float32.
+    """
+    if not isinstance(codes, Tensor) or codes.dim() != 2 or not codes.is_floating_point():
+        raise TypeError(f"codes must be a 2-D floating tensor [N, L], got {type(codes).__name__}")
+    return 4 * (codes.float().mean(dim=0) - 0.5).pow(2).mean()
 
 
 def bernoulli_kl_logits(logits: Tensor, target_logits: Tensor) -> Tensor:
@@ -147,7 +189,8 @@ def symmetric_kl_stop_gradient(logits1: Tensor, logits2: Tensor, eps: float | No
 
 
 class CIBHashLoss(nn.Module):
-    """CIBHash loss ``L = L_contrastive + beta * L_KL`` (Qiu et al. 2021, Eq. 10).
+    """CIBHash loss ``L = L_contrastive + beta * L_KL`` (Qiu et al. 2021, Eq. 10), with three options
+    from later unsupervised hashing methods, each off by default (the paper's loss).
 
     Args:
         temperature (float): NT-Xent temperature tau (paper default 0.3).
@@ -156,10 +199,14 @@ class CIBHashLoss(nn.Module):
             public code's ``log(p + 1e-8)`` form. The two differ only for saturated probabilities.
         global_batch (bool): under torch.distributed, contrast against every rank's codes
             (see :func:`nt_xent_codes`); the KL term is per image and needs no exchange.
+        balance (float): weight of :func:`bit_balance_penalty` on each view's codes (0: off).
+        debias (float): tau+ of the debiased contrastive loss (see :func:`nt_xent_codes`; 0: off).
+        memory (int): size of a memory bank of the most recent codes (first views), used as extra
+            negatives (MeCoQ; 0: off). The bank is part of the module's state (``state_dict``).
     """
 
     def __init__(self, temperature: float = 0.3, beta: float = 1e-3, kl_eps: float | None = None,
-                 global_batch: bool = False) -> None:
+                 global_batch: bool = False, balance: float = 0.0, debias: float = 0.0, memory: int = 0) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -167,13 +214,17 @@ class CIBHashLoss(nn.Module):
             raise ValueError(f"beta must be >= 0, got {beta}")
         if kl_eps is not None and not kl_eps > 0:
             raise ValueError(f"kl_eps must be None or > 0, got {kl_eps}")
+        if not balance >= 0 or not 0 <= debias < 1 or memory < 0:
+            raise ValueError(f"expected balance >= 0, 0 <= debias < 1 and memory >= 0, got {balance}, {debias}, {memory}")
         self.temperature = float(temperature)
         self.beta = float(beta)
         self.kl_eps = kl_eps
         self.global_batch = bool(global_batch)
+        self.balance, self.debias, self.memory = float(balance), float(debias), int(memory)
+        self.bank: Tensor | None = None
 
     def forward(self, codes1: Tensor, codes2: Tensor, logits1: Tensor, logits2: Tensor) -> Tensor:
-        """Computes the loss of one batch.
+        """Computes the loss of one batch (and, with a memory bank, enqueues the batch's codes).
 
         Args:
             codes1 (Tensor[N, L], floating): binary codes of view 1 (output of the binary layer).
@@ -184,10 +235,25 @@ class CIBHashLoss(nn.Module):
         Returns:
             Tensor[], float32: the loss.
         """
-        contrastive = nt_xent_codes(codes1, codes2, self.temperature, self.global_batch)
-        if self.beta == 0:
-            return contrastive
-        return contrastive + self.beta * symmetric_kl_stop_gradient(logits1, logits2, self.kl_eps)
+        negatives = self.bank if self.memory and self.bank is not None and len(self.bank) else None
+        loss = nt_xent_codes(codes1, codes2, self.temperature, self.global_batch, negatives=negatives,
+                             debias=self.debias)
+        if self.beta != 0:
+            loss = loss + self.beta * symmetric_kl_stop_gradient(logits1, logits2, self.kl_eps)
+        if self.balance != 0:
+            loss = loss + self.balance * 0.5 * (bit_balance_penalty(codes1) + bit_balance_penalty(codes2))
+        if self.memory and self.training:
+            recent = codes1.detach().to(torch.uint8)
+            self.bank = recent[-self.memory :] if self.bank is None else torch.cat([self.bank, recent])[-self.memory :]
+        return loss
+
+    def get_extra_state(self):
+        return {"bank": self.bank}
+
+    def set_extra_state(self, state) -> None:
+        self.bank = state["bank"]
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, beta={self.beta}, kl_eps={self.kl_eps}, global_batch={self.global_batch}"
+        options = "".join(f", {k}={getattr(self, k)}" for k in ("balance", "debias", "memory") if getattr(self, k))
+        return (f"temperature={self.temperature}, beta={self.beta}, kl_eps={self.kl_eps}, "
+                f"global_batch={self.global_batch}{options}")

@@ -186,7 +186,8 @@ def _train(cfg, run_dir, resume, data, model, transform, on_epoch_end) -> dict |
     from cibhash_ext.run_eval import evaluate_model, finish_run
 
     aug = cfg.augment_config(data.channels, data.train.in_memory)
-    criteria = {v: CIBHashLoss(cfg.temperature_for(v), cfg.beta, cfg.kl_eps, cfg.global_batch) for v in cfg.code_lengths}
+    criteria = {v: CIBHashLoss(cfg.temperature_for(v), cfg.beta, cfg.kl_eps, cfg.global_batch, cfg.balance, cfg.debias,
+                               cfg.memory) for v in cfg.code_lengths}
     rank, processes = distributed.rank(), distributed.world_size()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -199,6 +200,8 @@ def _train(cfg, run_dir, resume, data, model, transform, on_epoch_end) -> dict |
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
+        for v, criterion_state in state.get("criteria", {}).items():
+            criteria[int(v)].load_state_dict(criterion_state)
         if int(state.get("processes", 1)) != processes:
             raise ValueError(
                 f"{run_dir} was trained by {state.get('processes', 1)} processes; resume it with as many "
@@ -240,6 +243,7 @@ def _train(cfg, run_dir, resume, data, model, transform, on_epoch_end) -> dict |
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng_cpu": torch.get_rng_state(), "epoch": epoch, "history": history, "train_seconds": train_seconds,
                 "config": cfg.to_dict(), "input_shape": shape, "processes": processes,
+                **({"criteria": {str(v): c.state_dict() for v, c in criteria.items()}} if cfg.memory else {}),
             })
         LOG.info("epoch %d/%d loss %.4f (mean per code length) lr %.2e time %.1fs", epoch + 1, cfg.epochs,
                  record["loss"], record["lr"], seconds)

@@ -53,6 +53,9 @@ class AugmentConfig:
         erase_p (float): probability of random erasing (0 in the paper).
         erase_scale (tuple[float, float]): erased area fraction range.
         erase_ratio (tuple[float, float]): erased rectangle aspect-ratio range.
+        rotate (float): largest rotation in degrees, drawn uniformly in [-rotate, rotate] (0: none,
+            the paper's).
+        translate (float): largest shift as a fraction of the side, per axis (0: none, the paper's).
         mean (tuple[float, ...]): per-channel normalisation mean.
         std (tuple[float, ...]): per-channel normalisation standard deviation.
     """
@@ -73,6 +76,8 @@ class AugmentConfig:
     erase_p: float = 0.0
     erase_scale: tuple[float, float] = (0.02, 0.25)
     erase_ratio: tuple[float, float] = (0.3, 3.3)
+    rotate: float = 0.0
+    translate: float = 0.0
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
 
@@ -88,6 +93,8 @@ class AugmentConfig:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
         if self.size < 0:
             raise ValueError(f"size must be >= 0, got {self.size}")
+        if not 0 <= self.rotate <= 180 or not 0 <= self.translate <= 1:
+            raise ValueError(f"expected 0 <= rotate <= 180 and 0 <= translate <= 1, got {self.rotate} and {self.translate}")
         if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
             raise ValueError(f"mean and std must have the same length and std > 0, got {self.mean} and {self.std}")
 
@@ -135,7 +142,10 @@ def build_pil_transform(cfg: AugmentConfig) -> Callable:
 
     if cfg.size <= 0:
         raise ValueError(f"build_pil_transform needs cfg.size > 0, got {cfg.size}")
-    steps: list = [T.RandomResizedCrop(cfg.size, scale=cfg.crop_scale, ratio=cfg.crop_ratio)]
+    steps: list = []
+    if cfg.rotate > 0 or cfg.translate > 0:
+        steps.append(T.RandomAffine(cfg.rotate, translate=(cfg.translate, cfg.translate) if cfg.translate else None))
+    steps.append(T.RandomResizedCrop(cfg.size, scale=cfg.crop_scale, ratio=cfg.crop_ratio))
     if cfg.hflip_p > 0:
         steps.append(T.RandomHorizontalFlip(cfg.hflip_p))
     if cfg.jitter_p > 0:
@@ -246,6 +256,14 @@ class BatchAugment(nn.Module):
         theta[:, 0, 2] = tx
         theta[:, 1, 1] = sy
         theta[:, 1, 2] = ty
+        # Rotation and shift, drawn only when asked for (the other draws keep their order).
+        if cfg.rotate > 0:
+            angle = _uniform(n, -math.radians(cfg.rotate), math.radians(cfg.rotate), generator)
+            cos, sin = torch.cos(angle), torch.sin(angle)
+            rotation = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+            theta[:, :, :2] = theta[:, :, :2] @ rotation
+        if cfg.translate > 0:
+            theta[:, :, 2] += _uniform(2 * n, -2 * cfg.translate, 2 * cfg.translate, generator).view(n, 2)
         grid = F.affine_grid(theta.to(x.device), [n, c, out_h, out_w], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 

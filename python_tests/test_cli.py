@@ -58,7 +58,7 @@ def test_error_paths_exit_2_with_a_message(argv, message, capsys, tmp_path, monk
 
 @pytest.mark.parametrize("argv,message", [
     (["train", "--code-lengths", "16,x"], "comma-separated integers"),
-    (["train", "--aug", "rotate=3"], "KEY=VALUE"),
+    (["train", "--aug", "twirl=3"], "KEY=VALUE"),
     (["train", "--baselines", "pca"], "subset of lsh,itq"),
     (["frobnicate"], "invalid choice"),
 ])

@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 
 from cibhash_ext.data import (
+    FASHION_MNIST_FILES,
+    FASHION_MNIST_ROOT,
     DatasetNotFoundError,
     load_cifar10,
     load_dataset,
@@ -217,3 +219,22 @@ def test_cifar10_batch_errors_name_the_file(tmp_path):
         pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 2, 3]}, fh)
     with pytest.raises(ValueError, match="data_batch_2 is not a CIFAR-10 batch: expected a list of n labels"):
         load_cifar10(str(tmp_path))
+
+
+@pytest.mark.skipif(not all(os.path.isfile(os.path.join(FASHION_MNIST_ROOT, f)) for f in FASHION_MNIST_FILES),
+                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_validation_split_never_touches_the_test_images():
+    full = load_fashion_mnist()
+    val = load_fashion_mnist(validation=True)
+    assert (len(val.query), len(val.database), len(val.train)) == (5000, 55000, 55000)
+    assert val.name == "fashion_mnist_validation"
+
+    def rows(images, labels):
+        return sorted(bytes(r) + bytes([int(y)]) for r, y in zip(images.flatten(1).numpy(), labels.numpy()))
+
+    # Queries and database split the 60,000 train images (with their labels) in two.
+    split = rows(torch.cat([val.query.images, val.database.images]), torch.cat([val.query.labels, val.database.labels]))
+    assert split == rows(full.database.images, full.database.labels)
+    assert torch.equal(val.train.images, val.database.images)
+    # The same split for every seed: the queries never move.
+    assert torch.equal(load_fashion_mnist(validation=True, seed=5).query.images, val.query.images)

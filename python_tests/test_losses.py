@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from cibhash_ext.losses import CIBHashLoss, bernoulli_kl_logits, nt_xent_codes, symmetric_kl_stop_gradient
+from cibhash_ext.losses import (
+    CIBHashLoss,
+    bernoulli_kl_logits,
+    bit_balance_penalty,
+    nt_xent_codes,
+    symmetric_kl_stop_gradient,
+)
 
 
 def np_nt_xent(b1: np.ndarray, b2: np.ndarray, tau: float) -> float:
@@ -130,3 +136,78 @@ def test_cibhash_loss_combines_terms():
 def test_errors(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+# --- the options from later methods: debiased negatives, a memory bank, bit balance ---
+
+
+def np_contrastive(b1, b2, tau, bank=None, tau_plus=0.0) -> float:
+    """NT-Xent (tau_plus 0) or the debiased loss of Chuang et al. 2020, anchor by anchor."""
+    s = np.concatenate([2.0 * b1 - 1, 2.0 * b2 - 1]).astype(np.float64)
+    extra = np.zeros((0, s.shape[1])) if bank is None else 2.0 * bank - 1
+    n2, length = s.shape
+    total = 0.0
+    for i in range(n2):
+        pos_index = (i + n2 // 2) % n2
+        pos = np.exp(s[i] @ s[pos_index] / length / tau)
+        negs = [np.exp(s[i] @ s[k] / length / tau) for k in range(n2) if k not in (i, pos_index)]
+        negs += [np.exp(s[i] @ e / length / tau) for e in extra]
+        m = len(negs)
+        if tau_plus == 0:
+            ng = sum(negs)
+        else:
+            ng = max((sum(negs) - tau_plus * m * pos) / (1 - tau_plus), m * np.exp(-1 / tau))
+        total += -np.log(pos / (pos + ng))
+    return total / n2
+
+
+@pytest.mark.parametrize("tau_plus", [0.0, 0.1, 0.5])
+@pytest.mark.parametrize("with_bank", [False, True])
+def test_debiased_loss_and_extra_negatives_match_numpy(tau_plus, with_bank):
+    g = torch.Generator().manual_seed(7)
+    b1 = torch.randint(0, 2, (6, 24), generator=g).float()
+    b2 = b1.clone()
+    b2[:, :5] = 1 - b2[:, :5]  # positives close, so the floor and the correction both matter
+    bank = torch.randint(0, 2, (9, 24), generator=g).to(torch.uint8) if with_bank else None
+    got = nt_xent_codes(b1, b2, 0.2, negatives=bank, debias=tau_plus)
+    expected = np_contrastive(b1.numpy(), b2.numpy(), 0.2, None if bank is None else bank.numpy(), tau_plus)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_floor_of_the_debiased_estimate_is_reached():
+    # Identical views and a large tau+: the corrected negative sum falls below M e^{-1/tau}.
+    b = torch.tensor([[1.0, 1, 1, 1], [1, 1, 1, 0], [0, 1, 1, 1]])
+    got = nt_xent_codes(b, b.clone(), 0.5, debias=0.9)
+    assert got.item() == pytest.approx(np_contrastive(b.numpy(), b.numpy(), 0.5, None, 0.9), rel=1e-6)
+    s = 2 * b.numpy() - 1
+    pos, negs = np.exp(1 / 0.5), [np.exp(s[0] @ s[k] / 4 / 0.5) for k in (1, 2, 1, 2)]
+    assert (sum(negs) - 0.9 * 4 * pos) / 0.1 < 4 * np.exp(-1 / 0.5)  # the floor is what counts here
+
+
+def test_memory_bank_holds_the_most_recent_codes_and_resumes():
+    loss = CIBHashLoss(temperature=0.3, beta=0.0, memory=5)
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randint(0, 2, (3, 8), generator=g).float() for _ in range(3)]
+    first = loss(batches[0], batches[0], batches[0], batches[0])
+    assert first.item() == pytest.approx(nt_xent_codes(batches[0], batches[0], 0.3).item())  # empty bank
+    loss(batches[1], batches[1], batches[1], batches[1])
+    assert torch.equal(loss.bank, torch.cat(batches[:2]).to(torch.uint8)[-5:])
+    with_bank = loss(batches[2], batches[2], batches[2], batches[2])
+    expected = nt_xent_codes(batches[2], batches[2], 0.3, negatives=torch.cat(batches[:2])[-5:])
+    assert with_bank.item() == pytest.approx(expected.item())
+    restored = CIBHashLoss(temperature=0.3, beta=0.0, memory=5)
+    restored.load_state_dict(loss.state_dict())
+    assert torch.equal(restored.bank, loss.bank)
+
+
+def test_bit_balance_penalty():
+    balanced = torch.tensor([[1.0, 0], [0, 1]])
+    assert bit_balance_penalty(balanced).item() == 0
+    assert bit_balance_penalty(torch.ones(4, 3)).item() == pytest.approx(1.0)
+    codes = torch.tensor([[1.0, 1], [1, 0], [1, 0], [0, 0]])  # bit means 0.75 and 0.25
+    assert bit_balance_penalty(codes).item() == pytest.approx(4 * 0.0625)
+    loss = CIBHashLoss(temperature=0.3, beta=0.0, balance=2.0)
+    z = torch.zeros(4, 2)
+    assert (loss(codes, codes, z, z) - nt_xent_codes(codes, codes, 0.3)).item() == pytest.approx(2 * 0.25)
+    with pytest.raises(ValueError, match="balance >= 0"):
+        CIBHashLoss(balance=-1.0)

@@ -111,7 +111,7 @@ def test_config_errors():
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=1)
     with pytest.raises(ValueError, match="unknown augment settings"):
-        TrainConfig(augment={"rotate": 10})
+        TrainConfig(augment={"twirl": 10})
     with pytest.raises(ValueError, match="baselines"):
         TrainConfig(baselines=("pca",))
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
@@ -172,3 +172,22 @@ def test_default_backbone_and_input_size_per_dataset():
 
     params = sum(p.numel() for p in build_model(cifar, [3, 32, 32]).parameters())
     assert params < 5_000_000, params
+
+
+def test_a_run_with_a_memory_bank_resumes_to_the_uninterrupted_result(tmp_path):
+    images = torch.randint(0, 256, (96, 1, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    settings = dict(epochs=3, batch_size=16, code_lengths=(16,), hidden=32, mlp_widths=(64,), memory=40, balance=0.1,
+                    debias=0.1, augment_preset="small_grayscale", progress=False, threads=1, baselines=(),
+                    eval_curves=False, evaluate=False)
+    train(data=images, run_dir=str(tmp_path / "full"), **settings)
+
+    def kill_after_first_epoch(epoch, record):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data=images, run_dir=str(tmp_path / "killed"), on_epoch_end=kill_after_first_epoch, **settings)
+    assert load_checkpoint(str(tmp_path / "killed"))["criteria"]["16"]["_extra_state"]["bank"].shape == (40, 16)
+    train(data=images, run_dir=str(tmp_path / "killed"), resume=True, **settings)
+    full, resumed = (torch.load(tmp_path / d / "model.pt", weights_only=True)["state_dict"] for d in ("full", "killed"))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)

@@ -99,3 +99,28 @@ def test_paper_pil_pipeline():
 def test_config_errors(changes, match):
     with pytest.raises(ValueError, match=match):
         AugmentConfig(**changes)
+
+
+def test_rotation_and_shift_are_drawn_only_when_asked_for():
+    base = AugmentConfig.small_grayscale()
+    images = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    plain = BatchAugment(base)(images, generator=torch.Generator().manual_seed(1))
+    zero = BatchAugment(dataclasses.replace(base, rotate=0.0, translate=0.0))(images, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(plain, zero)  # off: the same random stream as before the options existed
+    # A pure rotation of a centred disc, with no crop, flip, jitter or erasing, keeps the disc.
+    still = AugmentConfig(size=0, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0.0, jitter_p=0.0,
+                          hue=0.0, grayscale_p=0.0, blur_kernel=0, mean=(0.0,), std=(1.0,), rotate=180.0)
+    yy, xx = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    disc = (((yy - 13.5) ** 2 + (xx - 13.5) ** 2) < 64).float()[None, None]
+    rotated = BatchAugment(still)(disc.expand(8, 1, 28, 28), generator=torch.Generator().manual_seed(2))
+    assert (rotated - disc).abs().mean() < 0.02
+    bar = torch.zeros(1, 1, 28, 28)
+    bar[..., 12:16, 2:26] = 1  # a horizontal bar: a rotation of 30-180 degrees moves it
+    turned = BatchAugment(still)(bar.expand(8, 1, 28, 28), generator=torch.Generator().manual_seed(2))
+    assert (turned - bar).abs().sum(dim=(1, 2, 3)).max() > 20
+    shifted = BatchAugment(dataclasses.replace(still, rotate=0.0, translate=0.2))(
+        disc.expand(8, 1, 28, 28), generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(shifted.sum(dim=(1, 2, 3)), disc.sum().expand(8), rtol=0.05)  # moved, not cut
+    assert (shifted - disc).abs().sum(dim=(1, 2, 3)).max() > 10
+    names = repr(build_pil_transform(dataclasses.replace(AugmentConfig.paper(), rotate=10.0, translate=0.1)))
+    assert "RandomAffine" in names and "RandomAffine" not in repr(build_pil_transform(AugmentConfig.paper()))
