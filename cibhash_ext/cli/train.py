@@ -26,7 +26,8 @@ _CHOICES = {
 # Older spellings of the boolean switches, kept working.
 _ALIASES = {"stochastic": "--deterministic-binary", "eval_curves": "--no-curves", "global_batch": "--local-negatives"}
 _GROUPS = {
-    "data": ("dataset", "data_root", "train_size", "query_size", "database_size", "query_per_class", "train_per_class"),
+    "data": ("dataset", "data_root", "train_size", "query_size", "database_size", "query_per_class", "train_per_class",
+             "validation"),
     "model": ("backbone", "backbone_weights", "convnet_widths", "convnet_fc", "mlp_widths", "code_lengths", "hidden",
               "stochastic"),
     "evaluation and machine": ("topk", "baselines", "eval_curves", "evaluate", "device", "threads", "workers",
