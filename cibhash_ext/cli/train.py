@@ -81,8 +81,9 @@ def _baselines(text: str) -> tuple[str, ...]:
 def _argument(field: dataclasses.Field, hint) -> tuple[list[str], dict]:
     """The add_argument flags and keywords of one TrainConfig field."""
     flag = "--" + field.name.replace("_", "-")
-    args = typing.get_args(hint)
-    base = next((a for a in args if a is not type(None)), hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else hint
+    # "X | None" is an option of type X (leaving it out keeps None).
+    optional = [a for a in typing.get_args(hint) if a is not type(None)] if type(None) in typing.get_args(hint) else []
+    base = optional[0] if optional else hint
     if base is bool:
         return [flag], {"action": argparse.BooleanOptionalAction}
     if field.name == "augment":
