@@ -217,6 +217,9 @@ def test_index_search_returns_the_query_image_itself_first(folder_run, folder, t
     run, _ = folder_run
     index_path = tmp_path / "photos.idx"
     assert cibhash(["index", "build", "--run", str(run), str(folder), "-o", str(index_path), "--no-progress"]) == 0
+    warning = capsys.readouterr().err
+    assert warning.startswith("cibhash index build: warning: skipped 2 unreadable image file(s):")
+    assert warning.count("\n") == 1 and "corrupt.jpg" in warning and "empty.png" in warning
     index = HammingIndex.load(str(index_path))
     files = json.loads((tmp_path / "photos.idx.names.json").read_text())["names"]
     assert len(files) == 64  # the two unreadable files are not indexed

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from typing import Sequence
 
 from cibhash_ext.cli import encode, index, train
@@ -56,7 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = _log_to_console()
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            # A warning (skipped unreadable files, say) is one line naming the command, not a source line.
+            warnings.showwarning = lambda message, *_: print(
+                f"cibhash {args.command_name}: warning: {message}", file=sys.stderr)
+            return args.handler(args)
     except USER_ERRORS as exc:
         print(f"cibhash {args.command_name}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
