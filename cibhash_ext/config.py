@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 import typing
 from typing import Any
 
@@ -16,7 +17,7 @@ from cibhash_ext.files import read_json
 from cibhash_ext.models import BACKBONES, CUSTOM_BACKBONE
 from cibhash_ext.transforms import AugmentConfig
 
-__all__ = ["TrainConfig", "load_config", "AUGMENT_PRESETS", "DATASET_OPTIONS"]
+__all__ = ["TrainConfig", "load_config", "check_device", "AUGMENT_PRESETS", "DATASET_OPTIONS"]
 
 AUGMENT_PRESETS = ("auto", "paper", "small_grayscale")
 # The split options each dataset reads; giving one that the dataset ignores is an error.
@@ -267,6 +268,14 @@ class TrainConfig:
         return dataclasses.replace(base, **self.augment)
 
 
+def check_device(device: str | object) -> None:
+    """Raises a ValueError when ``device`` is a CUDA device and torch sees no GPU."""
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for, but no CUDA GPU is visible to torch")
+
+
 def load_config(config: "TrainConfig | dict | str | os.PathLike | None" = None, **overrides: Any) -> TrainConfig:
     """A TrainConfig from a TrainConfig, a dict of settings, or a JSON config file (a run's ``config.json``
     is one), with ``overrides`` applied on top.
@@ -306,7 +315,7 @@ def _check_types(cfg: TrainConfig) -> None:
 
 def _is_instance(value, hint) -> bool:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+    if origin in (typing.Union, types.UnionType):
         return any(_is_instance(value, a) for a in args)
     if hint is type(None):
         return value is None

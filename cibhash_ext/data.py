@@ -115,7 +115,7 @@ class ImageSet:
         return ImageSet(labels, items=(dataset, [order[i] for i in index.tolist()]))
 
     def pil(self, i: int, mode: str = "RGB"):
-        """Image ``i`` as a PIL image: in-memory images in their own mode, others converted to ``mode``.
+        """Image ``i`` as a PIL image in ``mode`` ("L" or "RGB").
 
         Raises:
             ValueError: image ``i`` is a file that cannot be read (the message names it).
@@ -124,7 +124,7 @@ class ImageSet:
 
         if self.images is not None:
             arr = self.images[i].permute(1, 2, 0).numpy()
-            return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+            return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).convert(mode)
         if self.paths is not None:
             return load_image(self.paths[i], mode)
         dataset, order = self.items

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from cibhash_ext import run_dir as runs
-from cibhash_ext.config import TrainConfig
+from cibhash_ext.config import TrainConfig, check_device
 from cibhash_ext.data import ImageSet, load_dataset
 from cibhash_ext.files import image_files, readable_images, skipped_warning
 from cibhash_ext.models import CIBHashModel, build_model
@@ -64,8 +64,7 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device | None = N
         shape, state_dict = checkpoint["input_shape"], checkpoint["model"]
     if device is None:
         device = cfg.device if not cfg.device.startswith("cuda") or torch.cuda.is_available() else "cpu"
-    elif str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was asked for, but no CUDA GPU is visible to torch")
+    check_device(device)
     cfg.device = str(device)
     model = build_model(cfg, shape, backbone=backbone)
     try:

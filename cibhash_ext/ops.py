@@ -156,8 +156,10 @@ def stochastic_binarize(
     """
     _check_generator(generator)
     _check_tensor(logits, "logits")
+    # Checked here, before the draw (a refused call leaves the generator alone), with a plain test that
+    # torch.compile traces (a torch._check message closure over the tensor would break the graph).
     if logits.dtype not in _BINARIZE_DTYPES:
-        raise TypeError(f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
+        raise TypeError(f"stochastic_binarize: expected logits of dtype float32, float16 or bfloat16, got {logits.dtype}")
     seed_offset = _draw_seed_offset(generator) if stochastic else torch.zeros(2, dtype=torch.int64)
     return _stochastic_binarize(logits, bool(stochastic), seed_offset)
 

@@ -34,6 +34,7 @@ __all__ = [
     "eval_batches",
     "input_shape",
     "n_batches",
+    "pil_augmentation",
     "to_model_input",
     "train_batches",
 ]
@@ -70,7 +71,7 @@ class ImageViews(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         if not self.skip_unreadable:
-            return self.transform(self.images.pil(i, self.mode).convert(self.mode))
+            return self.transform(self.images.pil(i, self.mode))
         for step in range(len(self.images)):
             j = (i + step) % len(self.images)
             try:
@@ -78,7 +79,7 @@ class ImageViews(torch.utils.data.Dataset):
             except ValueError as exc:
                 warnings.warn(f"skipped an unreadable image: {exc}", stacklevel=2)
                 continue
-            return self.transform(image.convert(self.mode))
+            return self.transform(image)
         raise ValueError("no image of the set can be read")
 
 
@@ -90,6 +91,14 @@ def input_shape(cfg: TrainConfig, data: RetrievalData) -> list[int]:
     if not data.train.in_memory:
         raise ValueError("images loaded from files need a fixed input size: set --aug size=S (S > 0)")
     return [len(aug.mean), *map(int, data.train.images.shape[2:])]
+
+
+def pil_augmentation(aug: AugmentConfig, images: ImageSet) -> Callable:
+    """The per-image (PIL) training augmentation of ``images``; in-memory images without a set size
+    (through PIL for hue jitter, or for the copies of the held-out protocol) keep their own side."""
+    if aug.size == 0:
+        aug = dataclasses.replace(aug, size=int(images.images.shape[-1]))
+    return build_pil_transform(aug)
 
 
 def _use_batch_pipeline(cfg: TrainConfig, images: ImageSet, aug: AugmentConfig, transform) -> bool:
@@ -152,9 +161,7 @@ def train_batches(cfg: TrainConfig, data: RetrievalData, aug: AugmentConfig, epo
             yield views[: cfg.batch_size], views[cfg.batch_size :]
         return
     mode = "RGB" if len(aug.mean) == 3 else "L"
-    if aug.size == 0:  # in-memory images through PIL (hue jitter) keep their own size
-        aug = dataclasses.replace(aug, size=int(images.images.shape[-1]))
-    two_views = transform if transform is not None else TwoViews(build_pil_transform(aug))
+    two_views = transform if transform is not None else TwoViews(pil_augmentation(aug, images))
     loader = torch.utils.data.DataLoader(
         ImageViews(images, two_views, mode, skip_unreadable=True), batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
         num_workers=cfg.workers, generator=g,

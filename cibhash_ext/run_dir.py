@@ -11,7 +11,6 @@ a SHA-256 digest of their contents that is checked on load, so a damaged file is
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import warnings
@@ -58,8 +57,7 @@ def is_run(run_dir: str) -> bool:
     if not os.path.isfile(path) or os.path.islink(path):
         return False
     try:
-        with open(path, encoding="utf-8") as fh:
-            values = json.load(fh)
+        values = read_json(path, "the run's configuration")
     except (OSError, ValueError):
         return False
     return isinstance(values, dict) and "code_lengths" in values and "dataset" in values
@@ -75,7 +73,8 @@ def prepare(run_dir: str, resume: bool, force: bool = False) -> None:
     """
     if resume:
         if not is_run(run_dir):
-            raise FileNotFoundError(f"{run_dir} is not a run directory: {os.path.join(run_dir, CONFIG_FILE)} is missing")
+            raise FileNotFoundError(f"{run_dir} is not a run directory: {os.path.join(run_dir, CONFIG_FILE)} is missing "
+                                    "or is not a run's configuration")
         return
     if os.path.exists(os.path.join(run_dir, CHECKPOINT_FILE)):
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")

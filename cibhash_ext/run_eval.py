@@ -25,9 +25,9 @@ from cibhash_ext.encode import encode_images, load_model, prepare_for_inference
 from cibhash_ext.evaluation import evaluate_codes
 from cibhash_ext.files import write_json
 from cibhash_ext.models import CIBHashModel
-from cibhash_ext.pipeline import input_shape
+from cibhash_ext.pipeline import input_shape, pil_augmentation
 from cibhash_ext.report import draw_run_grid, write_report
-from cibhash_ext.transforms import AugmentConfig, BatchAugment, build_pil_transform
+from cibhash_ext.transforms import AugmentConfig, BatchAugment
 
 __all__ = ["evaluate", "evaluate_model", "finish_run", "pixel_features", "augmented_copies"]
 
@@ -63,7 +63,7 @@ def augmented_copies(images: ImageSet, aug: AugmentConfig, seed: int) -> ImageSe
     from torchvision.transforms.functional import to_pil_image
 
     mode = "RGB" if len(aug.mean) == 3 else "L"
-    transform = build_pil_transform(dataclasses.replace(aug, size=aug.size or int(images.images.shape[-1])))
+    transform = pil_augmentation(aug, images)
     state = torch.get_rng_state()
     torch.manual_seed(seed)  # torchvision's PIL transforms draw from the global generator
     try:
@@ -117,8 +117,15 @@ def _evaluate_unlabelled(cfg, model, data, results, started) -> tuple[Tensor, Te
     for v in cfg.code_lengths:
         results["cibhash"][str(v)] = evaluate_unlabelled(query_codes[v], database_codes[v], targets, v)
     if cfg.baselines:
-        train_x = pixel_features(data.train).float()
         database_x = pixel_features(data.database).float()
+        if len(data.train) == len(data.database) - len(targets):
+            # The database holds every image: the training images are the rows that are not held out
+            # (taken from it, not read a second time).
+            held_out = torch.zeros(len(database_x), dtype=torch.bool)
+            held_out[targets] = True
+            train_x = database_x[~held_out]
+        else:
+            train_x = pixel_features(data.train).float()
         copies_x = _pixels_like(copies, data.database).float()
         for name, v, hasher in _baseline_hashers(cfg, train_x):
             results.setdefault(name, {})[str(v)] = evaluate_unlabelled(

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from cibhash_ext import distributed, run_dir as runs
-from cibhash_ext.config import TrainConfig, load_config
+from cibhash_ext.config import TrainConfig, check_device, load_config
 from cibhash_ext.data import DATASETS, RetrievalData, as_retrieval_data, load_dataset
 from cibhash_ext.losses import CIBHashLoss
 from cibhash_ext.models import CUSTOM_BACKBONE, CIBHashModel, build_model
@@ -122,17 +122,16 @@ def train(
         resume = os.path.isfile(os.path.join(run_dir, runs.CHECKPOINT_FILE))
     elif distributed.rank() == 0:
         runs.prepare(run_dir, resume=False, force=force)
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {cfg.device!r} was asked for, but no CUDA GPU is visible to torch")
+    check_device(cfg.device)
     # Data and model first: a missing dataset or weights file fails before the run directory is written.
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = _load_data(cfg, data)
     torch.manual_seed(cfg.seed)  # the model's initial weights
     shape = input_shape(cfg, data)
-    net = build_model(cfg, shape, backbone=model)
+    hashing_model = build_model(cfg, shape, backbone=model)
     if distributed.rank() != 0:
-        _train(cfg, run_dir, resume, data, net, transform, on_epoch_end)
+        _train(cfg, run_dir, resume, data, hashing_model, transform, on_epoch_end)
         return TrainResult(run_dir, None)
     os.makedirs(run_dir, exist_ok=True)
     # The settings that presets and defaults resolve to, stored beside the configuration for readers.
@@ -142,7 +141,7 @@ def train(
     runs.write_config(run_dir, cfg, resolved)
     handler = runs.log_to_file(run_dir)
     try:
-        return TrainResult(run_dir, _train(cfg, run_dir, resume, data, net, transform, on_epoch_end))
+        return TrainResult(run_dir, _train(cfg, run_dir, resume, data, hashing_model, transform, on_epoch_end))
     finally:
         LOG.removeHandler(handler)
         handler.close()
