@@ -18,6 +18,7 @@ from torch import Tensor
 from cibhash_ext import distributed
 from cibhash_ext.config import TrainConfig
 from cibhash_ext.data import ImageSet, RetrievalData
+from cibhash_ext.neighbours import draw_partners
 from cibhash_ext.transforms import (
     AugmentConfig,
     BatchAugment,
@@ -29,6 +30,7 @@ from cibhash_ext.transforms import (
 
 __all__ = [
     "ImageViews",
+    "NeighbourViews",
     "autocast",
     "epoch_generator",
     "eval_batches",
@@ -69,18 +71,34 @@ class ImageViews(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int):
+    def image(self, i: int):
+        """Image ``i`` as PIL (the next readable one with ``skip_unreadable``)."""
         if not self.skip_unreadable:
-            return self.transform(self.images.pil(i, self.mode))
+            return self.images.pil(i, self.mode)
         for step in range(len(self.images)):
             j = (i + step) % len(self.images)
             try:
-                image = self.images.pil(j, self.mode)
+                return self.images.pil(j, self.mode)
             except ValueError as exc:
                 warnings.warn(f"skipped an unreadable image: {exc}", stacklevel=2)
-                continue
-            return self.transform(image)
         raise ValueError("no image of the set can be read")
+
+    def __getitem__(self, i: int):
+        return self.transform(self.image(i))
+
+
+class NeighbourViews(ImageViews):
+    """Training views with neighbour positives: the first view of image i from image i, the second
+    from its partner ``partners[i]``, each the matching view of the two-view ``transform``."""
+
+    def __init__(self, images: ImageSet, transform: Callable, mode: str, partners: Tensor) -> None:
+        super().__init__(images, transform, mode, skip_unreadable=True)
+        self.partners = partners
+
+    def __getitem__(self, i: int):
+        if isinstance(self.transform, TwoViews):
+            return self.transform.transform(self.image(i)), self.transform.transform(self.image(int(self.partners[i])))
+        return self.transform(self.image(i))[0], self.transform(self.image(int(self.partners[i])))[1]
 
 
 def input_shape(cfg: TrainConfig, data: RetrievalData) -> list[int]:
@@ -137,7 +155,8 @@ def n_batches(cfg: TrainConfig, data: RetrievalData) -> int:
 
 
 def train_batches(cfg: TrainConfig, data: RetrievalData, aug: AugmentConfig, epoch: int,
-                  transform: Callable | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+                  transform: Callable | None = None,
+                  neighbours: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """Yields this process's (view1, view2) batches of one epoch, seeded by (seed, epoch, rank).
 
     Args:
@@ -147,24 +166,31 @@ def train_batches(cfg: TrainConfig, data: RetrievalData, aug: AugmentConfig, epo
         epoch (int): the epoch (0-based).
         transform (callable, optional): replaces the built-in augmentation: maps one PIL image to
             its two views (tensors), as lightly's transforms do.
+        neighbours (Tensor[N, k], int64, optional): neighbour positives
+            (:func:`cibhash_ext.neighbours.image_neighbours`): the second view of each image is a view
+            of one of its neighbours, drawn per epoch from (seed, epoch) alone.
     """
     images = data.train
     g = epoch_generator(cfg.seed, epoch, salt=2 * distributed.rank())
     sampler = _epoch_sampler(cfg, len(images), epoch)
     steps = n_batches(cfg, data)
+    # The same partners on every process (one global draw), and none drawn when off: the paper's views.
+    partners = None if neighbours is None else draw_partners(neighbours, epoch_generator(cfg.seed, epoch, salt=-1))
     if _use_batch_pipeline(cfg, images, aug, transform):
         augment = BatchAugment(aug)
         order = torch.tensor(list(sampler), dtype=torch.int64)
         for b in range(steps):
-            batch = images.images[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
-            views = augment(torch.cat([batch, batch]), generator=g)
+            index = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            second = index if partners is None else partners[index]
+            views = augment(torch.cat([images.images[index], images.images[second]]), generator=g)
             yield views[: cfg.batch_size], views[cfg.batch_size :]
         return
     mode = "RGB" if len(aug.mean) == 3 else "L"
     two_views = transform if transform is not None else TwoViews(pil_augmentation(aug, images))
+    views = (ImageViews(images, two_views, mode, skip_unreadable=True) if partners is None
+             else NeighbourViews(images, two_views, mode, partners))
     loader = torch.utils.data.DataLoader(
-        ImageViews(images, two_views, mode, skip_unreadable=True), batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-        num_workers=cfg.workers, generator=g,
+        views, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, num_workers=cfg.workers, generator=g,
     )
     yield from itertools.islice(loader, steps)
 

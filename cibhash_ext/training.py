@@ -30,6 +30,7 @@ from cibhash_ext.config import TrainConfig, check_device, load_config
 from cibhash_ext.data import DATASETS, RetrievalData, as_retrieval_data, load_dataset
 from cibhash_ext.losses import CIBHashLoss
 from cibhash_ext.models import CUSTOM_BACKBONE, CIBHashModel, build_model
+from cibhash_ext.neighbours import image_neighbours
 from cibhash_ext.pipeline import autocast, epoch_generator, input_shape, n_batches, to_model_input, train_batches
 from cibhash_ext.progress import progress
 
@@ -215,13 +216,19 @@ def _train(cfg, run_dir, resume, data, model, transform, on_epoch_end) -> dict |
         steps, processes, cfg.batch_size, torch.get_num_threads(),
     )
     shape = input_shape(cfg, data)
+    neighbours = None
+    if cfg.neighbours:
+        started = time.time()
+        neighbours = image_neighbours(data.train, cfg.neighbours)
+        LOG.info("neighbour positives: the %d nearest of each training image in pixel space, found in %.1fs",
+                 cfg.neighbours, time.time() - started)
     for epoch in range(start_epoch, cfg.epochs):
         # Global RNG (dropout) seeded per epoch too, so an epoch is the same with or without a resume before it.
         torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7_919 * rank)
         binarize_gen = epoch_generator(cfg.seed, epoch, salt=2 * rank + 1)
         model.train()
         started, loss_sum = time.time(), 0.0
-        batches = progress(train_batches(cfg, data, aug, epoch, transform), f"epoch {epoch + 1}/{cfg.epochs}", steps,
+        batches = progress(train_batches(cfg, data, aug, epoch, transform, neighbours), f"epoch {epoch + 1}/{cfg.epochs}", steps,
                            cfg.progress and rank == 0, "batch")
         for view1, view2 in batches:
             optimizer.zero_grad(set_to_none=True)

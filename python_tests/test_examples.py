@@ -32,7 +32,12 @@ def test_train_on_a_folder_then_search_by_image(tmp_path):
     query = photos / "set1" / "7.png"
     lines = _run("search_by_image.py", str(tmp_path / "run"), str(photos), str(query), "-k", "3").splitlines()
     assert len(lines) == 3 and lines[0].startswith("1. ") and all("(distance " in line for line in lines)
-    assert any(str(query) in line and "(distance 0)" in line for line in lines)
+    # The image itself is found at distance 0, unless three files before it in the sorted listing
+    # share its code (ties go to the lower index; how many codes collide after 2 epochs depends on
+    # the thread count).
+    assert "(distance 0)" in lines[0]
+    assert any(str(query) in line and "(distance 0)" in line for line in lines) or all(
+        "(distance 0)" in line for line in lines)
 
 
 def test_own_training_loop():
