@@ -89,6 +89,10 @@ class TrainConfig:
             the dataset's default: 10 on Fashion-MNIST (+0.02 mAP at every length on the validation
             split; benchmarks/QUALITY.md), 0 elsewhere (pixel neighbours of photos seldom show the
             same kind of object).
+        feature_cache (int): frozen backbones in eval mode (efficientnet_lite0): pass this many
+            augmented views of every training image through the backbone once, before training, and
+            train the hash heads on two of them per image and epoch (:mod:`cibhash_ext.feature_cache`).
+            0: off, fresh views through the backbone at every step.
         augment_preset (str): "auto" (small_grayscale for the convnet and mlp on 1-channel images, else
             paper), "paper" or "small_grayscale".
         augment (dict): overrides of :class:`cibhash_ext.transforms.AugmentConfig` fields.
@@ -136,6 +140,7 @@ class TrainConfig:
     debias: float = 0.0
     memory: int = 0
     neighbours: int | None = None
+    feature_cache: int = 0
     augment_preset: str = "auto"
     augment: dict = dataclasses.field(default_factory=dict)
     pipeline: str = "auto"
@@ -201,6 +206,9 @@ class TrainConfig:
         if self.balance < 0 or not 0 <= self.debias < 1 or self.memory < 0 or self.neighbours < 0:
             raise ValueError(f"expected balance >= 0, 0 <= debias < 1, memory >= 0 and neighbours >= 0, got balance "
                              f"{self.balance}, debias {self.debias}, memory {self.memory}, neighbours {self.neighbours}")
+        if self.feature_cache and (self.feature_cache < 2 or self.backbone != "efficientnet_lite0"):
+            raise ValueError(f"feature_cache must be 0 or at least 2 views with backbone efficientnet_lite0 (a frozen "
+                             f"backbone in eval mode), got {self.feature_cache} with backbone {self.backbone}")
         if self.schedule not in ("onecycle", "constant"):
             raise ValueError(f"schedule must be 'onecycle' or 'constant', got {self.schedule!r}")
         if self.augment_preset not in AUGMENT_PRESETS:

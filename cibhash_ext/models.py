@@ -335,16 +335,20 @@ class CIBHashModel(nn.Module):
         self.heads = nn.ModuleDict({str(v): HashHead(dim, v, hidden) for v in lengths})
         self.binary = StochasticBinaryLayer(stochastic)
 
-    def forward(self, images: Tensor) -> dict[int, Tensor]:
-        """Hash logits per code length.
+    def forward(self, images: Tensor | None = None, *, features: Tensor | None = None) -> dict[int, Tensor]:
+        """Hash logits per code length, of images or of backbone features computed before (the
+        feature cache of a frozen backbone: the heads alone run).
 
         Args:
             images (Tensor[N, C, H, W], float): normalised images.
+            features (Tensor[N, D], float): backbone features, instead of ``images``.
 
         Returns:
             dict mapping L to Tensor[N, L], float32: the logits z.
         """
-        features = self.backbone(images).float()
+        if (images is None) == (features is None):
+            raise ValueError("give exactly one of images and features")
+        features = (self.backbone(images) if features is None else features).float()
         return {v: self.heads[str(v)](features).float() for v in self.code_lengths}
 
     def binarize(self, logits: Tensor, generator: torch.Generator | None = None) -> Tensor:

