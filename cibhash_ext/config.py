@@ -94,7 +94,7 @@ class TrainConfig:
             train the hash heads on two of them per image and epoch (:mod:`cibhash_ext.feature_cache`).
             0: off, fresh views through the backbone at every step.
         augment_preset (str): "auto" (small_grayscale for the convnet and mlp on 1-channel images, else
-            paper), "paper" or "small_grayscale".
+            paper), "paper" or "small_grayscale" (whose crops are milder with neighbour positives).
         augment (dict): overrides of :class:`cibhash_ext.transforms.AugmentConfig` fields.
         pipeline (str): "auto" (batched augmentation for in-memory images, PIL otherwise), "batch", "pil".
         bf16 (bool): bfloat16 autocast for the backbone (CPU and CUDA).
@@ -279,7 +279,7 @@ class TrainConfig:
         preset = self.augment_preset
         if preset == "auto":
             preset = "small_grayscale" if self.backbone in ("convnet", "mlp") and channels == 1 else "paper"
-        base = AugmentConfig.small_grayscale() if preset == "small_grayscale" else AugmentConfig.paper()
+        base = AugmentConfig.small_grayscale(self.neighbours > 0) if preset == "small_grayscale" else AugmentConfig.paper()
         if preset == "paper" and self.backbone in ("convnet", "mlp", CUSTOM_BACKBONE) and "size" not in self.augment:
             base = dataclasses.replace(base, size=0 if in_memory else FILE_INPUT_SIZE)
         return dataclasses.replace(base, **self.augment)

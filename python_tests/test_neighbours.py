@@ -131,3 +131,10 @@ def test_the_default_is_on_for_fashion_mnist_only_and_off_in_the_paper_preset():
     assert TrainConfig.paper().neighbours == 0
     with pytest.raises(ValueError, match="neighbours >= 0.*neighbours -1"):
         TrainConfig(neighbours=-1)
+
+
+def test_neighbour_positives_come_with_milder_crops_unless_crops_are_set():
+    assert TrainConfig().augment_config(1).crop_scale == (0.7, 1.0)
+    assert TrainConfig(neighbours=0).augment_config(1).crop_scale == (0.5, 1.0)
+    assert TrainConfig(augment={"crop_scale": (0.3, 1.0)}).augment_config(1).crop_scale == (0.3, 1.0)
+    assert TrainConfig(dataset="folder", data_root="x").augment_config(1).crop_scale == (0.5, 1.0)
