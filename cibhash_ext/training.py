@@ -187,6 +187,24 @@ def _make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: i
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
+def _prepare_views(cfg: TrainConfig, model: CIBHashModel, data: RetrievalData, aug, transform):
+    """What the views need before the first epoch: the neighbour table (neighbour positives) and the
+    feature cache of a frozen backbone, each None when off. Both are functions of the data and the
+    seed, so a resumed run computes them again to the same values."""
+    neighbours = cache = None
+    if cfg.neighbours:
+        started = time.time()
+        neighbours = image_neighbours(data.train, cfg.neighbours)
+        LOG.info("neighbour positives: the %d nearest of each training image in pixel space, found in %.1fs",
+                 cfg.neighbours, time.time() - started)
+    if cfg.feature_cache:
+        started = time.time()
+        cache = feature_cache(cfg, model, data, aug, cfg.feature_cache, transform)
+        LOG.info("feature cache: %d views of each training image through the frozen backbone in %.1fs (%.0f MiB)",
+                 cfg.feature_cache, time.time() - started, cache.numel() * cache.element_size() / 2**20)
+    return neighbours, cache
+
+
 def _train(cfg, run_dir, resume, data, model, transform, on_epoch_end) -> dict | None:
     from cibhash_ext.run_eval import evaluate_model, finish_run
 
@@ -221,17 +239,8 @@ def _train(cfg, run_dir, resume, data, model, transform, on_epoch_end) -> dict |
         steps, processes, cfg.batch_size, torch.get_num_threads(),
     )
     shape = input_shape(cfg, data)
-    prepared, neighbours, cache = time.time(), None, None
-    if cfg.neighbours:
-        started = time.time()
-        neighbours = image_neighbours(data.train, cfg.neighbours)
-        LOG.info("neighbour positives: the %d nearest of each training image in pixel space, found in %.1fs",
-                 cfg.neighbours, time.time() - started)
-    if cfg.feature_cache:
-        started = time.time()
-        cache = feature_cache(cfg, model, data, aug, cfg.feature_cache, transform)
-        LOG.info("feature cache: %d views of each training image through the frozen backbone in %.1fs (%.0f MiB)",
-                 cfg.feature_cache, time.time() - started, cache.numel() * cache.element_size() / 2**20)
+    prepared = time.time()
+    neighbours, cache = _prepare_views(cfg, model, data, aug, transform)
     prepare_seconds = time.time() - prepared
     for epoch in range(start_epoch, cfg.epochs):
         # Global RNG (dropout) seeded per epoch too, so an epoch is the same with or without a resume before it.

