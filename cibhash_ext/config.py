@@ -17,7 +17,7 @@ from cibhash_ext.files import read_json
 from cibhash_ext.models import BACKBONES, CUSTOM_BACKBONE
 from cibhash_ext.transforms import AugmentConfig
 
-__all__ = ["TrainConfig", "load_config", "check_device", "AUGMENT_PRESETS", "DATASET_OPTIONS"]
+__all__ = ["TrainConfig", "load_config", "stored_config", "check_device", "AUGMENT_PRESETS", "DATASET_OPTIONS"]
 
 AUGMENT_PRESETS = ("auto", "paper", "small_grayscale")
 # The split options each dataset reads; giving one that the dataset ignores is an error.
@@ -291,6 +291,21 @@ def check_device(device: str | object) -> None:
 
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} was asked for, but no CUDA GPU is visible to torch")
+
+
+# Settings added after runs were first written whose default is not the older behaviour, with the
+# value that reproduces it: a run written without them keeps its meaning when evaluated or resumed.
+_ADDED_SETTINGS = {"neighbours": 0}
+
+
+def stored_config(values: dict) -> TrainConfig:
+    """The configuration a run wrote (its ``config.json``, checkpoint or ``model.pt``); a setting
+    missing from it because the run predates the setting takes the older behaviour (neighbours 0).
+
+    Raises:
+        ValueError: ``values`` is not a JSON object of known, valid settings.
+    """
+    return TrainConfig.from_dict({**_ADDED_SETTINGS, **values} if isinstance(values, dict) else values)
 
 
 def load_config(config: "TrainConfig | dict | str | os.PathLike | None" = None, **overrides: Any) -> TrainConfig:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from cibhash_ext import run_dir as runs
-from cibhash_ext.config import TrainConfig, check_device
+from cibhash_ext.config import TrainConfig, check_device, stored_config
 from cibhash_ext.data import ImageSet, load_dataset
 from cibhash_ext.files import image_files, readable_images, skipped_warning
 from cibhash_ext.models import CIBHashModel, build_model
@@ -57,7 +57,7 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device | None = N
     weights = os.path.join(run_dir, runs.MODEL_FILE)
     if os.path.isfile(weights):
         state = runs.load_weights(weights)
-        cfg, shape, state_dict = TrainConfig.from_dict(state["config"]), state["input_shape"], state["state_dict"]
+        cfg, shape, state_dict = stored_config(state["config"]), state["input_shape"], state["state_dict"]
     else:
         cfg = runs.load_run_config(run_dir)
         checkpoint = runs.load_checkpoint(run_dir)

@@ -57,10 +57,11 @@ def view_images(cfg: TrainConfig, data: RetrievalData, aug: AugmentConfig, view:
             yield augment(images.images[start : start + cfg.batch_size], generator=g)
         return
     one_view = pil_augmentation(aug, images) if transform is None else (lambda image: transform(image)[view % 2])
-    torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)))  # torchvision's transforms draw from it
     mode = "RGB" if len(aug.mean) == 3 else "L"
-    yield from torch.utils.data.DataLoader(ImageViews(images, one_view, mode, skip_unreadable=True),
-                                           batch_size=cfg.batch_size, num_workers=cfg.workers, generator=g)
+    with torch.random.fork_rng(devices=[]):  # the caller's global generator is left as it was
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)))  # torchvision's transforms draw from it
+        yield from torch.utils.data.DataLoader(ImageViews(images, one_view, mode, skip_unreadable=True),
+                                               batch_size=cfg.batch_size, num_workers=cfg.workers, generator=g)
 
 
 @torch.no_grad()

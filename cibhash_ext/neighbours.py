@@ -38,7 +38,7 @@ def pixel_neighbours(pixels: Tensor, k: int, dims: int = PCA_DIMS) -> Tensor:
         Tensor[N, k], int64: neighbour indices, most similar first; an image is never its own
         neighbour. The same input gives the same table (float sums depend on the thread count).
 
-    Cost: O(N^2 dims) multiply-adds in blocks of 4,096 rows (about 4 s for 55,000 images on 2 threads).
+    Cost: O(N^2 dims) multiply-adds in blocks of 4,096 rows (about 10 s for 60,000 images on 2 threads).
     """
     flat = pixels.reshape(len(pixels), -1)
     if not 1 <= k < len(flat):

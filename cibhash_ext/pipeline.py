@@ -101,6 +101,7 @@ class NeighbourViews(ImageViews):
     def __getitem__(self, i: int):
         if isinstance(self.transform, TwoViews):
             return self.transform.transform(self.image(i)), self.transform.transform(self.image(int(self.partners[i])))
+        # A two-view transform gives both views at once: one of each call is not used.
         return self.transform(self.image(i))[0], self.transform(self.image(int(self.partners[i])))[1]
 
 

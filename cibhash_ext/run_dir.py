@@ -18,7 +18,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from cibhash_ext.config import TrainConfig
+from cibhash_ext.config import TrainConfig, stored_config
 from cibhash_ext.files import read_json, remove_stale_temporaries, torch_save, write_json
 
 __all__ = [
@@ -100,7 +100,7 @@ def load_run_config(run_dir: str) -> TrainConfig:
         raise FileNotFoundError(f"{run_dir} is not a run directory: {path} is missing")
     values = read_json(path, "the run's configuration")
     try:
-        return TrainConfig.from_dict(values)
+        return stored_config(values)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from None
 

@@ -117,3 +117,21 @@ def test_a_cached_run_killed_after_an_epoch_resumes_to_the_uninterrupted_weights
     a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True)["model"] for run in ("full", "killed"))
     for name, value in a.items():
         assert torch.equal(value, b[name]), name
+
+
+def test_views_of_image_files_are_repeatable_and_leave_the_global_generator_alone(tmp_path):
+    from PIL import Image
+
+    paths = []
+    for i in range(12):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(torch.randint(0, 256, (20, 20), dtype=torch.uint8).numpy()).save(paths[-1])
+    data = RetrievalData(name="t", train=ImageSet(None, paths=paths), query=_data().query, database=_data().database,
+                         multi_label=False, topk=2)
+    cfg = _cfg()
+    aug = cfg.augment_config(1, in_memory=False)
+    before = torch.get_rng_state()
+    first = torch.cat(list(view_images(cfg, data, aug, 1)))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(first, torch.cat(list(view_images(cfg, data, aug, 1))))
+    assert not torch.equal(first, torch.cat(list(view_images(cfg, data, aug, 0))))

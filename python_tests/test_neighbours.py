@@ -138,3 +138,14 @@ def test_neighbour_positives_come_with_milder_crops_unless_crops_are_set():
     assert TrainConfig(neighbours=0).augment_config(1).crop_scale == (0.5, 1.0)
     assert TrainConfig(augment={"crop_scale": (0.3, 1.0)}).augment_config(1).crop_scale == (0.3, 1.0)
     assert TrainConfig(dataset="folder", data_root="x").augment_config(1).crop_scale == (0.5, 1.0)
+
+
+def test_a_run_written_before_neighbour_positives_keeps_its_meaning(tmp_path):
+    from cibhash_ext.files import write_json
+    from cibhash_ext.run_dir import CONFIG_FILE, load_run_config
+
+    older = TrainConfig(neighbours=0).to_dict()
+    del older["neighbours"]  # what a run written before the setting existed holds
+    write_json(str(tmp_path / CONFIG_FILE), older)
+    assert load_run_config(str(tmp_path)).neighbours == 0
+    assert TrainConfig.from_dict(older).neighbours == 10  # a user's settings file gets today's default

@@ -155,11 +155,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if "augment" in overrides:
         overrides["augment"] = dict(overrides["augment"])
     if args.resume:
-        from cibhash_ext.run_dir import CONFIG_FILE
+        from cibhash_ext.run_dir import load_run_config
 
-        base = os.path.join(args.run_dir, CONFIG_FILE)
-        if not os.path.isfile(base):
-            raise FileNotFoundError(f"{args.run_dir} is not a run directory: {base} is missing")
+        base = load_run_config(args.run_dir).to_dict()
     elif getattr(args, "config", None):
         base = args.config
     else:
