@@ -72,7 +72,9 @@ class TrainConfig:
         schedule (str): "onecycle" (warm-up then cosine decay) or "constant" (the paper).
         warmup (float): one-cycle warm-up fraction.
         temperature (tuple[float, ...], optional): NT-Xent temperature, one for all code lengths or one
-            per length (paper: 0.3). None is the Fashion-MNIST recipe: 0.15 up to 16 bits, 0.1 above.
+            per length (paper: 0.3). None is the Fashion-MNIST recipe: 0.15 up to 16 bits, 0.2 above
+            (with neighbour positives, 0.2 keeps the precision-recall curve above ITQ's at high recall
+            where 0.1 did not, at equal mAP@1000; benchmarks/QUALITY.md).
         beta (float): KL weight (paper: 0.001).
         kl_eps (float, optional): None = exact KL; 1e-8 = the public code's form.
         stochastic (bool): stochastic binary layer while training (paper); False = public-code variant.
@@ -260,8 +262,8 @@ class TrainConfig:
     def temperature_for(self, length: int) -> float:
         """The NT-Xent temperature of the code length ``length``."""
         if self.temperature is None:
-            # Measured on Fashion-MNIST (benchmarks/QUALITY.md): short codes want a softer temperature.
-            return 0.15 if length <= 16 else 0.1
+            # Measured on Fashion-MNIST with neighbour positives (benchmarks/QUALITY.md).
+            return 0.15 if length <= 16 else 0.2
         if len(self.temperature) == 1:
             return self.temperature[0]
         return self.temperature[self.code_lengths.index(length)]
@@ -299,13 +301,23 @@ _ADDED_SETTINGS = {"neighbours": 0}
 
 
 def stored_config(values: dict) -> TrainConfig:
-    """The configuration a run wrote (its ``config.json``, checkpoint or ``model.pt``); a setting
-    missing from it because the run predates the setting takes the older behaviour (neighbours 0).
+    """The configuration a run wrote (its ``config.json``, checkpoint or ``model.pt``). A setting
+    missing from it because the run predates the setting takes the older behaviour (neighbours 0),
+    and a run that left the temperature to a default that has changed since keeps the temperatures
+    it trained with (the ``resolved`` entry of its ``config.json``).
 
     Raises:
         ValueError: ``values`` is not a JSON object of known, valid settings.
     """
-    return TrainConfig.from_dict({**_ADDED_SETTINGS, **values} if isinstance(values, dict) else values)
+    if not isinstance(values, dict):
+        return TrainConfig.from_dict(values)
+    cfg = TrainConfig.from_dict({**_ADDED_SETTINGS, **values})
+    trained = (values.get("resolved") or {}).get("temperature")
+    if cfg.temperature is None and isinstance(trained, dict) and sorted(trained) == sorted(map(str, cfg.code_lengths)):
+        temperatures = tuple(float(trained[str(v)]) for v in cfg.code_lengths)
+        if temperatures != tuple(cfg.temperature_for(v) for v in cfg.code_lengths):
+            cfg = dataclasses.replace(cfg, temperature=temperatures)
+    return cfg
 
 
 def load_config(config: "TrainConfig | dict | str | os.PathLike | None" = None, **overrides: Any) -> TrainConfig:

@@ -49,7 +49,7 @@ def test_tiny_train_and_evaluate_writes_a_complete_run(tmp_path, tiny_data):
     with open(os.path.join(run, "config.json")) as fh:
         stored = json.load(fh)
     assert stored["code_lengths"] == [16, 32, 64]
-    assert stored["resolved"]["temperature"] == {"16": 0.15, "32": 0.1, "64": 0.1}
+    assert stored["resolved"]["temperature"] == {"16": 0.15, "32": 0.2, "64": 0.2}
     assert stored["resolved"]["augment"]["erase_p"] == 0.5 and stored["resolved"]["input_shape"] == [1, 28, 28]
     # Chance level: random codes on the same split.
     g = torch.Generator().manual_seed(0)
@@ -191,3 +191,14 @@ def test_a_run_with_a_memory_bank_resumes_to_the_uninterrupted_result(tmp_path):
     train(data=images, run_dir=str(tmp_path / "killed"), resume=True, **settings)
     full, resumed = (torch.load(tmp_path / d / "model.pt", weights_only=True)["state_dict"] for d in ("full", "killed"))
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_a_run_trained_with_an_older_default_temperature_keeps_it(tmp_path):
+    from cibhash_ext.files import write_json
+    from cibhash_ext.run_dir import CONFIG_FILE, load_run_config
+
+    values = TrainConfig().to_dict()  # temperature left to the default, as the CLI writes it
+    write_json(str(tmp_path / CONFIG_FILE), {**values, "resolved": {"temperature": {"16": 0.15, "32": 0.1, "64": 0.1}}})
+    assert load_run_config(str(tmp_path)).temperature == (0.15, 0.1, 0.1)  # the default before 0.2 above 16 bits
+    write_json(str(tmp_path / CONFIG_FILE), {**values, "resolved": {"temperature": {"16": 0.15, "32": 0.2, "64": 0.2}}})
+    assert load_run_config(str(tmp_path)).temperature is None  # today's default: resuming with it still matches
