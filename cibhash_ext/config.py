@@ -74,7 +74,7 @@ class TrainConfig:
         temperature (tuple[float, ...], optional): NT-Xent temperature, one for all code lengths or one
             per length (paper: 0.3). None is the Fashion-MNIST recipe: 0.15 up to 16 bits, 0.2 above
             (with neighbour positives, 0.2 keeps the precision-recall curve above ITQ's at high recall
-            where 0.1 did not, at equal mAP@1000; benchmarks/QUALITY.md).
+            where 0.1 did not, for 0.003 of mAP@1000; benchmarks/QUALITY.md).
         beta (float): KL weight (paper: 0.001).
         kl_eps (float, optional): None = exact KL; 1e-8 = the public code's form.
         stochastic (bool): stochastic binary layer while training (paper); False = public-code variant.
