@@ -91,6 +91,11 @@ class TrainConfig:
             the dataset's default: 10 on Fashion-MNIST (+0.02 mAP at every length on the validation
             split; benchmarks/QUALITY.md), 0 elsewhere (pixel neighbours of photos seldom show the
             same kind of object).
+        feature_loss (float): weight of an auxiliary NT-Xent on a linear projection (128 wide) of the
+            backbone features, with the same pairs of views as the codes' loss
+            (:func:`cibhash_ext.losses.nt_xent_features`; SimCLR's loss, Chen et al. 2020). It gives the
+            backbone a gradient that does not pass through the binary layer. 0: off, the paper's.
+        feature_temperature (float): the temperature of that loss.
         feature_cache (int): frozen backbones in eval mode (efficientnet_lite0): pass this many
             augmented views of every training image through the backbone once, before training, and
             train the hash heads on two of them per image and epoch (:mod:`cibhash_ext.feature_cache`).
@@ -142,6 +147,8 @@ class TrainConfig:
     debias: float = 0.0
     memory: int = 0
     neighbours: int | None = None
+    feature_loss: float = 0.0
+    feature_temperature: float = 0.2
     feature_cache: int = 0
     augment_preset: str = "auto"
     augment: dict = dataclasses.field(default_factory=dict)
@@ -208,6 +215,9 @@ class TrainConfig:
         if self.balance < 0 or not 0 <= self.debias < 1 or self.memory < 0 or self.neighbours < 0:
             raise ValueError(f"expected balance >= 0, 0 <= debias < 1, memory >= 0 and neighbours >= 0, got balance "
                              f"{self.balance}, debias {self.debias}, memory {self.memory}, neighbours {self.neighbours}")
+        if self.feature_loss < 0 or not self.feature_temperature > 0:
+            raise ValueError(f"expected feature_loss >= 0 and feature_temperature > 0, got feature_loss "
+                             f"{self.feature_loss} and feature_temperature {self.feature_temperature}")
         if self.feature_cache and (self.feature_cache < 2 or self.backbone != "efficientnet_lite0"):
             raise ValueError(f"feature_cache must be 0 or at least 2 views with backbone efficientnet_lite0 (a frozen "
                              f"backbone in eval mode), got {self.feature_cache} with backbone {self.backbone}")

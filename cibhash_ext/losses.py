@@ -15,6 +15,7 @@ from cibhash_ext import distributed
 __all__ = [
     "CIBHashLoss",
     "nt_xent_codes",
+    "nt_xent_features",
     "bit_balance_penalty",
     "bernoulli_kl_logits",
     "bernoulli_kl_probs",
@@ -67,37 +68,69 @@ def nt_xent_codes(codes1: Tensor, codes2: Tensor, temperature: float = 0.3, glob
         Tensor[], float32: the mean loss over this rank's anchors.
     """
     _check_pair("codes1", codes1, "codes2", codes2)
+    if negatives is not None and (negatives.dim() != 2 or negatives.shape[1] != codes1.shape[1]):
+        raise ValueError(f"negatives must be [M, {codes1.shape[1]}] codes, got shape {tuple(negatives.shape)}")
+    extra = None if negatives is None else negatives.detach().float() * 2 - 1
+    return _nt_xent(codes1.float() * 2 - 1, codes2.float() * 2 - 1, codes1.shape[1], temperature, global_batch,
+                    group, extra, debias, "nt_xent_codes")
+
+
+def nt_xent_features(features1: Tensor, features2: Tensor, temperature: float = 0.2, global_batch: bool = False,
+                     group=None) -> Tensor:
+    """NT-Xent over two views' continuous features (SimCLR's loss, Chen et al. 2020): the similarity
+    of two rows is their cosine, and each row's positive is the other view of the same image.
+
+    The same loss as :func:`nt_xent_codes` with cosines of feature vectors in place of cosines of
+    +-1 codes; the optional auxiliary loss on the backbone features (``TrainConfig.feature_loss``).
+
+    Args:
+        features1 (Tensor[N, D], floating): features of the first view (any scale; rows are normalised).
+        features2 (Tensor[N, D], floating): features of the second view, same shape.
+        temperature (float): tau > 0.
+        global_batch (bool): contrast against every rank's features too (see :func:`nt_xent_codes`).
+        group (ProcessGroup, optional): the group to gather over (default: the whole world).
+
+    Returns:
+        Tensor[], float32: the mean loss over this rank's anchors.
+    """
+    _check_pair("features1", features1, "features2", features2)
+    return _nt_xent(F.normalize(features1.float(), dim=1), F.normalize(features2.float(), dim=1), 1, temperature,
+                    global_batch, group, None, 0.0, "nt_xent_features")
+
+
+def _nt_xent(rows1: Tensor, rows2: Tensor, scale: float, temperature: float, global_batch: bool, group,
+             negatives: Tensor | None, debias: float, name: str) -> Tensor:
+    """The NT-Xent of :func:`nt_xent_codes` on rows whose dot products divided by ``scale`` are the
+    cosines (+-1 codes with scale L, unit vectors with scale 1); ``negatives`` rows the same way."""
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    n, length = codes1.shape
+    if not 0 <= debias < 1:
+        raise ValueError(f"debias must be in [0, 1), got {debias}")
+    n = rows1.shape[0]
     if n < 2:
-        raise ValueError(f"nt_xent_codes needs a batch of at least 2 images, got {n}")
+        raise ValueError(f"{name} needs a batch of at least 2 images, got {n}")
     world, first = 1, 0
     if global_batch and distributed.is_distributed(group):
         world, first = distributed.world_size(group), distributed.rank(group) * n
-        codes1 = distributed.all_gather_with_grad(codes1.contiguous(), group)
-        codes2 = distributed.all_gather_with_grad(codes2.contiguous(), group)
+        rows1 = distributed.all_gather_with_grad(rows1.contiguous(), group)
+        rows2 = distributed.all_gather_with_grad(rows2.contiguous(), group)
     total = world * n  # images in the (global) batch; rows [first, first + n) are this rank's
-    signs = torch.cat([codes1, codes2]).float() * 2 - 1
-    mine = torch.arange(first, first + n, device=signs.device)
+    rows = torch.cat([rows1, rows2])
+    mine = torch.arange(first, first + n, device=rows.device)
     anchors = torch.cat([mine, mine + total])
-    if not 0 <= debias < 1:
-        raise ValueError(f"debias must be in [0, 1), got {debias}")
     if negatives is not None:
-        if negatives.dim() != 2 or negatives.shape[1] != length:
-            raise ValueError(f"negatives must be [M, {length}] codes, got shape {tuple(negatives.shape)}")
-        signs = torch.cat([signs, negatives.detach().float() * 2 - 1])
-    sim = signs[anchors] @ signs.t() / (length * temperature)
+        rows = torch.cat([rows, negatives])
+    sim = rows[anchors] @ rows.t() / (scale * temperature)
     # An anchor is never its own negative.
     sim = sim.index_put((torch.arange(2 * n, device=sim.device), anchors), sim.new_tensor(float("-inf")))
     positives = torch.cat([mine + total, mine])
     if debias == 0:
         return F.cross_entropy(sim, positives)
-    rows = torch.arange(2 * n, device=sim.device)
-    pos = sim[rows, positives]
+    index = torch.arange(2 * n, device=sim.device)
+    pos = sim[index, positives]
     negative_mask = torch.ones_like(sim, dtype=torch.bool)
-    negative_mask[rows, anchors] = False
-    negative_mask[rows, positives] = False
+    negative_mask[index, anchors] = False
+    negative_mask[index, positives] = False
     count = sim.shape[1] - 2
     # In units of exp(pos): log(pos + Ng) - log(pos), computed stably from the similarities.
     neg_sum = torch.where(negative_mask, (sim - pos[:, None]).exp(), sim.new_zeros(())).sum(dim=1)

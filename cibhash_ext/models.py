@@ -30,6 +30,9 @@ __all__ = [
 ]
 
 BACKBONES = ("convnet", "mlp", "vgg16", "efficientnet_lite0")
+# Width of the linear projection of the backbone features that the auxiliary feature loss contrasts
+# (SimCLR's 128).
+PROJECTION_DIM = 128
 # The config's name for a backbone module passed from Python (it cannot be rebuilt from the config).
 CUSTOM_BACKBONE = "custom"
 
@@ -302,7 +305,8 @@ def build_model(cfg, input_shape: Sequence[int], backbone: nn.Module | None = No
     elif not isinstance(backbone, nn.Module):
         raise TypeError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}")
     dim = feature_dim(backbone, input_shape)
-    model = CIBHashModel(backbone, cfg.code_lengths, cfg.hidden, cfg.stochastic, in_features=dim).to(cfg.device)
+    model = CIBHashModel(backbone, cfg.code_lengths, cfg.hidden, cfg.stochastic, in_features=dim,
+                         projection=PROJECTION_DIM if cfg.feature_loss > 0 else 0).to(cfg.device)
     if cfg.channels_last and cfg.backbone == "convnet":
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -319,11 +323,13 @@ class CIBHashModel(nn.Module):
         stochastic (bool): sample the codes while training (paper); False is the public code's
             deterministic variant.
         in_features (int, optional): the backbone's feature width (default: ``backbone.out_features``).
+        projection (int): width of a linear projection of the backbone features for an auxiliary
+            loss while training (``TrainConfig.feature_loss``); 0: none. Codes never use it.
     """
 
     def __init__(
         self, backbone: nn.Module, code_lengths: Iterable[int], hidden: int = 1024, stochastic: bool = True,
-        in_features: int | None = None,
+        in_features: int | None = None, projection: int = 0,
     ) -> None:
         super().__init__()
         lengths = [int(v) for v in code_lengths]
@@ -333,23 +339,32 @@ class CIBHashModel(nn.Module):
         self.code_lengths = tuple(lengths)
         dim = in_features if in_features is not None else feature_dim(backbone)
         self.heads = nn.ModuleDict({str(v): HashHead(dim, v, hidden) for v in lengths})
+        if projection < 0:
+            raise ValueError(f"projection must be >= 0, got {projection}")
+        self.projection = nn.Linear(dim, projection) if projection else None
         self.binary = StochasticBinaryLayer(stochastic)
 
-    def forward(self, images: Tensor | None = None, *, features: Tensor | None = None) -> dict[int, Tensor]:
+    def forward(self, images: Tensor | None = None, *, features: Tensor | None = None,
+                with_projection: bool = False) -> dict[int, Tensor] | tuple[dict[int, Tensor], Tensor]:
         """Hash logits per code length, of images or of backbone features computed before (the
         feature cache of a frozen backbone: the heads alone run).
 
         Args:
             images (Tensor[N, C, H, W], float): normalised images.
             features (Tensor[N, D], float): backbone features, instead of ``images``.
+            with_projection (bool): also return the projection of the features (a model built with one).
 
         Returns:
-            dict mapping L to Tensor[N, L], float32: the logits z.
+            dict mapping L to Tensor[N, L], float32: the logits z; with ``with_projection``, the pair
+            (logits, Tensor[N, P] float32 projections).
         """
         if (images is None) == (features is None):
             raise ValueError("give exactly one of images and features")
+        if with_projection and self.projection is None:
+            raise ValueError("this model has no projection: build it with projection > 0 (TrainConfig.feature_loss > 0)")
         features = (self.backbone(images) if features is None else features).float()
-        return {v: self.heads[str(v)](features).float() for v in self.code_lengths}
+        logits = {v: self.heads[str(v)](features).float() for v in self.code_lengths}
+        return (logits, self.projection(features).float()) if with_projection else logits
 
     def binarize(self, logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Codes in {0, 1} from hash logits through the model's binary layer: sampled while training

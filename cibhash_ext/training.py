@@ -29,7 +29,7 @@ from cibhash_ext import distributed, run_dir as runs
 from cibhash_ext.config import TrainConfig, check_device, load_config
 from cibhash_ext.data import DATASETS, RetrievalData, as_retrieval_data, load_dataset
 from cibhash_ext.feature_cache import cached_view_batches, feature_cache
-from cibhash_ext.losses import CIBHashLoss
+from cibhash_ext.losses import CIBHashLoss, nt_xent_features
 from cibhash_ext.models import CUSTOM_BACKBONE, CIBHashModel, build_model
 from cibhash_ext.neighbours import image_neighbours
 from cibhash_ext.pipeline import autocast, epoch_generator, input_shape, n_batches, to_model_input, train_batches
@@ -162,21 +162,28 @@ def wrap_for_processes(model: CIBHashModel, cfg: TrainConfig) -> nn.Module:
 
 def train_step(net: nn.Module, model: CIBHashModel, criteria: dict, view1: Tensor, view2: Tensor,
                binarize_gen: torch.Generator | None, cfg: TrainConfig, features: bool = False) -> Tensor:
-    """Forward and backward of one batch (both views): the loss summed over code lengths, gradients
-    accumulated into the parameters (averaged over processes by DDP when ``net`` is wrapped).
+    """Forward and backward of one batch (both views): the loss summed over code lengths, plus the
+    feature loss when it is on; gradients accumulated into the parameters (averaged over processes
+    by DDP when ``net`` is wrapped).
     With ``features`` the views are cached backbone features and the heads alone run."""
     if features:
         x = torch.cat([view1, view2]).to(cfg.device)
     else:
         x = to_model_input(torch.cat([view1, view2]), cfg.device, cfg.channels_last and cfg.backbone == "convnet")
+    inputs = {"features": x} if features else {"images": x}
     with autocast(cfg.device, cfg.bf16):
-        logits = net(features=x) if features else net(x)
+        out = net(**inputs, with_projection=True) if cfg.feature_loss else net(**inputs)
+    logits, projections = out if cfg.feature_loss else (out, None)
+    n = len(view1)
     loss = x.new_zeros((), dtype=torch.float32)
     for length, z in logits.items():
-        z1, z2 = z[: len(view1)], z[len(view1) :]
+        z1, z2 = z[:n], z[n:]
         b1 = model.binarize(z1, binarize_gen)
         b2 = model.binarize(z2, binarize_gen)
         loss = loss + criteria[length](b1, b2, z1, z2)
+    if projections is not None:
+        loss = loss + cfg.feature_loss * nt_xent_features(projections[:n], projections[n:], cfg.feature_temperature,
+                                                          cfg.global_batch)
     loss.backward()
     return loss.detach()
 

@@ -9,6 +9,7 @@ from cibhash_ext.losses import (
     bernoulli_kl_logits,
     bit_balance_penalty,
     nt_xent_codes,
+    nt_xent_features,
     symmetric_kl_stop_gradient,
 )
 
@@ -211,3 +212,50 @@ def test_bit_balance_penalty():
     assert (loss(codes, codes, z, z) - nt_xent_codes(codes, codes, 0.3)).item() == pytest.approx(2 * 0.25)
     with pytest.raises(ValueError, match="balance >= 0"):
         CIBHashLoss(balance=-1.0)
+
+
+# --- the auxiliary loss on continuous features ---
+
+
+def np_nt_xent_features(f1: np.ndarray, f2: np.ndarray, tau: float) -> float:
+    """SimCLR's NT-Xent written loop by loop: cosine of feature rows, positive = other view."""
+    f = np.concatenate([f1, f2]).astype(np.float64)
+    f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    n2 = len(f)
+    total = 0.0
+    for i in range(n2):
+        pos = (i + n2 // 2) % n2
+        sims = np.array([f[i] @ f[k] / tau for k in range(n2) if k != i])
+        total += -(f[i] @ f[pos] / tau) + np.log(np.exp(sims).sum())
+    return total / n2
+
+
+@pytest.mark.parametrize("n,dim,tau", [(2, 3, 0.2), (7, 16, 0.5), (12, 128, 0.1)])
+def test_feature_nt_xent_matches_numpy_and_ignores_the_scale_of_a_row(n, dim, tau):
+    g = torch.Generator().manual_seed(n + dim)
+    f1, f2 = torch.randn(n, dim, generator=g), torch.randn(n, dim, generator=g)
+    got = nt_xent_features(f1, f2, tau)
+    assert got.item() == pytest.approx(np_nt_xent_features(f1.numpy(), f2.numpy(), tau), rel=1e-5)
+    scale = torch.rand(n, 1, generator=g) * 10 + 0.1
+    assert nt_xent_features(f1 * scale, f2, tau).item() == pytest.approx(got.item(), rel=1e-5)
+
+
+def test_feature_nt_xent_of_plus_minus_one_rows_is_the_code_loss():
+    # Cosines of +-1 rows are the code similarity: the two losses agree on the same pairs.
+    g = torch.Generator().manual_seed(3)
+    b1 = torch.randint(0, 2, (9, 32), generator=g).float()
+    b2 = torch.randint(0, 2, (9, 32), generator=g).float()
+    assert nt_xent_features(b1 * 2 - 1, b2 * 2 - 1, 0.2).item() == pytest.approx(nt_xent_codes(b1, b2, 0.2).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: nt_xent_features(torch.randn(4, 8), torch.randn(4, 8), 0.0), "temperature"),
+        (lambda: nt_xent_features(torch.randn(1, 8), torch.randn(1, 8)), "at least 2"),
+        (lambda: nt_xent_features(torch.randn(4, 8), torch.randn(4, 7)), "same shape"),
+    ],
+)
+def test_feature_nt_xent_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

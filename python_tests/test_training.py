@@ -202,3 +202,36 @@ def test_a_run_trained_with_an_older_default_temperature_keeps_it(tmp_path):
     assert load_run_config(str(tmp_path)).temperature == (0.15, 0.1, 0.1)  # the default before 0.2 above 16 bits
     write_json(str(tmp_path / CONFIG_FILE), {**values, "resolved": {"temperature": {"16": 0.15, "32": 0.2, "64": 0.2}}})
     assert load_run_config(str(tmp_path)).temperature is None  # today's default: resuming with it still matches
+
+
+def test_the_feature_loss_trains_a_projection_that_the_codes_do_not_use(tmp_path):
+    from cibhash_ext.encode import load_model
+    from cibhash_ext.training import train_step
+
+    images = torch.randint(0, 256, (64, 1, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    settings = dict(epochs=1, batch_size=16, code_lengths=(16,), backbone="mlp", hidden=32, mlp_widths=(64,),
+                    progress=False, threads=1, baselines=(), eval_curves=False, evaluate=False)
+    train(data=images, run_dir=str(tmp_path / "on"), feature_loss=0.5, **settings)
+    train(data=images, run_dir=str(tmp_path / "off"), **settings)
+    on, off = (torch.load(tmp_path / d / "model.pt", weights_only=True)["state_dict"] for d in ("on", "off"))
+    assert on["projection.weight"].shape == (128, 64) and not any(k.startswith("projection") for k in off)
+    # The same seed and data: the extra term changes what the backbone learns.
+    assert not torch.equal(on["backbone.net.1.weight"], off["backbone.net.1.weight"])
+    model = load_model(str(tmp_path / "on"))
+    assert model.projection is not None and set(model(torch.zeros(2, 1, 12, 12))) == {16}
+
+    # One step: the loss is the codes' loss plus the weighted feature loss on the same views.
+    cfg = TrainConfig(**{**settings, "feature_loss": 0.5}, feature_temperature=0.3)
+    model.train()
+    criteria = {16: lambda b1, b2, z1, z2: b1.sum() * 0}
+    views = torch.randn(2, 8, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    loss = train_step(model, model, criteria, views[0], views[1], None, cfg)
+    with torch.no_grad():
+        _, p = model(torch.cat([views[0], views[1]]), with_projection=True)
+    from cibhash_ext.losses import nt_xent_features
+
+    assert loss.item() == pytest.approx(0.5 * nt_xent_features(p[:8], p[8:], 0.3).item(), rel=1e-2)
+    with pytest.raises(ValueError, match="feature_loss >= 0"):
+        TrainConfig(feature_loss=-1.0)
+    with pytest.raises(ValueError, match="feature_temperature > 0"):
+        TrainConfig(feature_temperature=0.0)
