@@ -50,6 +50,7 @@ def test_tiny_train_and_evaluate_writes_a_complete_run(tmp_path, tiny_data):
         stored = json.load(fh)
     assert stored["code_lengths"] == [16, 32, 64]
     assert stored["resolved"]["temperature"] == {"16": 0.15, "32": 0.2, "64": 0.2}
+    assert stored["feature_loss"] == 1.0  # the Fashion-MNIST default: the projection trains too
     assert stored["resolved"]["augment"]["erase_p"] == 0.5 and stored["resolved"]["input_shape"] == [1, 28, 28]
     # Chance level: random codes on the same split.
     g = torch.Generator().manual_seed(0)
@@ -235,3 +236,16 @@ def test_the_feature_loss_trains_a_projection_that_the_codes_do_not_use(tmp_path
         TrainConfig(feature_loss=-1.0)
     with pytest.raises(ValueError, match="feature_temperature > 0"):
         TrainConfig(feature_temperature=0.0)
+
+
+def test_the_feature_loss_is_on_by_default_on_fashion_mnist_only_and_off_for_older_runs(tmp_path):
+    from cibhash_ext.files import write_json
+    from cibhash_ext.run_dir import CONFIG_FILE, load_run_config
+
+    assert TrainConfig().feature_loss == 1.0 and TrainConfig().feature_temperature == 0.1
+    assert TrainConfig(dataset="folder", data_root="x").feature_loss == 0.0
+    assert TrainConfig.paper().feature_loss == 0.0
+    older = TrainConfig().to_dict()
+    del older["feature_loss"], older["feature_temperature"]  # a run written before the setting existed
+    write_json(str(tmp_path / CONFIG_FILE), older)
+    assert load_run_config(str(tmp_path)).feature_loss == 0.0
