@@ -190,7 +190,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
             # Objects of the run caught in reference cycles (autograd state that holds gloo work) must
             # go while the interpreter is alive: freed at its finalization, they aborted the process
-            # at exit now and then (2 torchrun runs in 18 with the feature loss on; 0 in 14 after this).
+            # at exit now and then (2 torchrun runs in 18 with the feature loss on; 0 in 30 after this).
             gc.collect()
             dist.destroy_process_group()
     if is_main:
