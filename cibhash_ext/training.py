@@ -172,8 +172,10 @@ def train_step(net: nn.Module, model: CIBHashModel, criteria: dict, view1: Tenso
         x = to_model_input(torch.cat([view1, view2]), cfg.device, cfg.channels_last and cfg.backbone == "convnet")
     inputs = {"features": x} if features else {"images": x}
     with autocast(cfg.device, cfg.bf16):
-        out = net(**inputs, with_projection=True) if cfg.feature_loss else net(**inputs)
-    logits, projections = out if cfg.feature_loss else (out, None)
+        if cfg.feature_loss:
+            logits, projections = net(**inputs, with_projection=True)
+        else:
+            logits, projections = net(**inputs), None
     n = len(view1)
     loss = x.new_zeros((), dtype=torch.float32)
     for length, z in logits.items():

@@ -207,6 +207,7 @@ def test_a_run_trained_with_an_older_default_temperature_keeps_it(tmp_path):
 
 def test_the_feature_loss_trains_a_projection_that_the_codes_do_not_use(tmp_path):
     from cibhash_ext.encode import load_model
+    from cibhash_ext.losses import nt_xent_features
     from cibhash_ext.training import train_step
 
     images = torch.randint(0, 256, (64, 1, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -229,8 +230,6 @@ def test_the_feature_loss_trains_a_projection_that_the_codes_do_not_use(tmp_path
     loss = train_step(model, model, criteria, views[0], views[1], None, cfg)
     with torch.no_grad():
         _, p = model(torch.cat([views[0], views[1]]), with_projection=True)
-    from cibhash_ext.losses import nt_xent_features
-
     assert loss.item() == pytest.approx(0.5 * nt_xent_features(p[:8], p[8:], 0.3).item(), rel=1e-2)
     with pytest.raises(ValueError, match="feature_loss >= 0"):
         TrainConfig(feature_loss=-1.0)
