@@ -54,8 +54,9 @@ class TrainConfig:
         validation (bool): fashion_mnist: the validation split for tuning, inside the train images
             alone (queries: 5,000 of them, fixed; database and training set: the other 55,000), so
             that no choice is made on the test queries.
-        backbone (str): one of :data:`cibhash_ext.models.BACKBONES`, or "auto": mlp on Fashion-MNIST,
-            convnet elsewhere. The trained-from-scratch backbones (and a module passed from Python,
+        backbone (str): one of :data:`cibhash_ext.models.BACKBONES`, or "auto": the convnet (on
+            Fashion-MNIST its features and codes beat the pixel mlp's at equal time once the
+            neighbours are refreshed; benchmarks/QUALITY.md). The trained-from-scratch backbones (and a module passed from Python,
             "custom") see in-memory images at their size and image files at 64x64 unless ``augment``
             sets ``size``.
         backbone_weights (str, optional): local weights file (vgg16: required).
@@ -64,9 +65,9 @@ class TrainConfig:
         mlp_widths (tuple[int, ...]): hidden widths of the mlp backbone.
         code_lengths (tuple[int, ...]): code lengths trained jointly on one backbone.
         hidden (int): hash-head hidden width.
-        epochs (int, optional): schedule length; None is the dataset's default: 80 on Fashion-MNIST
-            (with neighbour positives 40 -> 60 -> 80 epochs kept gaining, +0.01 to +0.02 mAP, and 80
-            epochs fit the 20-minute budget on 2 CPU threads; benchmarks/QUALITY.md), 20 elsewhere.
+        epochs (int, optional): schedule length; None is the dataset's default: on Fashion-MNIST
+            what fits the 20-minute budget on 2 CPU threads, 40 with the convnet and 80 with the mlp
+            (benchmarks/QUALITY.md), 20 elsewhere.
         batch_size (int): images per batch and process (each gives two views).
         lr, weight_decay (float): AdamW settings (weight_decay 0 is Adam, as the paper).
         schedule (str): "onecycle" (warm-up then cosine decay) or "constant" (the paper).
@@ -91,6 +92,12 @@ class TrainConfig:
             the dataset's default: 10 on Fashion-MNIST (+0.02 mAP at every length on the validation
             split; benchmarks/QUALITY.md), 0 elsewhere (pixel neighbours of photos seldom show the
             same kind of object).
+        neighbour_refresh (int, optional): every this many epochs, find the neighbours again, in the
+            space of the model's own backbone features (each training image without augmentation, the
+            model in eval mode; cosine similarity of the features as they are), so that the
+            positives get purer as the features improve. 0: the pixel neighbours for the whole
+            run. None is the dataset's default: 10 on Fashion-MNIST with neighbour positives (+0.02
+            mAP at every length on the validation split; benchmarks/QUALITY.md), 0 elsewhere.
         feature_loss (float, optional): weight of an auxiliary NT-Xent on a linear projection (128
             wide) of the backbone features, with the same pairs of views as the codes' loss
             (:func:`cibhash_ext.losses.nt_xent_features`; SimCLR's loss, Chen et al. 2020). It gives the
@@ -149,6 +156,7 @@ class TrainConfig:
     debias: float = 0.0
     memory: int = 0
     neighbours: int | None = None
+    neighbour_refresh: int | None = None
     feature_loss: float | None = None
     feature_temperature: float = 0.1
     feature_cache: int = 0
@@ -178,11 +186,13 @@ class TrainConfig:
         if self.temperature is not None:
             self.temperature = tuple(float(t) for t in self.temperature)
         if self.backbone == "auto":
-            self.backbone = "mlp" if self.dataset == "fashion_mnist" else "convnet"
+            self.backbone = "convnet"
         if self.epochs is None:
-            self.epochs = 80 if self.dataset == "fashion_mnist" else 20
+            self.epochs = (40 if self.backbone == "convnet" else 80) if self.dataset == "fashion_mnist" else 20
         if self.neighbours is None:
             self.neighbours = 10 if self.dataset == "fashion_mnist" else 0
+        if self.neighbour_refresh is None:
+            self.neighbour_refresh = 10 if self.dataset == "fashion_mnist" and self.neighbours else 0
         if self.feature_loss is None:
             self.feature_loss = 1.0 if self.dataset == "fashion_mnist" else 0.0
         self.validate()
@@ -219,6 +229,9 @@ class TrainConfig:
         if self.balance < 0 or not 0 <= self.debias < 1 or self.memory < 0 or self.neighbours < 0:
             raise ValueError(f"expected balance >= 0, 0 <= debias < 1, memory >= 0 and neighbours >= 0, got balance "
                              f"{self.balance}, debias {self.debias}, memory {self.memory}, neighbours {self.neighbours}")
+        if self.neighbour_refresh < 0 or (self.neighbour_refresh and not self.neighbours):
+            raise ValueError(f"neighbour_refresh must be >= 0, and 0 without neighbour positives, got neighbour_refresh "
+                             f"{self.neighbour_refresh} with neighbours {self.neighbours}")
         if self.feature_loss < 0 or not self.feature_temperature > 0:
             raise ValueError(f"expected feature_loss >= 0 and feature_temperature > 0, got feature_loss "
                              f"{self.feature_loss} and feature_temperature {self.feature_temperature}")
@@ -255,7 +268,7 @@ class TrainConfig:
         lengths share the backbone, which is frozen, so the heads train exactly as separate models would."""
         settings = dict(backbone="vgg16", augment_preset="paper", pipeline="pil", epochs=60, batch_size=64, lr=1e-3,
                         weight_decay=0.0, schedule="constant", temperature=(0.3,), beta=1e-3, stochastic=True, neighbours=0,
-                        feature_loss=0.0)
+                        neighbour_refresh=0, feature_loss=0.0)
         settings.update(changes)
         return cls(**settings)
 
@@ -312,7 +325,7 @@ def check_device(device: str | object) -> None:
 
 # Settings added after runs were first written whose default is not the older behaviour, with the
 # value that reproduces it: a run written without them keeps its meaning when evaluated or resumed.
-_ADDED_SETTINGS = {"neighbours": 0, "feature_loss": 0.0}
+_ADDED_SETTINGS = {"neighbours": 0, "neighbour_refresh": 0, "feature_loss": 0.0}
 
 
 def stored_config(values: dict) -> TrainConfig:

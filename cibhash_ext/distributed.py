@@ -26,6 +26,7 @@ __all__ = [
     "is_distributed",
     "all_gather_with_grad",
     "all_reduce_mean",
+    "broadcast",
     "GlobalBatchNorm",
     "convert_batchnorm",
 ]
@@ -97,6 +98,14 @@ def all_reduce_mean(tensor: Tensor, group=None) -> Tensor:
     out = tensor.detach().clone()
     dist.all_reduce(out, group=group)
     return out / world_size(group)
+
+
+def broadcast(tensor: Tensor, src: int = 0, group=None) -> Tensor:
+    """Rank ``src``'s ``tensor`` on every rank (filled in place on the others; the same shape and dtype
+    on every rank); ``tensor`` itself without a process group."""
+    if is_distributed(group):
+        dist.broadcast(tensor, src, group=group)
+    return tensor
 
 
 class _AllGather(torch.autograd.Function):

@@ -2,8 +2,9 @@
 dataset, a folder of images or Python data, then evaluates it and writes the run directory.
 
 The checkpoint (:mod:`cibhash_ext.run_dir`) keeps model, optimiser, scheduler and RNG states after
-every epoch, and each epoch's randomness is seeded by (seed, epoch), so ``resume`` continues a killed
-run to the same result (with the same thread count: float reductions depend on it).
+every epoch (and the neighbour table once it comes from the model's features), and each epoch's
+randomness is seeded by (seed, epoch), so ``resume`` continues a killed run to the same result (with
+the same thread count: float reductions depend on it).
 
 Under torchrun (``torchrun --nproc_per_node N -m cibhash_ext train ...``) the same function trains
 with DistributedDataParallel: ``batch_size`` is per process, each global batch of N x batch_size
@@ -31,9 +32,11 @@ from cibhash_ext.data import DATASETS, RetrievalData, as_retrieval_data, load_da
 from cibhash_ext.feature_cache import cached_view_batches, feature_cache
 from cibhash_ext.losses import CIBHashLoss, nt_xent_features
 from cibhash_ext.models import CUSTOM_BACKBONE, CIBHashModel, build_model
-from cibhash_ext.neighbours import image_neighbours
-from cibhash_ext.pipeline import autocast, epoch_generator, input_shape, n_batches, to_model_input, train_batches
+from cibhash_ext.neighbours import image_neighbours, nearest_neighbours
+from cibhash_ext.pipeline import (autocast, epoch_generator, eval_batches, input_shape, n_batches, to_model_input,
+                                  train_batches)
 from cibhash_ext.progress import progress
+from cibhash_ext.transforms import EvalTransform
 
 __all__ = ["train", "TrainResult", "train_step", "wrap_for_processes"]
 
@@ -199,7 +202,8 @@ def _make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: i
 def _prepare_views(cfg: TrainConfig, model: CIBHashModel, data: RetrievalData, aug, transform):
     """What the views need before the first epoch: the neighbour table (neighbour positives) and the
     feature cache of a frozen backbone, each None when off. Both are functions of the data and the
-    seed, so a resumed run computes them again to the same values."""
+    seed, so a resumed run computes them again to the same values (a table found since from the
+    features comes from the checkpoint)."""
     neighbours = cache = None
     if cfg.neighbours:
         started = time.time()
@@ -214,6 +218,24 @@ def _prepare_views(cfg: TrainConfig, model: CIBHashModel, data: RetrievalData, a
     return neighbours, cache
 
 
+@torch.no_grad()
+def _feature_neighbours(cfg: TrainConfig, model: CIBHashModel, data: RetrievalData, aug, shape) -> Tensor:
+    """The neighbour table found again in the space of the model's backbone features: each training
+    image once, as the model sees it when encoding (no augmentation, eval mode), then
+    :func:`nearest_neighbours` on the features as they are. Rank 0 computes it and every rank receives the same table."""
+    table = torch.empty(len(data.train), cfg.neighbours, dtype=torch.int64)
+    if distributed.rank() == 0:
+        channels_last = cfg.channels_last and cfg.backbone == "convnet"
+        model.eval()
+        with autocast(cfg.device, cfg.bf16):
+            features = torch.cat([model.backbone(to_model_input(x, cfg.device, channels_last)).float().cpu()
+                                  for x in eval_batches(data.train, EvalTransform(shape, aug.mean, aug.std), 1024,
+                                                        cfg.workers)])
+        model.train()
+        table = nearest_neighbours(features, cfg.neighbours, dims=None)
+    return distributed.broadcast(table.to(cfg.device)).cpu()
+
+
 def _train(cfg, run_dir, resume, data, model, transform, on_epoch_end) -> dict | None:
     from cibhash_ext.run_eval import evaluate_model, finish_run
 
@@ -225,7 +247,7 @@ def _train(cfg, run_dir, resume, data, model, transform, on_epoch_end) -> dict |
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = n_batches(cfg, len(data.train))
     scheduler = _make_scheduler(cfg, optimizer, cfg.epochs * steps)
-    start_epoch, history, train_seconds = 0, [], 0.0
+    start_epoch, history, train_seconds, state = 0, [], 0.0, {}
     if resume:
         state = runs.load_checkpoint(run_dir)
         model.load_state_dict(state["model"])
@@ -251,12 +273,18 @@ def _train(cfg, run_dir, resume, data, model, transform, on_epoch_end) -> dict |
     prepared = time.time()
     neighbours, cache = _prepare_views(cfg, model, data, aug, transform)
     prepare_seconds = time.time() - prepared
+    if "neighbours" in state:  # found in feature space before the run stopped
+        neighbours = state["neighbours"].long()
     for epoch in range(start_epoch, cfg.epochs):
         # Global RNG (dropout) seeded per epoch too, so an epoch is the same with or without a resume before it.
         torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7_919 * rank)
         binarize_gen = epoch_generator(cfg.seed, epoch, salt=2 * rank + 1)
         model.train()
         started, loss_sum = time.time(), 0.0
+        if cfg.neighbour_refresh and epoch and epoch % cfg.neighbour_refresh == 0:
+            neighbours = _feature_neighbours(cfg, model, data, aug, shape)
+            LOG.info("neighbour positives: the %d nearest of each training image in the space of the backbone's "
+                     "features after epoch %d, found in %.1fs", cfg.neighbours, epoch, time.time() - started)
         batches = (train_batches(cfg, data, aug, epoch, transform, neighbours) if cache is None
                    else cached_view_batches(cfg, cache, epoch, neighbours))
         batches = progress(batches, f"epoch {epoch + 1}/{cfg.epochs}", steps,
@@ -281,6 +309,7 @@ def _train(cfg, run_dir, resume, data, model, transform, on_epoch_end) -> dict |
                 "rng_cpu": torch.get_rng_state(), "epoch": epoch, "history": history, "train_seconds": train_seconds,
                 "config": cfg.to_dict(), "input_shape": shape, "processes": processes,
                 **({"criteria": {str(v): c.state_dict() for v, c in criteria.items()}} if cfg.memory else {}),
+                **({"neighbours": neighbours.int()} if cfg.neighbour_refresh and epoch >= cfg.neighbour_refresh else {}),
             })
         LOG.info("epoch %d/%d loss %.4f (mean per code length) lr %.2e time %.1fs", epoch + 1, cfg.epochs,
                  record["loss"], record["lr"], seconds)

@@ -119,7 +119,7 @@ def torchrun_run(tmp_path_factory):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
            "-m", "cibhash_ext", "train", "--run-dir", str(run_dir), "--train-size", "512", "--query-size", "50",
            "--database-size", "300", "--epochs", "2", "--batch-size", "32", "--code-lengths", "16",
-           "--mlp-widths", "64", "--hidden", "64", "--baselines", "none", "--no-curves", "--no-progress",
+           "--backbone", "mlp", "--mlp-widths", "64", "--hidden", "64", "--neighbour-refresh", "1", "--baselines", "none", "--no-curves", "--no-progress",
            "--threads", "1", "--dist-timeout", "120"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -134,6 +134,8 @@ def test_torchrun_trains_and_only_rank_0_writes(torchrun_run):
                                            "retrieval.png", "train.log"]
     log = (run_dir / "train.log").read_text()
     assert log.count(" loss ") == 2, log  # one line per epoch: no second writer
+    # The neighbours found again from the features before epoch 2 (rank 0 computes, all receive them).
+    assert log.count("space of the backbone's features after epoch 1") == 1, log
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train"]["processes"] == WORLD
     assert 0 < metrics["cibhash"]["16"]["map"] <= 1

@@ -9,16 +9,18 @@ from PIL import Image
 
 from cibhash_ext.config import TrainConfig
 from cibhash_ext.data import ImageSet, RetrievalData
-from cibhash_ext.neighbours import THUMBNAIL_SIDE, draw_partners, image_neighbours, pixel_neighbours
+from cibhash_ext.neighbours import THUMBNAIL_SIDE, draw_partners, image_neighbours, nearest_neighbours
 from cibhash_ext.pipeline import train_batches
 from cibhash_ext.transforms import AugmentConfig
 
 
-def numpy_neighbours(pixels: np.ndarray, k: int, dims: int) -> np.ndarray:
-    """Transcription: centre, project on the leading principal axes, cosine, k best other rows."""
+def numpy_neighbours(pixels: np.ndarray, k: int, dims: int | None) -> np.ndarray:
+    """Transcription: centre, project on the leading principal axes (dims None: neither), cosine, k
+    best other rows."""
     x = pixels.reshape(len(pixels), -1).astype(np.float64)
-    x = x - x.mean(axis=0)
-    if x.shape[1] > dims:
+    if dims is not None:
+        x = x - x.mean(axis=0)
+    if dims is not None and x.shape[1] > dims:
         _, vectors = np.linalg.eigh(x.T @ x)
         x = x @ vectors[:, -dims:]
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -27,11 +29,11 @@ def numpy_neighbours(pixels: np.ndarray, k: int, dims: int) -> np.ndarray:
     return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
 
 
-@pytest.mark.parametrize("dims", [8, 64])
+@pytest.mark.parametrize("dims", [8, 64, None])
 def test_neighbours_match_a_numpy_transcription(dims):
     g = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (300, 1, 6, 6), dtype=torch.uint8, generator=g)
-    got = pixel_neighbours(pixels, 5, dims=dims)
+    got = nearest_neighbours(pixels, 5, dims=dims)
     want = numpy_neighbours(pixels.numpy(), 5, dims)
     assert got.dtype == torch.int64 and got.shape == (300, 5)
     assert np.array_equal(got.numpy(), want)
@@ -41,7 +43,7 @@ def test_an_image_is_not_its_own_neighbour_and_clusters_stay_apart():
     g = torch.Generator().manual_seed(1)
     centres = torch.randn(3, 50, generator=g) * 10
     pixels = centres.repeat_interleave(40, dim=0) + torch.randn(120, 50, generator=g)
-    table = pixel_neighbours(pixels, 10)
+    table = nearest_neighbours(pixels, 10)
     assert not (table == torch.arange(120)[:, None]).any()
     assert torch.equal(table // 40, (torch.arange(120) // 40)[:, None].expand(-1, 10))
 
@@ -49,7 +51,7 @@ def test_an_image_is_not_its_own_neighbour_and_clusters_stay_apart():
 @pytest.mark.parametrize("k", [0, 5, -1])
 def test_k_out_of_range_is_an_error_naming_the_limit(k):
     with pytest.raises(ValueError, match=r"neighbours must be between 1 and .*\(4\), got"):
-        pixel_neighbours(torch.zeros(5, 3), k)
+        nearest_neighbours(torch.zeros(5, 3), k)
 
 
 def test_partners_are_drawn_among_the_neighbours_uniformly_and_repeatably():
@@ -71,7 +73,7 @@ def test_image_files_are_compared_as_thumbnails(tmp_path):
     thumbs = torch.stack([
         torch.from_numpy(np.array(Image.open(p).convert("L").resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE)))) for p in paths
     ])
-    assert torch.equal(image_neighbours(ImageSet(None, paths=paths), 3), pixel_neighbours(thumbs, 3))
+    assert torch.equal(image_neighbours(ImageSet(None, paths=paths), 3), nearest_neighbours(thumbs, 3))
 
 
 def _data(images: torch.Tensor) -> RetrievalData:

@@ -157,9 +157,9 @@ def test_image_files_train_through_the_pil_pipeline(tmp_path):
 
 
 def test_default_backbone_and_input_size_per_dataset():
-    # Fashion-MNIST: the measured pixel MLP at 28x28 (unchanged).
+    # Fashion-MNIST: the small CNN at 28x28 (with refreshed neighbours it beats the pixel mlp).
     fm = TrainConfig()
-    assert fm.backbone == "mlp" and fm.augment_config(1, True).size == 0
+    assert fm.backbone == "convnet" and fm.augment_config(1, True).size == 0
     # CIFAR-10 (in memory, RGB): the small CNN at the native 32x32, not a pixel MLP at 224x224.
     cifar = TrainConfig(dataset="cifar10", data_root="x")
     assert cifar.backbone == "convnet" and cifar.augment_config(3, True).size == 0
@@ -248,3 +248,69 @@ def test_the_feature_loss_is_on_by_default_on_fashion_mnist_only_and_off_for_old
     del older["feature_loss"], older["feature_temperature"]  # a run written before the setting existed
     write_json(str(tmp_path / CONFIG_FILE), older)
     assert load_run_config(str(tmp_path)).feature_loss == 0.0
+
+
+@needs_fashion_mnist
+def test_refreshed_neighbours_come_from_the_backbone_features_and_survive_a_resume(tmp_path, tiny_data):
+    from cibhash_ext.encode import load_model
+    from cibhash_ext.neighbours import image_neighbours, nearest_neighbours
+    from cibhash_ext.pipeline import autocast, eval_batches
+
+    cfg = tiny_config(epochs=4, neighbour_refresh=2, backbone="mlp", mlp_widths=(128,), hidden=64, baselines=(),
+                      eval_curves=False, train_size=384)
+    assert cfg.neighbours == 10
+    data = dataclasses.replace(tiny_data, train=tiny_data.train.subset(torch.arange(384)))
+    train(cfg, run_dir=str(tmp_path / "full"), data=data)
+
+    def kill_after(last):
+        def on_epoch_end(epoch, record):
+            if epoch == last:
+                raise Killed
+        return on_epoch_end
+
+    with pytest.raises(Killed):  # stopped before the first refresh: the pixel table, not stored
+        train(cfg, run_dir=str(tmp_path / "before"), data=data, on_epoch_end=kill_after(1))
+    assert "neighbours" not in load_checkpoint(str(tmp_path / "before"))
+    with pytest.raises(Killed):  # stopped after the epoch that began with the refresh
+        train(cfg, run_dir=str(tmp_path / "killed"), data=data, on_epoch_end=kill_after(2))
+    stored = load_checkpoint(str(tmp_path / "killed"))["neighbours"].long()
+
+    # The table is the 10 nearest by the features of the model the refresh saw (the one after
+    # epoch 2), each image as encoding sees it.
+    model = load_model(str(tmp_path / "before"))
+    with torch.no_grad(), autocast("cpu", True):
+        features = torch.cat([model.backbone(x).float() for x in eval_batches(data.train, model.transform, 1024)])
+    assert torch.equal(stored, nearest_neighbours(features, 10, dims=None))
+    assert not torch.equal(stored, image_neighbours(data.train, 10))
+
+    # Resumed between refreshes, the run reads the stored table and ends where the uninterrupted one does.
+    train(cfg, run_dir=str(tmp_path / "killed"), resume=True, data=data)
+    a, b = (load_checkpoint(str(tmp_path / d)) for d in ("full", "killed"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert torch.equal(a["neighbours"], b["neighbours"])
+    # And the refresh changes the training: without it the same seed ends elsewhere.
+    train(dataclasses.replace(cfg, neighbour_refresh=0), run_dir=str(tmp_path / "fixed"), data=data)
+    fixed = load_checkpoint(str(tmp_path / "fixed"))
+    assert "neighbours" not in fixed and not torch.equal(fixed["model"]["backbone.net.1.weight"],
+                                                         a["model"]["backbone.net.1.weight"])
+
+
+def test_neighbour_refresh_defaults_and_errors(tmp_path):
+    from cibhash_ext.files import write_json
+    from cibhash_ext.run_dir import CONFIG_FILE, load_run_config
+
+    fm = TrainConfig()
+    assert (fm.backbone, fm.epochs, fm.neighbours, fm.neighbour_refresh) == ("convnet", 40, 10, 10)
+    assert TrainConfig(backbone="mlp").epochs == 80  # the budget of the pixel mlp, which is faster per epoch
+    assert TrainConfig(neighbours=0).neighbour_refresh == 0
+    assert TrainConfig(dataset="folder", data_root="x").neighbour_refresh == 0
+    assert TrainConfig.paper().neighbour_refresh == 0
+    with pytest.raises(ValueError, match="neighbour_refresh must be >= 0, and 0 without neighbour positives, got "
+                                         "neighbour_refresh 5 with neighbours 0"):
+        TrainConfig(neighbours=0, neighbour_refresh=5)
+    with pytest.raises(ValueError, match="neighbour_refresh must be >= 0"):
+        TrainConfig(neighbour_refresh=-1)
+    older = TrainConfig(backbone="mlp").to_dict()
+    del older["neighbour_refresh"]  # a run written before the setting existed
+    write_json(str(tmp_path / CONFIG_FILE), older)
+    assert load_run_config(str(tmp_path)).neighbour_refresh == 0
