@@ -27,7 +27,7 @@ from cibhash_ext import ops
 from cibhash_ext.baselines import ITQ
 from cibhash_ext.data import load_dataset
 from cibhash_ext.encode import load_model
-from cibhash_ext.evaluation import mean_average_precision
+from cibhash_ext.evaluation import _average_precision, mean_average_precision, relevance
 from cibhash_ext.neighbours import image_neighbours, nearest_neighbours
 from cibhash_ext.pipeline import autocast, eval_batches
 
@@ -46,14 +46,12 @@ def _outputs(model, images) -> tuple[Tensor, dict[int, Tensor]]:
 
 
 def _cosine_map(query: Tensor, database: Tensor, query_labels: Tensor, database_labels: Tensor, k: int) -> float:
-    """mAP@k ranking the database by cosine similarity (ties: lower index first, as for codes)."""
-    query, database = F.normalize(query, dim=1), F.normalize(database, dim=1)
+    """mAP@k ranking the database by cosine similarity, with the AP of the package's metrics."""
+    query, database, k = F.normalize(query, dim=1), F.normalize(database, dim=1), min(k, len(database))
     aps = []
     for start in range(0, len(query), 1024):
         order = (query[start : start + 1024] @ database.T).topk(k, dim=1, sorted=True).indices
-        rel = (database_labels[order] == query_labels[start : start + 1024, None]).double()
-        precision = rel.cumsum(1) / torch.arange(1, k + 1, dtype=torch.float64)
-        aps.append((precision * rel).sum(1) / rel.sum(1).clamp(min=1))
+        aps.append(_average_precision(relevance(query_labels[start : start + 1024], database_labels[order]).double(), k))
     return float(torch.cat(aps).mean())
 
 
