@@ -17,7 +17,6 @@ Every image is seen as encoding sees it (no augmentation, eval mode, the run's b
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +27,7 @@ from cibhash_ext.baselines import ITQ
 from cibhash_ext.data import load_dataset
 from cibhash_ext.encode import load_model
 from cibhash_ext.evaluation import _average_precision, mean_average_precision, relevance
+from cibhash_ext.files import write_json
 from cibhash_ext.neighbours import image_neighbours, nearest_neighbours
 from cibhash_ext.pipeline import autocast, eval_batches
 
@@ -64,7 +64,7 @@ def diagnose(run_dir: str, k_neighbours: int = 10) -> dict:
     cfg = model.config
     data = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options())
     if data.query.labels is None or data.query.labels.dim() != 1:
-        raise SystemExit(f"{run_dir}: these diagnostics need single-label queries (a labelled dataset)")
+        raise ValueError(f"{run_dir}: these diagnostics need single-label queries (a labelled dataset)")
     topk = cfg.topk or 1000
     ql, dl = data.query.labels, data.database.labels
     train_f, _ = _outputs(model, data.train)
@@ -93,7 +93,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     results = []
     for run in args.runs:
-        r = diagnose(run)
+        try:
+            r = diagnose(run)
+        except (ValueError, OSError) as exc:  # not a run directory, or a run without class labels
+            parser.exit(2, f"feature_diagnostics.py: error: {exc}\n")
         results.append(r)
         lengths = list(r["codes"])
         row = lambda name: " / ".join(f"{r[name][v]:.4f}" for v in lengths)  # noqa: E731
@@ -101,8 +104,7 @@ def main() -> None:
               f"{row('logits')}, ITQ on features {row('itq_on_features')}; features {r['features']:.4f}; "
               f"purity of 10 neighbours: pixels {r['purity']['pixels']:.3f}, features {r['purity']['features']:.3f}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

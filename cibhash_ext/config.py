@@ -56,9 +56,9 @@ class TrainConfig:
             that no choice is made on the test queries.
         backbone (str): one of :data:`cibhash_ext.models.BACKBONES`, or "auto": the convnet (on
             Fashion-MNIST its features and codes beat the pixel mlp's at equal time once the
-            neighbours are refreshed; benchmarks/QUALITY.md). The trained-from-scratch backbones (and a module passed from Python,
-            "custom") see in-memory images at their size and image files at 64x64 unless ``augment``
-            sets ``size``.
+            neighbours are refreshed; benchmarks/QUALITY.md). The trained-from-scratch backbones
+            (and a module passed from Python, "custom") see in-memory images at their size and image
+            files at 64x64 unless ``augment`` sets ``size``.
         backbone_weights (str, optional): local weights file (vgg16: required).
         convnet_widths (tuple[int, ...]): channels of the convnet backbone's three conv blocks.
         convnet_fc (int): width of the convnet's fully connected feature layer.

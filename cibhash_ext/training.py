@@ -222,7 +222,8 @@ def _prepare_views(cfg: TrainConfig, model: CIBHashModel, data: RetrievalData, a
 def _feature_neighbours(cfg: TrainConfig, model: CIBHashModel, data: RetrievalData, aug, shape) -> Tensor:
     """The neighbour table found again in the space of the model's backbone features: each training
     image once, as the model sees it when encoding (no augmentation, eval mode), then
-    :func:`nearest_neighbours` on the features as they are. Rank 0 computes it and every rank receives the same table."""
+    :func:`nearest_neighbours` on the features as they are. Rank 0 computes it and every rank
+    receives the same table."""
     table = torch.empty(len(data.train), cfg.neighbours, dtype=torch.int64)
     if distributed.rank() == 0:
         channels_last = cfg.channels_last and cfg.backbone == "convnet"

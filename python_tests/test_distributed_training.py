@@ -119,8 +119,8 @@ def torchrun_run(tmp_path_factory):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
            "-m", "cibhash_ext", "train", "--run-dir", str(run_dir), "--train-size", "512", "--query-size", "50",
            "--database-size", "300", "--epochs", "2", "--batch-size", "32", "--code-lengths", "16",
-           "--backbone", "mlp", "--mlp-widths", "64", "--hidden", "64", "--neighbour-refresh", "1", "--baselines", "none", "--no-curves", "--no-progress",
-           "--threads", "1", "--dist-timeout", "120"]
+           "--backbone", "mlp", "--mlp-widths", "64", "--hidden", "64", "--neighbour-refresh", "1",
+           "--baselines", "none", "--no-curves", "--no-progress", "--threads", "1", "--dist-timeout", "120"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     return run_dir, result

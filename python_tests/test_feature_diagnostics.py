@@ -32,3 +32,11 @@ def test_diagnostics_of_a_run_reproduce_its_code_map(tmp_path, monkeypatch, caps
     assert 0 < result["features"] <= 1
     assert 0.1 < result["purity"]["pixels"] <= 1 and 0.1 < result["purity"]["features"] <= 1
     assert f"{run}: mAP@1000 at 16/32 bits: codes" in capsys.readouterr().out
+
+    # A path that is not a run: one line, exit status 2, no traceback.
+    monkeypatch.setattr("sys.argv", ["feature_diagnostics.py", str(tmp_path / "nothing")])
+    with pytest.raises(SystemExit) as exit_info:
+        diagnostics.main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"feature_diagnostics.py: error: {tmp_path / 'nothing'} is not a run directory: " \
+                                      f"{tmp_path / 'nothing' / 'config.json'} is missing\n"
