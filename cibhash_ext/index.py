@@ -10,11 +10,20 @@ give a process reading the map different results or kill it with SIGBUS; a mappe
 compares the file's size and modification time with those it had at load before each block it
 reads, and raises :class:`IndexFileChangedError` instead. (A write that lands while a block is
 being read cannot be caught this way.)
+
+Threads: an index may be searched from several threads while other threads ``add`` or
+``remove_ids``. Everything a read sees (codes, ids, device, file map) is one immutable
+:class:`_State`; a write builds a new state from new tensors and swaps the reference under the
+index's lock, so writers run one at a time, and each search (or ``save``, ``to_faiss``) reads the
+one state it picked up at its start: the index as it was before or after a concurrent write, never
+a mix. Nothing is copied per search; an old state lives until the last search holding it ends.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
 import warnings
 import weakref
 from typing import BinaryIO, Iterator
@@ -202,227 +211,83 @@ def _check_int(value, name: str, low: int) -> int:
     return int(value)
 
 
-class HammingIndex:
-    """Exact Hamming k-NN and radius search over binary codes, with user ids.
+@dataclasses.dataclass(frozen=True)
+class _State:
+    """One state of a :class:`HammingIndex`: its codes and ids, never changed once made.
 
-    Codes are stored packed (uint8, ``ceil(nbits/8)`` bytes per code, FAISS layout). Every result
-    is ordered by (distance, position in the index): equal distances go to the code added first.
-    :meth:`remove_ids` compacts the positions in insertion order, so the survivors keep their
-    relative tie order. Results are reported as the user's ids.
+    Every read of an index goes through the state it picked up once (see the module docstring);
+    every write makes a new one.
 
-    An index lives on CPU or a CUDA device (``.to(device)``; the CUDA path runs the extension's
-    CUDA ops but is not exercised by this project's CPU-only CI). An index loaded with
-    ``mmap=True`` keeps its codes in the file's memory map (read-only): searches stream the
-    database in chunks of ``chunk_bytes`` and merge them with the same tie rule, so the results
-    equal an in-memory search and the anonymous memory used stays O(Q * k + chunk).
-
-    Args:
-        nbits (int): bits per code, 1 <= nbits <= 2^20.
-        device (torch.device or str): where codes and results live (default CPU).
+    Attributes:
+        codes (Tensor[n, code_size] uint8, or a read-only memory-mapped np.ndarray).
+        ids (Tensor[n] int64, a memory-mapped np.ndarray, or None: id = id_base + position).
+        id_base (int): the id of position 0 when ``ids`` is None.
+        device (torch.device): where codes and results live.
+        path (str or None): the file whose map holds the codes.
+        mapping (_MappedFile or None): set with ``path`` when the codes are a file's map.
     """
 
-    def __init__(self, nbits: int, device: torch.device | str = "cpu") -> None:
-        nbits = _check_int(nbits, "nbits", 1)
-        if nbits > MAX_NBITS:
-            raise ValueError(f"nbits must be <= {MAX_NBITS}, got {nbits}")
-        self.nbits = nbits
-        self.code_size = (nbits + 7) // 8
-        self.device = torch.device(device)
-        self.chunk_bytes = DEFAULT_CHUNK_BYTES
-        self._codes: Tensor | np.ndarray = torch.empty(0, self.code_size, dtype=torch.uint8, device=self.device)
-        self._ids: Tensor | np.ndarray | None = None  # None: id = _id_base + position
-        self._id_base = 0
-        self._path: str | None = None
-        self._mapping: _MappedFile | None = None  # set with _path when the codes are a file's map
+    codes: Tensor | np.ndarray
+    ids: Tensor | np.ndarray | None
+    id_base: int
+    device: torch.device
+    path: str | None = None
+    mapping: _MappedFile | None = None
 
     def __len__(self) -> int:
-        return int(self._codes.shape[0])
-
-    def __repr__(self) -> str:
-        where = f"mmap={self._path!r}" if self.is_mmap else f"device={self.device}"
-        return f"HammingIndex(nbits={self.nbits}, ntotal={len(self)}, {where})"
+        return int(self.codes.shape[0])
 
     @property
     def is_mmap(self) -> bool:
-        """True when the codes are read from a file's memory map (read-only)."""
-        return isinstance(self._codes, np.ndarray)
+        return isinstance(self.codes, np.ndarray)
 
-    @property
-    def codes(self) -> Tensor:
-        """Tensor[n, code_size], uint8: the packed codes (a zero-copy view when memory-mapped)."""
+    def check_mapping(self) -> None:
+        if self.mapping is not None:
+            self.mapping.check()
+
+    def codes_tensor(self) -> Tensor:
         if not self.is_mmap:
-            return self._codes
-        self._check_mapping()
-        return _tensor_view(self._codes)
+            return self.codes
+        self.check_mapping()
+        return _tensor_view(self.codes)
 
-    def _check_mapping(self) -> None:
-        if self._mapping is not None:
-            self._mapping.check()
-
-    @property
-    def ids(self) -> Tensor:
-        """Tensor[n], int64: the id of each code, in position order."""
-        return self._ids_at(None)
-
-    def _ids_at(self, positions: Tensor | None) -> Tensor:
-        if self._ids is None:
+    def ids_at(self, positions: Tensor | None) -> Tensor:
+        """The ids at ``positions`` (Tensor of int64 positions, any shape), or all ids for None."""
+        if self.ids is None:
             if positions is None:
-                return torch.arange(self._id_base, self._id_base + len(self), dtype=torch.int64, device=self.device)
-            return positions + self._id_base
-        if isinstance(self._ids, np.ndarray):
-            self._check_mapping()
+                return torch.arange(self.id_base, self.id_base + len(self), dtype=torch.int64, device=self.device)
+            return positions + self.id_base
+        if isinstance(self.ids, np.ndarray):
+            self.check_mapping()
             if positions is None:
-                return torch.from_numpy(np.array(self._ids, dtype=np.int64))
-            picked = self._ids[positions.cpu().numpy().reshape(-1)].astype(np.int64)
+                return torch.from_numpy(np.array(self.ids, dtype=np.int64))
+            picked = self.ids[positions.cpu().numpy().reshape(-1)].astype(np.int64)
             return torch.from_numpy(picked).reshape(positions.shape).to(positions.device)
-        return self._ids.clone() if positions is None else self._ids[positions]
+        return self.ids.clone() if positions is None else self.ids[positions]
 
-    def _require_writable(self, what: str) -> None:
-        if self.is_mmap:
-            raise RuntimeError(
-                f"{what}: this index is memory-mapped read-only from {self._path!r}; load it with mmap=False to modify it"
-            )
+    def has_stored_ids(self) -> bool:
+        if self.ids is None:
+            return self.id_base != 0 and len(self) > 0
+        return not torch.equal(self.ids_at(None).cpu(), torch.arange(len(self), dtype=torch.int64))
 
-    def to(self, device: torch.device | str) -> "HammingIndex":
-        """Moves the index to ``device`` in place and returns it (like ``nn.Module.to``).
-
-        A memory-mapped index moved to a CUDA device is copied there (it is no longer mapped);
-        moved to the CPU it stays mapped.
-        """
-        device = torch.device(device)
-        if device.type == "cpu" and self.is_mmap:
-            return self
-        self._codes = self.codes.to(device).contiguous()
-        if self._ids is not None:
-            self._ids = self._ids_at(None).to(device)
-        self.device, self._path, self._mapping = device, None, None
-        return self
-
-    def slice(self, start: int, stop: int) -> "HammingIndex":
-        """A new index over rows [start, stop) that shares this one's codes (no copy) and keeps their ids.
-
-        A slice of a memory-mapped index is memory-mapped too. Tie order within the slice is the
-        original position order.
-
-        Args:
-            start (int): first row, 0 <= start <= stop.
-            stop (int): one past the last row, stop <= len(self).
-        """
-        start, stop = _check_int(start, "start", 0), _check_int(stop, "stop", 0)
-        if not start <= stop <= len(self):
-            raise ValueError(f"start and stop must satisfy 0 <= start <= stop <= {len(self)}, got {start} and {stop}")
-        out = HammingIndex(self.nbits, self.device)
-        out.chunk_bytes, out._path, out._mapping = self.chunk_bytes, self._path, self._mapping
-        out._codes = self._codes[start:stop]
-        if self._ids is None:
-            out._id_base = self._id_base + start
-        else:
-            out._ids = self._ids[start:stop]
-        return out
-
-    # ------------------------------------------------------------------------------------------
-    # Mutation
-    # ------------------------------------------------------------------------------------------
-
-    def add(self, codes, ids=None) -> None:
-        """Appends codes, with ids or the next sequential ones.
-
-        Args:
-            codes (Tensor[n, ceil(nbits/8)] uint8 packed, or Tensor[n, nbits] {0,1}/{-1,+1} of any
-                real dtype; numpy arrays too): the codes, detected by shape and dtype.
-            ids (Tensor[n] or array of integers, optional): one id per code, unique and not yet in
-                the index. Default: ``max(existing ids) + 1`` onwards (0 onwards when empty).
-
-        Raises:
-            TypeError, ValueError: bad codes or ids (the message names the argument): ids that are not
-                integers, uint64 ids >= 2^63 (ids are int64), duplicate ids.
-            RuntimeError: the index is memory-mapped (read-only).
-        """
-        self._require_writable("add")
-        packed = as_packed_codes(codes, self.nbits, "codes", self.device)
-        n = packed.shape[0]
-        if len(self) + n > MAX_CODES:
-            raise ValueError(f"codes: an index holds at most 2^{_POSITION_BITS} codes, {len(self)} + {n} is more")
-        if ids is None:
-            if self._ids is None:
-                self._codes = torch.cat([self._codes, packed])
-                return
-            start = int(self._ids.max()) + 1 if len(self) else self._id_base
-            new_ids = torch.arange(start, start + n, dtype=torch.int64, device=self.device)
-        else:
-            new_ids = self._check_new_ids(ids, n)
-        old_ids = self._ids_at(None)
-        self._codes = torch.cat([self._codes, packed])
-        self._ids = torch.cat([old_ids, new_ids])
-
-    def _check_new_ids(self, ids, n: int) -> Tensor:
-        ids = _as_int64_ids(ids)
-        if ids.shape != (n,):
-            raise ValueError(f"ids must have shape ({n},), one per code, got {tuple(ids.shape)}")
-        ids = ids.to(self.device)
-        unique = torch.unique(ids)
-        if unique.numel() != n:
-            counts = torch.unique(ids, return_counts=True)
-            dup = counts[0][counts[1] > 1][:5].tolist()
-            raise ValueError(f"ids must be unique, got duplicates {dup}")
-        if len(self):
-            clash = ids[torch.isin(ids, self._ids_at(None))]
-            if clash.numel():
-                raise ValueError(f"ids already in the index: {clash[:5].tolist()}")
-        return ids
-
-    def remove_ids(self, ids) -> int:
-        """Removes the codes with these ids; ids not in the index are ignored.
-
-        The remaining codes keep their insertion order (positions are compacted), so equal
-        distances still go to the code added first.
-
-        Args:
-            ids (Tensor[m] or array of integers): ids to remove.
-
-        Returns:
-            int: how many codes were removed.
-
-        Raises:
-            TypeError: ids are not integers.
-            ValueError: uint64 ids >= 2^63.
-            RuntimeError: the index is memory-mapped (read-only).
-        """
-        self._require_writable("remove_ids")
-        ids = _as_int64_ids(ids)
-        current = self._ids_at(None)
-        drop = torch.isin(current, ids.reshape(-1).to(self.device))
-        removed = int(drop.sum())
-        if removed:
-            keep = ~drop
-            self._codes = self._codes[keep].contiguous()
-            self._ids = current[keep]
-        return removed
-
-    # ------------------------------------------------------------------------------------------
-    # Search
-    # ------------------------------------------------------------------------------------------
-
-    def _chunks(self) -> Iterator[tuple[int, Tensor]]:
+    def chunks(self, chunk_bytes: int) -> Iterator[tuple[int, Tensor]]:
         """(first position, codes) blocks: the whole tensor in memory, bounded blocks from a map."""
-        n = len(self)
         if not self.is_mmap:
-            yield 0, self._codes
+            yield 0, self.codes
             return
-        rows = max(1, int(self.chunk_bytes) // self.code_size)
-        for start in range(0, n, rows):
-            self._check_mapping()
-            yield start, _tensor_view(self._codes[start : start + rows])
+        code_size = self.codes.shape[1]
+        rows = max(1, int(chunk_bytes) // code_size)
+        for start in range(0, len(self), rows):
+            self.check_mapping()
+            yield start, _tensor_view(self.codes[start : start + rows])
 
-    def _prepare_queries(self, queries) -> Tensor:
-        return as_packed_codes(queries, self.nbits, "queries", self.device)
-
-    def search_positions(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    def search_positions(self, queries: Tensor, k: int, chunk_bytes: int) -> tuple[Tensor, Tensor]:
         """Top-k by (distance, position) over packed queries; k may exceed len(self).
 
         Args:
-            queries (Tensor[Q, code_size], uint8): packed queries on this index's device.
+            queries (Tensor[Q, code_size], uint8): packed queries on this state's device.
             k (int): k >= 1.
+            chunk_bytes (int): block size of a memory-mapped search.
 
         Returns:
             (distances Tensor[Q, min(k, n)] int32, positions Tensor[Q, min(k, n)] int64)
@@ -432,7 +297,7 @@ class HammingIndex:
         best_p = torch.empty(queries.shape[0], 0, dtype=torch.int64, device=self.device)
         if k == 0:
             return best_d, best_p
-        for start, chunk in self._chunks():
+        for start, chunk in self.chunks(chunk_bytes):
             d, p = ops.hamming_topk(queries, chunk, min(k, chunk.shape[0]))
             if start:
                 p = p + start
@@ -444,28 +309,12 @@ class HammingIndex:
             best_d, best_p = d.gather(1, order), p.gather(1, order)
         return best_d, best_p
 
-    def search(self, queries, k: int) -> tuple[Tensor, Tensor]:
-        """Exact k nearest codes of each query.
-
-        Args:
-            queries (Tensor[Q, ceil(nbits/8)] uint8 packed, or Tensor[Q, nbits] unpacked).
-            k (int): 1 <= k <= len(self).
-
-        Returns:
-            (distances Tensor[Q, k] int32, ids Tensor[Q, k] int64), ordered by (distance,
-            position in the index), on the index's device.
-        """
-        k = _check_int(k, "k", 1)
-        if k > len(self):
-            raise ValueError(f"k must be <= the number of codes in the index ({len(self)}), got {k}")
-        q = self._prepare_queries(queries)
-        dist, pos = self.search_positions(q, k)
-        return dist, self._ids_at(pos)
-
-    def range_positions(self, queries: Tensor, radius: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Radius search over packed queries, results as positions (see :meth:`range_search`)."""
+    def range_positions(self, queries: Tensor, radius: int, chunk_bytes: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Radius search over packed queries, results as positions (see :meth:`HammingIndex.range_search`)."""
         chunks = [
-            (start, ops.hamming_radius(queries, chunk, radius)) for start, chunk in self._chunks() if chunk.shape[0]
+            (start, ops.hamming_radius(queries, chunk, radius))
+            for start, chunk in self.chunks(chunk_bytes)
+            if chunk.shape[0]
         ]
         if not chunks:
             lims = torch.zeros(queries.shape[0] + 1, dtype=torch.int64, device=self.device)
@@ -483,6 +332,256 @@ class HammingIndex:
         order, lims = sort_matches(qrow, dist, pos, queries.shape[0])
         return lims, dist[order], pos[order]
 
+    def code_blocks(self) -> Iterator[memoryview]:
+        code_size = self.codes.shape[1]
+        rows = max(1, _IO_BLOCK // code_size)
+        for start in range(0, len(self), rows):
+            self.check_mapping()
+            block = self.codes[start : start + rows]
+            block = np.ascontiguousarray(block) if self.is_mmap else block.cpu().numpy()
+            yield memoryview(block.reshape(-1))
+
+    def id_blocks(self) -> Iterator[memoryview]:
+        rows = _IO_BLOCK // 8
+        for start in range(0, len(self), rows):
+            if self.ids is None:
+                stop = min(start + rows, len(self))
+                block = np.arange(self.id_base + start, self.id_base + stop, dtype=np.int64)
+            else:
+                self.check_mapping()
+                block = self.ids[start : start + rows]
+                block = np.asarray(block if isinstance(block, np.ndarray) else block.cpu().numpy())
+            yield memoryview(np.ascontiguousarray(block, dtype="<i8").view(np.uint8))
+
+
+class HammingIndex:
+    """Exact Hamming k-NN and radius search over binary codes, with user ids.
+
+    Codes are stored packed (uint8, ``ceil(nbits/8)`` bytes per code, FAISS layout). Every result
+    is ordered by (distance, position in the index): equal distances go to the code added first.
+    :meth:`remove_ids` compacts the positions in insertion order, so the survivors keep their
+    relative tie order. Results are reported as the user's ids.
+
+    An index lives on CPU or a CUDA device (``.to(device)``; the CUDA path runs the extension's
+    CUDA ops but is not exercised by this project's CPU-only CI). An index loaded with
+    ``mmap=True`` keeps its codes in the file's memory map (read-only): searches stream the
+    database in chunks of ``chunk_bytes`` and merge them with the same tie rule, so the results
+    equal an in-memory search and the anonymous memory used stays O(Q * k + chunk).
+
+    Threads: searches may run in any number of threads at once, also while other threads call
+    :meth:`add`, :meth:`remove_ids` or :meth:`to`. Each search sees the index as it was either
+    before or after each concurrent write, never a mix of the two, and never fails because of one;
+    writes run one at a time (they take the index's lock). Unlike FAISS, no outside lock is needed.
+    A search does not copy the database: a write builds new tensors and swaps them in whole.
+
+    Args:
+        nbits (int): bits per code, 1 <= nbits <= 2^20.
+        device (torch.device or str): where codes and results live (default CPU).
+    """
+
+    def __init__(self, nbits: int, device: torch.device | str = "cpu") -> None:
+        nbits = _check_int(nbits, "nbits", 1)
+        if nbits > MAX_NBITS:
+            raise ValueError(f"nbits must be <= {MAX_NBITS}, got {nbits}")
+        self.nbits = nbits
+        self.code_size = (nbits + 7) // 8
+        self.chunk_bytes = DEFAULT_CHUNK_BYTES
+        device = torch.device(device)
+        self._write_lock = threading.Lock()
+        self._state = _State(torch.empty(0, self.code_size, dtype=torch.uint8, device=device), None, 0, device)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def __repr__(self) -> str:
+        state = self._state
+        where = f"mmap={state.path!r}" if state.is_mmap else f"device={state.device}"
+        return f"HammingIndex(nbits={self.nbits}, ntotal={len(state)}, {where})"
+
+    def _snapshot(self) -> _State:
+        """The current state, unchanged by later writes: reads that must agree (a search and the ids
+        of its positions, as :class:`~cibhash_ext.sharded_index.ShardedHammingIndex` makes) share one."""
+        return self._state
+
+    @property
+    def device(self) -> torch.device:
+        """Where the codes and results live."""
+        return self._state.device
+
+    @property
+    def is_mmap(self) -> bool:
+        """True when the codes are read from a file's memory map (read-only)."""
+        return self._state.is_mmap
+
+    @property
+    def codes(self) -> Tensor:
+        """Tensor[n, code_size], uint8: the packed codes (a zero-copy view when memory-mapped)."""
+        return self._state.codes_tensor()
+
+    @property
+    def ids(self) -> Tensor:
+        """Tensor[n], int64: the id of each code, in position order."""
+        return self._state.ids_at(None)
+
+    @staticmethod
+    def _require_writable(state: _State, what: str) -> None:
+        if state.is_mmap:
+            raise RuntimeError(
+                f"{what}: this index is memory-mapped read-only from {state.path!r}; load it with mmap=False to modify it"
+            )
+
+    def to(self, device: torch.device | str) -> "HammingIndex":
+        """Moves the index to ``device`` in place and returns it (like ``nn.Module.to``).
+
+        A memory-mapped index moved to a CUDA device is copied there (it is no longer mapped);
+        moved to the CPU it stays mapped.
+        """
+        device = torch.device(device)
+        with self._write_lock:
+            state = self._state
+            if device.type == "cpu" and state.is_mmap:
+                return self
+            codes = state.codes_tensor().to(device).contiguous()
+            ids = None if state.ids is None else state.ids_at(None).to(device)
+            self._state = _State(codes, ids, state.id_base, device)
+        return self
+
+    def slice(self, start: int, stop: int) -> "HammingIndex":
+        """A new index over rows [start, stop) that shares this one's codes (no copy) and keeps their ids.
+
+        A slice of a memory-mapped index is memory-mapped too. Tie order within the slice is the
+        original position order.
+
+        Args:
+            start (int): first row, 0 <= start <= stop.
+            stop (int): one past the last row, stop <= len(self).
+        """
+        state = self._state
+        start, stop = _check_int(start, "start", 0), _check_int(stop, "stop", 0)
+        if not start <= stop <= len(state):
+            raise ValueError(f"start and stop must satisfy 0 <= start <= stop <= {len(state)}, got {start} and {stop}")
+        out = HammingIndex(self.nbits, state.device)
+        out.chunk_bytes = self.chunk_bytes
+        if state.ids is None:
+            ids, id_base = None, state.id_base + start
+        else:
+            ids, id_base = state.ids[start:stop], 0
+        out._state = _State(state.codes[start:stop], ids, id_base, state.device, state.path, state.mapping)
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # Mutation
+    # ------------------------------------------------------------------------------------------
+
+    def add(self, codes, ids=None) -> None:
+        """Appends codes, with ids or the next sequential ones.
+
+        Safe while other threads search (see the class docstring).
+
+        Args:
+            codes (Tensor[n, ceil(nbits/8)] uint8 packed, or Tensor[n, nbits] {0,1}/{-1,+1} of any
+                real dtype; numpy arrays too): the codes, detected by shape and dtype.
+            ids (Tensor[n] or array of integers, optional): one id per code, unique and not yet in
+                the index. Default: ``max(existing ids) + 1`` onwards (0 onwards when empty).
+
+        Raises:
+            TypeError, ValueError: bad codes or ids (the message names the argument): ids that are not
+                integers, uint64 ids >= 2^63 (ids are int64), duplicate ids.
+            RuntimeError: the index is memory-mapped (read-only).
+        """
+        with self._write_lock:
+            state = self._state
+            self._require_writable(state, "add")
+            packed = as_packed_codes(codes, self.nbits, "codes", state.device)
+            n = packed.shape[0]
+            if len(state) + n > MAX_CODES:
+                raise ValueError(f"codes: an index holds at most 2^{_POSITION_BITS} codes, {len(state)} + {n} is more")
+            all_codes = torch.cat([state.codes, packed])
+            if ids is None:
+                if state.ids is None:
+                    self._state = dataclasses.replace(state, codes=all_codes)
+                    return
+                start = int(state.ids.max()) + 1 if len(state) else state.id_base
+                new_ids = torch.arange(start, start + n, dtype=torch.int64, device=state.device)
+            else:
+                new_ids = self._check_new_ids(state, ids, n)
+            all_ids = torch.cat([state.ids_at(None), new_ids])
+            self._state = dataclasses.replace(state, codes=all_codes, ids=all_ids, id_base=0)
+
+    @staticmethod
+    def _check_new_ids(state: _State, ids, n: int) -> Tensor:
+        ids = _as_int64_ids(ids)
+        if ids.shape != (n,):
+            raise ValueError(f"ids must have shape ({n},), one per code, got {tuple(ids.shape)}")
+        ids = ids.to(state.device)
+        unique = torch.unique(ids)
+        if unique.numel() != n:
+            counts = torch.unique(ids, return_counts=True)
+            dup = counts[0][counts[1] > 1][:5].tolist()
+            raise ValueError(f"ids must be unique, got duplicates {dup}")
+        if len(state):
+            clash = ids[torch.isin(ids, state.ids_at(None))]
+            if clash.numel():
+                raise ValueError(f"ids already in the index: {clash[:5].tolist()}")
+        return ids
+
+    def remove_ids(self, ids) -> int:
+        """Removes the codes with these ids; ids not in the index are ignored.
+
+        The remaining codes keep their insertion order (positions are compacted), so equal
+        distances still go to the code added first. Safe while other threads search (see the
+        class docstring).
+
+        Args:
+            ids (Tensor[m] or array of integers): ids to remove.
+
+        Returns:
+            int: how many codes were removed.
+
+        Raises:
+            TypeError: ids are not integers.
+            ValueError: uint64 ids >= 2^63.
+            RuntimeError: the index is memory-mapped (read-only).
+        """
+        with self._write_lock:
+            state = self._state
+            self._require_writable(state, "remove_ids")
+            ids = _as_int64_ids(ids)
+            current = state.ids_at(None)
+            drop = torch.isin(current, ids.reshape(-1).to(state.device))
+            removed = int(drop.sum())
+            if removed:
+                keep = ~drop
+                codes = state.codes[keep].contiguous()
+                self._state = dataclasses.replace(state, codes=codes, ids=current[keep], id_base=0)
+            return removed
+
+    # ------------------------------------------------------------------------------------------
+    # Search
+    # ------------------------------------------------------------------------------------------
+
+    def _prepare_queries(self, queries, device: torch.device | None = None) -> Tensor:
+        return as_packed_codes(queries, self.nbits, "queries", self.device if device is None else device)
+
+    def search(self, queries, k: int) -> tuple[Tensor, Tensor]:
+        """Exact k nearest codes of each query.
+
+        Args:
+            queries (Tensor[Q, ceil(nbits/8)] uint8 packed, or Tensor[Q, nbits] unpacked).
+            k (int): 1 <= k <= len(self).
+
+        Returns:
+            (distances Tensor[Q, k] int32, ids Tensor[Q, k] int64), ordered by (distance,
+            position in the index), on the index's device.
+        """
+        state = self._state
+        k = _check_int(k, "k", 1)
+        if k > len(state):
+            raise ValueError(f"k must be <= the number of codes in the index ({len(state)}), got {k}")
+        q = self._prepare_queries(queries, state.device)
+        dist, pos = state.search_positions(q, k, self.chunk_bytes)
+        return dist, state.ids_at(pos)
+
     def range_search(self, queries, radius: int) -> tuple[Tensor, Tensor, Tensor]:
         """Every code within Hamming distance ``<= radius`` of each query (FAISS layout).
 
@@ -494,40 +593,15 @@ class HammingIndex:
             (lims Tensor[Q + 1] int64, distances Tensor[M] int32, ids Tensor[M] int64): query i's
             results are ``lims[i]:lims[i+1]``, ordered by (distance, position in the index).
         """
+        state = self._state
         radius = _check_int(radius, "radius", 0)
-        q = self._prepare_queries(queries)
-        lims, dist, pos = self.range_positions(q, radius)
-        return lims, dist, self._ids_at(pos)
+        q = self._prepare_queries(queries, state.device)
+        lims, dist, pos = state.range_positions(q, radius, self.chunk_bytes)
+        return lims, dist, state.ids_at(pos)
 
     # ------------------------------------------------------------------------------------------
     # Files
     # ------------------------------------------------------------------------------------------
-
-    def _has_stored_ids(self) -> bool:
-        if self._ids is None:
-            return self._id_base != 0 and len(self) > 0
-        ids = self._ids_at(None)
-        return not torch.equal(ids.cpu(), torch.arange(len(self), dtype=torch.int64))
-
-    def _code_blocks(self) -> Iterator[memoryview]:
-        rows = max(1, _IO_BLOCK // self.code_size)
-        for start in range(0, len(self), rows):
-            self._check_mapping()
-            block = self._codes[start : start + rows]
-            block = np.ascontiguousarray(block) if self.is_mmap else block.cpu().numpy()
-            yield memoryview(block.reshape(-1))
-
-    def _id_blocks(self) -> Iterator[memoryview]:
-        rows = _IO_BLOCK // 8
-        for start in range(0, len(self), rows):
-            if self._ids is None:
-                stop = min(start + rows, len(self))
-                block = np.arange(self._id_base + start, self._id_base + stop, dtype=np.int64)
-            else:
-                self._check_mapping()
-                block = self._ids[start : start + rows]
-                block = np.asarray(block if isinstance(block, np.ndarray) else block.cpu().numpy())
-            yield memoryview(np.ascontiguousarray(block, dtype="<i8").view(np.uint8))
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the index in the format of :mod:`cibhash_ext.index_file`, atomically.
@@ -535,13 +609,14 @@ class HammingIndex:
         The data go to a temporary file in the same directory, which is fsync'ed and renamed over
         ``path``; a failure or crash at any point leaves an existing ``path`` untouched (after a
         hard kill a stray ``.<name>.*.tmp`` file may remain). Ids are stored only when they differ
-        from the positions 0..n-1.
+        from the positions 0..n-1. A save while other threads write stores one state of the index.
 
         Args:
             path (str or PathLike): destination file.
         """
-        ids = self._id_blocks() if self._has_stored_ids() else None
-        index_file.write(os.fspath(path), self.nbits, len(self), self._code_blocks(), ids)
+        state = self._state
+        ids = state.id_blocks() if state.has_stored_ids() else None
+        index_file.write(os.fspath(path), self.nbits, len(state), state.code_blocks(), ids)
 
     @classmethod
     def load(
@@ -587,14 +662,14 @@ class HammingIndex:
                 index_file.verify(path, codes, ids, header, fh)
             if mapping is not None:
                 mapping.check()
-                index._codes, index._ids, index._path, index._mapping = codes, ids, path, mapping
+                index._state = _State(codes, ids, 0, index.device, path, mapping)
                 return index
         except BaseException:
             fh.close()
             raise
         fh.close()
-        index._codes = torch.from_numpy(np.ascontiguousarray(codes))
-        index._ids = None if ids is None else torch.from_numpy(ids.astype(np.int64))
+        ids = None if ids is None else torch.from_numpy(ids.astype(np.int64))
+        index._state = _State(torch.from_numpy(np.ascontiguousarray(codes)), ids, 0, index.device)
         return index
 
     # ------------------------------------------------------------------------------------------
@@ -613,13 +688,14 @@ class HammingIndex:
             ImportError: faiss is not installed.
         """
         faiss = _import_faiss("to_faiss")
-        codes = np.ascontiguousarray(self.codes.cpu().numpy())
+        state = self._state
+        codes = np.ascontiguousarray(state.codes_tensor().cpu().numpy())
         flat = faiss.IndexBinaryFlat(self.code_size * 8)
-        if not self._has_stored_ids():
+        if not state.has_stored_ids():
             flat.add(codes)
             return flat
         mapped = faiss.IndexBinaryIDMap(flat)
-        mapped.add_with_ids(codes, self._ids_at(None).cpu().numpy())
+        mapped.add_with_ids(codes, state.ids_at(None).cpu().numpy())
         return mapped
 
     @classmethod

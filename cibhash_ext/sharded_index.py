@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from cibhash_ext.distributed import init_process_group
-from cibhash_ext.index import HammingIndex, merge_topk, sort_matches
+from cibhash_ext.index import HammingIndex, _State, merge_topk, sort_matches
 
 __all__ = ["ShardedHammingIndex", "ShardError", "init_process_group"]
 
@@ -54,6 +54,13 @@ class ShardedHammingIndex:
     its position in its shard. With the default ``global_ids="shard"`` results carry the shards'
     own ids (which must be distinct across shards; this is not checked); with
     ``global_ids="position"`` the global positions are the ids. Every rank returns the full result.
+
+    Threads: other threads of a rank may ``add`` to or ``remove_ids`` from its shard while a
+    search runs. Each search picks up every shard's state once, at its start (see
+    :class:`~cibhash_ext.index.HammingIndex`), and exchanges the shard sizes it picked up, so its
+    global positions and ids all come from those states. ``len()``, ``shard_sizes`` and ``offset``
+    are those of the construction or of the last search. The searches themselves are collectives:
+    one thread per rank calls them, in the same order on every rank.
 
     Construction is collective: all ranks construct together, and a rank whose shard is missing
     makes every rank raise (see the module docstring). Prefer :meth:`from_file`, which reports a
@@ -122,10 +129,14 @@ class ShardedHammingIndex:
         self.global_ids = global_ids
         self.nbits = shard.nbits
         self.shard_sizes = status[:, 0].tolist()
-        self.offset = sum(self.shard_sizes[: self.rank])
 
     def __len__(self) -> int:
         return sum(self.shard_sizes)
+
+    @property
+    def offset(self) -> int:
+        """The global position of this shard's first code (as of the last collective call)."""
+        return sum(self.shard_sizes[: self.rank])
 
     def __repr__(self) -> str:
         return (f"ShardedHammingIndex(nbits={self.nbits}, ntotal={len(self)}, rank={self.rank}/{self.world_size}, "
@@ -159,33 +170,43 @@ class ShardedHammingIndex:
             )
         return table[:, 2 : 2 + len(values)]
 
-    def _broadcast_queries(self, what: str, queries, param: int, low: int, upper: int | None) -> tuple[Tensor, int]:
-        """Checks rank 0's arguments (collectively) and broadcasts its packed queries."""
+    def _begin(self, what: str, queries, param: int, name: str) -> tuple[_State, Tensor, int, int]:
+        """Starts a collective search: picks up this rank's shard state, checks rank 0's arguments
+        against the shards as picked up (collectively) and broadcasts rank 0's packed queries.
+
+        Returns:
+            (this rank's shard state, queries on the shard's device, k or radius, this shard's
+            offset in the global positions)
+        """
+        state = self.shard._snapshot()
         error, values = None, [0, 0]
         if self.rank == 0:
             try:
-                name = "k" if upper is not None else "radius"
                 if isinstance(param, bool) or not isinstance(param, (int, np.integer)):
                     raise TypeError(f"{what}: {name} must be an int, got {type(param).__name__}")
-                if param < low or (upper is not None and param > upper):
-                    bound = f"{low} <= {name} <= {upper}" if upper is not None else f"{name} >= {low}"
-                    raise ValueError(f"{what}: expected {bound} (the whole sharded database), got {name}={param}")
-                packed = self.shard._prepare_queries(queries)
+                low = 1 if name == "k" else 0
+                if param < low:
+                    raise ValueError(f"{what}: expected {name} >= {low}, got {name}={param}")
+                packed = self.shard._prepare_queries(queries, state.device)
                 values = [packed.shape[0], param]
             except Exception as exc:
                 error = exc
-        num_queries, param = self._exchange_status(f"{what} (arguments on rank 0)", error, values)[0].tolist()
+        status = self._exchange_status(f"{what} (arguments on rank 0)", error, values + [len(state)])
+        num_queries, param = status[0, :2].tolist()
+        self.shard_sizes = status[:, 2].tolist()
+        if name == "k" and param > len(self):  # the same check, and error, on every rank
+            raise ValueError(f"{what}: expected 1 <= k <= {len(self)} (the whole sharded database), got k={param}")
         if self.rank == 0:
             buffer = packed.to(self._comm_device)
         else:
             buffer = torch.empty(num_queries, self.shard.code_size, dtype=torch.uint8, device=self._comm_device)
         dist.broadcast(buffer, src=0, group=self.group)
-        return buffer.to(self.shard.device), int(param)
+        return state, buffer.to(state.device), int(param), sum(self.shard_sizes[: self.rank])
 
-    def _local_ids(self, positions: Tensor) -> Tensor:
+    def _local_ids(self, state: _State, positions: Tensor, offset: int) -> Tensor:
         if self.global_ids == "position":
-            return positions + self.offset
-        return self.shard._ids_at(positions)
+            return positions + offset
+        return state.ids_at(positions)
 
     def search(self, queries, k: int) -> tuple[Tensor, Tensor]:
         """Exact k-NN over the whole sharded database (collective; rank 0's queries are used).
@@ -199,14 +220,14 @@ class ShardedHammingIndex:
             (distances Tensor[Q, k] int32, ids Tensor[Q, k] int64), ordered by (distance, global
             position), the same on every rank.
         """
-        q, k = self._broadcast_queries("search", queries, k, 1, len(self))
+        state, q, k, offset = self._begin("search", queries, k, "k")
         error, packed = None, None
         try:
-            dist_local, pos = self.shard.search_positions(q, k)
+            dist_local, pos = state.search_positions(q, k, self.shard.chunk_bytes)
             pad = k - pos.shape[1]
             found = torch.cat([pos, pos.new_full((q.shape[0], pad), -1)], 1)
-            gpos = torch.where(found >= 0, found + self.offset, found)
-            ids = torch.cat([self._local_ids(pos), pos.new_full((q.shape[0], pad), -1)], 1)
+            gpos = torch.where(found >= 0, found + offset, found)
+            ids = torch.cat([self._local_ids(state, pos, offset), pos.new_full((q.shape[0], pad), -1)], 1)
             d = torch.cat([dist_local.to(torch.int64), pos.new_zeros((q.shape[0], pad))], 1)
             packed = torch.stack([d, gpos, ids]).to(self._comm_device)
         except Exception as exc:
@@ -214,7 +235,7 @@ class ShardedHammingIndex:
         self._exchange_status("search", error, [])
         gathered = [torch.empty_like(packed) for _ in range(self.world_size)]
         dist.all_gather(gathered, packed, group=self.group)
-        d, gpos, ids = torch.cat(gathered, dim=2).to(self.shard.device)
+        d, gpos, ids = torch.cat(gathered, dim=2).to(state.device)
         order, _ = merge_topk(d, gpos, k)
         return d.gather(1, order).to(torch.int32), ids.gather(1, order)
 
@@ -229,23 +250,23 @@ class ShardedHammingIndex:
             (lims Tensor[Q + 1] int64, distances Tensor[M] int32, ids Tensor[M] int64) in the FAISS
             layout, ordered by (distance, global position), the same on every rank.
         """
-        q, radius = self._broadcast_queries("range_search", queries, radius, 0, None)
+        state, q, radius, offset = self._begin("range_search", queries, radius, "radius")
         error, count = None, 0
         try:
-            lims, d, pos = self.shard.range_positions(q, radius)
+            lims, d, pos = state.range_positions(q, radius, self.shard.chunk_bytes)
             count = int(pos.shape[0])
         except Exception as exc:
             error = exc
         counts = self._exchange_status("range_search", error, [count])[:, 0].tolist()
         width = max(1, max(counts))  # padded to the largest shard's result; never empty
         data = torch.full((3, width), -1, dtype=torch.int64, device=pos.device)
-        data[:, :count] = torch.stack([d.to(torch.int64), pos + self.offset, self._local_ids(pos)])
+        data[:, :count] = torch.stack([d.to(torch.int64), pos + offset, self._local_ids(state, pos, offset)])
         gathered_lims = [torch.empty_like(lims, device=self._comm_device) for _ in range(self.world_size)]
         dist.all_gather(gathered_lims, lims.to(self._comm_device), group=self.group)
         gathered = [torch.empty_like(data, device=self._comm_device) for _ in range(self.world_size)]
         dist.all_gather(gathered, data.to(self._comm_device), group=self.group)
-        rows = torch.arange(q.shape[0], device=self.shard.device)
+        rows = torch.arange(q.shape[0], device=state.device)
         qrow = torch.cat([torch.repeat_interleave(rows, l.to(rows.device).diff()) for l in gathered_lims])
-        d, gpos, ids = torch.cat([g[:, :c] for g, c in zip(gathered, counts)], dim=1).to(self.shard.device)
+        d, gpos, ids = torch.cat([g[:, :c] for g, c in zip(gathered, counts)], dim=1).to(state.device)
         order, lims = sort_matches(qrow, d, gpos, q.shape[0])
         return lims, d[order].to(torch.int32), ids[order]

@@ -200,7 +200,7 @@ def test_chunked_mmap_search_equals_in_memory(tmp_path, chunk_bytes):
     index, codes, _ = build(20, n=300, seed=11)  # duplicates straddle the chunk borders
     index.save(tmp_path / "a.idx")
     mapped = HammingIndex.load(tmp_path / "a.idx", chunk_bytes=chunk_bytes)
-    assert mapped.is_mmap and isinstance(mapped._codes, np.memmap)
+    assert mapped.is_mmap and isinstance(mapped._snapshot().codes, np.memmap)
     queries = torch.cat([codes[:5], make_codes(3, 20, 1)])
     for k in (1, 7, 300):
         want = index.search(queries, k)
@@ -316,3 +316,75 @@ def test_faiss_missing_gives_a_clear_import_error(monkeypatch):
         HammingIndex(8).to_faiss()
     with pytest.raises(ImportError, match="from_faiss needs faiss"):
         HammingIndex.from_faiss(object())
+
+
+# ----------------------------------------------------------------------------------------------
+# Threads: searches while another thread adds and removes
+# ----------------------------------------------------------------------------------------------
+
+
+def _hamming_rows(queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Distance of query row i to code row i (both packed uint8)."""
+    return np.unpackbits(np.bitwise_xor(queries, codes), axis=1).sum(axis=1)
+
+
+def test_searches_see_one_state_while_another_thread_adds_and_removes():
+    """Every (id, distance) a search returns is true of the code that id was added with, and no search
+    raises, while a writer adds and removes; the writer's own changes are all in the final index."""
+    import threading
+    import time
+
+    nbits, base, batch, seconds = 64, 30_000, 400, 2.0
+    code_of_id = make_codes(base + 400 * batch, nbits, seed=7).numpy()  # codes of every id ever added
+    index = HammingIndex(nbits)
+    index.add(code_of_id[:base])
+    stop = threading.Event()
+    failures: list[str] = []
+    counts = {"searches": 0, "writes": 0}
+
+    def writer():
+        rng = np.random.default_rng(0)
+        live, next_id = [], base
+        while not stop.is_set() and next_id + batch <= len(code_of_id):
+            new = np.arange(next_id, next_id + batch)
+            index.add(code_of_id[new], new)
+            live.extend(new.tolist())
+            next_id += batch
+            gone = rng.choice(len(live), size=batch // 2, replace=False)
+            removed = index.remove_ids(np.asarray(live)[gone])
+            if removed != batch // 2:
+                failures.append(f"remove_ids removed {removed}, expected {batch // 2}")
+            live = np.delete(np.asarray(live), gone).tolist()
+            counts["writes"] += 1
+        counts["final_live"] = sorted(live)
+
+    def searcher(seed: int):
+        rng = np.random.default_rng(seed)
+        while not stop.is_set():
+            queries = code_of_id[rng.integers(0, len(code_of_id), 8)]
+            try:
+                dist, ids = index.search(queries, 10)
+                lims, rdist, rids = index.range_search(queries[:2], 20)
+            except Exception as exc:  # a failure to report, not to stop the other threads on
+                failures.append(f"search raised {type(exc).__name__}: {exc}")
+                return
+            dist, ids = dist.numpy(), ids.numpy()
+            true = _hamming_rows(np.repeat(queries, 10, axis=0), code_of_id[ids.reshape(-1)]).reshape(dist.shape)
+            if not (true == dist).all() or (np.diff(dist, axis=1) < 0).any():
+                failures.append("a k-NN (id, distance) pair is not true of that id's code, or is out of order")
+            rq = np.repeat(np.arange(2), np.diff(lims.numpy()))
+            rtrue = _hamming_rows(queries[rq], code_of_id[rids.numpy()])
+            if not (rtrue == rdist.numpy()).all() or (rtrue > 20).any():
+                failures.append("a range (id, distance) pair is not true of that id's code")
+            counts["searches"] += 1
+
+    threads = [threading.Thread(target=searcher, args=(s,)) for s in (1, 2)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+    assert counts["writes"] >= 5 and counts["searches"] >= 5, counts  # both sides really ran together
+    assert sorted(index.ids.tolist()) == list(range(base)) + counts["final_live"]

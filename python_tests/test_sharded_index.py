@@ -22,6 +22,8 @@ K_FULL = N  # the full ranking: every tie is visible
 RADIUS = 6
 TIMEOUT_S = 5.0
 WORLD = 3
+EXTRA = 7  # codes added to rank 1's own shard after its ShardedHammingIndex was made
+WRITES, SEARCHES = 10, 40  # batches each rank's writer thread cycles through; searches made meanwhile
 
 
 # ----------------------------------------------------------------------------------------------
@@ -36,6 +38,67 @@ def _record_error(fn) -> dict:
     except Exception as exc:
         return {"type": type(exc).__name__, "message": str(exc), "seconds": time.monotonic() - start}
     return {"type": None, "message": "", "seconds": time.monotonic() - start}
+
+
+class _BrokenState:
+    """A shard state whose search fails, as a local error would."""
+
+    device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        return 34
+
+    def search_positions(self, *args, **kwargs):
+        raise RuntimeError("simulated failure in rank 1's shard")
+
+
+def _writer_codes(rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ids and codes rank ``rank``'s writer thread adds: known to every rank, so each can check any id."""
+    from cibhash_ext import pack_bits
+
+    codes = pack_bits(torch.randint(0, 2, (WRITES * 20, NBITS), generator=torch.Generator().manual_seed(rank)))
+    return 2_000_000 + rank * 100_000 + np.arange(len(codes)), codes.numpy()
+
+
+def _search_while_writing(rank: int, world: int, own, sharded, workdir: str) -> dict:
+    """Sharded searches in this thread while another thread of this rank adds to and removes from its
+    shard: every returned (id, distance) must be true of the code that id was added with."""
+    import threading
+
+    from cibhash_ext.index import HammingIndex
+
+    whole = HammingIndex.load(os.path.join(workdir, "ids.idx"), mmap=False)
+    queries = np.load(os.path.join(workdir, "queries.npy"))
+    code_of_id = {int(i): c for i, c in zip(whole.ids, whole.codes.numpy())}
+    code_of_id.update(zip(range(10**6, 10**6 + EXTRA), np.load(os.path.join(workdir, "extra.npy"))))
+    for r in range(world):
+        writer_ids, writer_codes = _writer_codes(r)
+        code_of_id.update(zip(writer_ids.tolist(), writer_codes))
+    ids, codes = _writer_codes(rank)
+    stop, writes = threading.Event(), []
+
+    def writer():
+        w = 0
+        while not stop.is_set():
+            batch = slice(20 * (w % WRITES), 20 * (w % WRITES) + 20)
+            own.add(codes[batch], ids[batch])
+            own.remove_ids(ids[batch][::2])
+            own.remove_ids(ids[batch][1::2])
+            w += 1
+        writes.append(w)
+
+    failures = []
+    thread = threading.Thread(target=writer)
+    thread.start()
+    for _ in range(SEARCHES):  # the same count on every rank: searches are collectives
+        d, i = (t.numpy() for t in sharded.search(queries if rank == 0 else None, 10))
+        found = np.array([code_of_id[v] for v in i.ravel()])
+        bits = np.unpackbits(np.bitwise_xor(np.repeat(queries, 10, axis=0), found), axis=1)
+        if not (bits.sum(axis=1).reshape(d.shape) == d).all():
+            failures.append("an (id, distance) pair is not true of that id's code")
+    stop.set()
+    thread.join()
+    return {"failures": failures, "writes": writes[0]}
 
 
 def _worker_equal(rank: int, world: int, workdir: str) -> None:
@@ -59,22 +122,27 @@ def _worker_equal(rank: int, world: int, workdir: str) -> None:
     cuts = [0, 10, 70, N]
     own = HammingIndex(NBITS)
     own.add(whole.codes[cuts[rank] : cuts[rank + 1]], whole.ids[cuts[rank] : cuts[rank + 1]])
-    run("own_ids", ShardedHammingIndex(own))
-    run("own_pos", ShardedHammingIndex(own, global_ids="position"))
+    own_sharded = ShardedHammingIndex(own)
+    run("own_ids", own_sharded)
+    own_positions = ShardedHammingIndex(own, global_ids="position")
+    run("own_pos", own_positions)
+    # A shard written after construction: the next search uses the shard sizes as they are then.
+    if rank == 1:
+        own.add(np.load(os.path.join(workdir, "extra.npy")), torch.arange(EXTRA) + 10**6)
+    run("grown", own_sharded)
+    run("grown_pos", own_positions)
 
     errors = {"bad_k": _record_error(lambda: with_ids.search(queries, 0 if rank == 0 else 5))}
     errors["k_too_large"] = _record_error(lambda: with_ids.search(queries, N + 1))
     errors["mixed_nbits"] = _record_error(lambda: ShardedHammingIndex(HammingIndex(24 if rank == 1 else NBITS)))
     if rank == 1:
-        def broken(*args, **kwargs):
-            raise RuntimeError("simulated failure in rank 1's shard")
-
-        with_ids.shard.search_positions = broken
+        with_ids.shard._snapshot = lambda: _BrokenState()
     errors["local_failure"] = _record_error(lambda: with_ids.search(queries, 5))
     if rank == 1:
-        del with_ids.shard.search_positions
+        del with_ids.shard._snapshot
     # The group is still usable after the collective errors.
     out["after_d"], out["after_i"] = (t.numpy() for t in with_ids.search(queries, 5))
+    errors["concurrent_writes"] = _search_while_writing(rank, world, own, own_sharded, workdir)
     np.savez(os.path.join(workdir, f"equal_{rank}.npz"), **out)
     with open(os.path.join(workdir, f"equal_{rank}.json"), "w") as fh:
         json.dump(errors, fh)
@@ -128,6 +196,9 @@ def workdir(tmp_path_factory):
     codes[[0, 33, 40, 67, 100]] = queries[0]
     codes[[5, 50, 90]] = queries[1]
     np.save(path / "queries.npy", queries.numpy())
+    extra = pack_bits(torch.randint(0, 2, (EXTRA, NBITS), generator=gen))
+    extra[[0, 4]] = queries[0]  # more ties with query 0, positioned inside the database
+    np.save(path / "extra.npy", extra.numpy())
     ids = torch.randperm(N, generator=gen) * 7 + 1000  # id order differs from position order
     index = HammingIndex(NBITS)
     index.add(codes, ids)
@@ -150,22 +221,29 @@ def _expected(workdir, name):
     from cibhash_ext.index import HammingIndex
 
     whole = HammingIndex.load(workdir / ("plain.idx" if name == "split_plain" else "ids.idx"), mmap=False)
+    if name.startswith("grown"):  # rank 1's shard (rows 10..69) grew by EXTRA codes at its end
+        grown = HammingIndex(NBITS)
+        grown.add(whole.codes[:70], whole.ids[:70])
+        grown.add(np.load(workdir / "extra.npy"), torch.arange(EXTRA) + 10**6)
+        grown.add(whole.codes[70:], whole.ids[70:])
+        whole = grown
     queries = torch.from_numpy(np.load(workdir / "queries.npy"))
     d, i = whole.search(queries, K_FULL)
     d5, i5 = whole.search(queries, 5)
     lims, rd, ri = whole.range_search(queries, RADIUS)
-    if name == "own_pos":  # ids are the global positions
+    if name.endswith("_pos"):  # ids are the global positions
         to_pos = {int(v): p for p, v in enumerate(whole.ids)}
         i, i5, ri = (torch.tensor([to_pos[int(v)] for v in t.reshape(-1)]).reshape(t.shape) for t in (i, i5, ri))
     return {"d": d, "i": i, "d5": d5, "i5": i5, "lims": lims, "rd": rd, "ri": ri}
 
 
-@pytest.mark.parametrize("name", ["split_ids", "split_plain", "own_ids", "own_pos"])
+@pytest.mark.parametrize("name", ["split_ids", "split_plain", "own_ids", "own_pos", "grown", "grown_pos"])
 def test_sharded_results_equal_single_process(workdir, equal_run, name):
     _, results, _ = equal_run
     expected = _expected(workdir, name)
-    # The planted ties are there and span shards: query 0 has five codes at distance 0.
-    assert expected["d"][0, :5].tolist() == [0] * 5 and expected["d"][0, 5] > 0
+    # The planted ties are there and span shards: query 0 has five codes at distance 0 (seven once grown).
+    planted = 7 if name.startswith("grown") else 5
+    assert expected["d"][0, :planted].tolist() == [0] * planted and expected["d"][0, planted] > 0
     assert expected["lims"][-1] > 9, "the radius must catch more than the planted codes"
     for rank, got in enumerate(results):
         for key, value in expected.items():
@@ -190,6 +268,14 @@ def test_sharded_errors_raise_on_every_rank(equal_run):
         assert "simulated failure" in failure["message"]
     for got in results:
         np.testing.assert_array_equal(got["after_i"], got["split_ids_i5"])
+
+
+def test_sharded_searches_while_each_rank_writes_to_its_shard(equal_run):
+    _, _, errors = equal_run
+    for rank, rank_errors in enumerate(errors):
+        report = rank_errors["concurrent_writes"]
+        assert report["failures"] == [], f"rank {rank}: {report['failures'][:3]}"
+        assert report["writes"] >= 3, f"rank {rank}'s writer barely ran: {report}"
 
 
 def test_missing_shard_and_dead_rank_raise_in_bounded_time(workdir, equal_run):
