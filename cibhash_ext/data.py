@@ -32,7 +32,7 @@ try:
 except ImportError:  # numpy < 2
     from numpy.core import multiarray as _np_multiarray, numeric as _np_numeric
 
-from cibhash_ext.files import IMAGE_EXTENSIONS, image_files, load_image, readable_images, skipped_warning
+from cibhash_ext.files import image_files, load_image, readable_images, skipped_warning
 
 __all__ = [
     "DATASETS",
@@ -473,17 +473,14 @@ def load_image_folder(
     if not os.path.isdir(root):
         raise DatasetNotFoundError(f"image folder not found: {root} (expected {root}/<class name>/<image files>)")
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    paths, labels = [], []
-    for c, cls in enumerate(classes):
-        for dirpath, _, files in sorted(os.walk(os.path.join(root, cls))):
-            for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.join(dirpath, f))
-                    labels.append(c)
-    if not paths:
+    try:
+        paths = image_files([os.path.join(root, cls) for cls in classes])
+    except ValueError:
         raise DatasetNotFoundError(
-            f"no images under {root}: expected {root}/<class name>/<image files> with extensions {', '.join(IMAGE_EXTENSIONS)}"
-        )
+            f"no images under {root}: expected {root}/<class name>/<image files> (any format PIL reads)"
+        ) from None
+    class_of = {cls: c for c, cls in enumerate(classes)}
+    labels = [class_of[os.path.relpath(path, root).split(os.sep, 1)[0]] for path in paths]
     all_set = ImageSet(torch.tensor(labels, dtype=torch.int64), paths=paths)
     train_idx, query_idx, database_idx = _per_class_split(all_set.labels, query_per_class, train_per_class, seed)
     return RetrievalData(
@@ -543,7 +540,7 @@ def load_folder(root: str, query_size: int | None = None, train_size: int | None
     try:
         paths = image_files([root])
     except ValueError:
-        raise DatasetNotFoundError(f"no images under {root} (extensions {', '.join(IMAGE_EXTENSIONS)})") from None
+        raise DatasetNotFoundError(f"no images under {root} (no file of a format PIL reads)") from None
     paths = _checked_files(paths)
     if not paths:
         raise DatasetNotFoundError(f"no readable images under {root}")

@@ -14,6 +14,7 @@ import json
 import os
 import stat
 import tempfile
+import warnings
 from typing import IO, Iterator, Sequence
 
 __all__ = [
@@ -31,7 +32,21 @@ __all__ = [
     "skipped_warning",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+# Formats PIL identifies but cannot decode on its own (Ghostscript, video, scientific stubs, Windows
+# metafiles): their files count as not images rather than failing when their pixels are needed.
+_UNDECODABLE_FORMATS = frozenset({"BUFR", "EPS", "GRIB", "HDF5", "MPEG", "WMF"})
+
+
+def _image_extensions() -> tuple[str, ...]:
+    from PIL import Image
+
+    Image.init()
+    formats = Image.registered_extensions()
+    return tuple(sorted(e for e, f in formats.items() if f in Image.OPEN and f not in _UNDECODABLE_FORMATS))
+
+
+# Every extension of a format PIL opens and decodes (JPEG, PNG, GIF, TIFF, BMP, ICO, WebP, ...).
+IMAGE_EXTENSIONS = _image_extensions()
 
 
 def _temporary_pattern(path: str) -> str:
@@ -167,36 +182,73 @@ def torch_save(obj, path: str) -> None:
 def image_files(inputs: Sequence[str]) -> list[str]:
     """The image files among ``inputs``: files as given, folders searched recursively in sorted order.
 
+    A file inside a folder whose extension is not an image format's (:data:`IMAGE_EXTENSIONS`, any
+    case) is left out, and the files left out are counted and named in one warning. A file named in
+    ``inputs`` is kept whatever its extension (reading it tells whether it is an image).
+
     Raises:
         FileNotFoundError: an input does not exist.
-        ValueError: no image file (extensions :data:`IMAGE_EXTENSIONS`) was found.
+        ValueError: no image file was found.
     """
-    files = []
+    files, others = [], []
     for item in inputs:
         item = os.fspath(item)
         if os.path.isdir(item):
             for dirpath, _, names in sorted(os.walk(item)):
-                files += [os.path.join(dirpath, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
+                for name in sorted(names):
+                    (files if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(os.path.join(dirpath, name))
         elif os.path.isfile(item):
             files.append(item)
         else:
             raise FileNotFoundError(f"input not found: {item}")
+    if others:
+        warnings.warn(_named(f"left out {len(others)} file(s) that are not images by their extension", others),
+                      stacklevel=2)
     if not files:
-        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {[os.fspath(i) for i in inputs]}")
+        raise ValueError(f"no image files (extensions of the formats PIL reads) in {[os.fspath(i) for i in inputs]}")
     return files
 
 
+def _as_8_bits(img):
+    """16-bit images scaled to 8 bits: PIL's own conversion clips every value above 255 to white.
+
+    A 32-bit integer ("I") image holds 16-bit data when any value passes 255 (PIL opens some
+    16-bit files so) and is scaled the same way; one within 0..255 is taken as it is.
+    """
+    sixteen = img.mode.startswith("I;16")
+    if sixteen or (img.mode == "I" and img.getextrema()[1] > 255):
+        return img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    return img
+
+
+def _on_white(img):
+    """Transparent pixels composited onto white, as a viewer shows them; other images unchanged."""
+    from PIL import Image
+
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img
+
+
 def load_image(path: str, mode: str):
-    """Image ``path`` as a loaded PIL image in ``mode`` ("L" or "RGB").
+    """Image ``path`` as a loaded PIL image in ``mode`` ("L" or "RGB"), as a viewer shows it.
+
+    The first frame of an animation (GIF, WebP, APNG); the EXIF orientation applied (a photo stored
+    sideways with its orientation tag is turned upright); 16-bit images scaled to 8 bits;
+    transparent pixels composited onto white; CMYK, palette and every other mode converted by PIL.
 
     Raises:
         ValueError: the file is not a readable image (the message names it).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            return img.convert(mode)
+            ImageOps.exif_transpose(img, in_place=True)
+            return _on_white(_as_8_bits(img)).convert(mode)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{path} is not a readable image: {exc}") from None
 
@@ -217,7 +269,11 @@ def readable_images(paths: Sequence[str]) -> tuple[list[str], list[str]]:
     return good, bad
 
 
+def _named(what: str, paths: Sequence[str]) -> str:
+    shown = ", ".join(paths[:10]) + (f" and {len(paths) - 10} more" if len(paths) > 10 else "")
+    return f"{what}: {shown}"
+
+
 def skipped_warning(bad: Sequence[str]) -> str:
     """The one warning that names the unreadable files left out."""
-    shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-    return f"skipped {len(bad)} unreadable image file(s): {shown}"
+    return _named(f"skipped {len(bad)} unreadable image file(s)", bad)

@@ -339,3 +339,30 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(folder_
     assert not [n for n in os.listdir(killed) if n.endswith(".tmp")]
     fresh, resumed = (torch.load(d / "model.pt", weights_only=True)["state_dict"] for d in (run, killed))
     assert all(torch.equal(fresh[k], resumed[k]) for k in fresh)  # the same run as the uninterrupted one
+
+
+def test_encode_reads_every_image_a_user_has_and_names_what_it_leaves_out(folder_run, tmp_path, capsys):
+    """GIF and TIFF queries get rows, a sideways photo with its EXIF orientation encodes as the upright
+    one, and the files that are not images are named in one warning line."""
+    _, run = folder_run
+    rng = np.random.default_rng(3)
+    gray = Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8))  # GIF keeps 256 grey levels exactly
+    folder = tmp_path / "queries"
+    (folder / "nested").mkdir(parents=True)
+    gray.save(folder / "a.png")
+    gray.save(folder / "b.gif")
+    gray.save(folder / "nested" / "c.tif")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    gray.transpose(Image.Transpose.ROTATE_90).save(folder / "d_sideways.png", exif=exif)
+    (folder / "notes.txt").write_text("not an image")
+    capsys.readouterr()
+    out = tmp_path / "codes.npz"
+    assert main(["encode", str(run), str(folder), "--out", str(out), "--no-progress"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and "left out 1 file(s) that are not images" in warned[0] and "notes.txt" in warned[0]
+    codes = np.load(out)
+    assert [os.path.relpath(n, folder) for n in codes["names"]] == ["a.png", "b.gif", "d_sideways.png", "nested/c.tif"]
+    for length in (16, 32):
+        rows = codes[f"codes_{length}"]
+        assert (rows == rows[0]).all(), f"the four copies of one image must share one {length}-bit code"

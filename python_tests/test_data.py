@@ -138,8 +138,13 @@ def test_image_list_bad_lines(tmp_path):
 def test_image_folder_loader(tmp_path):
     write_images(tmp_path, [f"{c}/{i}.png" for c in ("cat", "dog", "fox") for i in range(5)])
     (tmp_path / "dog" / "notes.txt").write_text("not an image")
-    data = load_image_folder(str(tmp_path), query_per_class=1, train_per_class=2, seed=0)
+    with pytest.warns(UserWarning, match=r"left out 1 file\(s\) that are not images.*dog/notes.txt"):
+        data = load_image_folder(str(tmp_path), query_per_class=1, train_per_class=2, seed=0)
     assert data.class_names == ("cat", "dog", "fox")
+    for subset in (data.query, data.database):
+        assert [os.path.basename(os.path.dirname(p)) for p in subset.paths] == [
+            data.class_names[c] for c in subset.labels.tolist()
+        ]
     assert len(data.query) == 3 and len(data.database) == 12 and len(data.train) == 6
     assert sorted(data.query.labels.tolist()) == [0, 1, 2]
     assert not set(data.query.paths) & set(data.database.paths)
