@@ -3,16 +3,27 @@ stochastic binary layer and exact Hamming search on bit-packed codes.
 
 The user-facing names: the ops (``pack_bits`` ... ``hamming_radius``), the layer, loss and model
 (``StochasticBinaryLayer``, ``CIBHashLoss``, ``CIBHashModel``), training (``TrainConfig``, ``train``),
-inference (``load_model``, ``encode``) and search (``HammingIndex``, ``ShardedHammingIndex``).
+inference (``load_model``, ``encode``) and search (``HammingIndex`` with
+``IDSelectorRange`` / ``IDSelectorBatch`` filters, ``MIHIndex``, ``ShardedHammingIndex``).
 """
 
 from .config import TrainConfig
 from .encode import encode, export_encoder, load_model
-from .index import HammingIndex
+from .index import HammingIndex, IDSelectorBatch, IDSelectorRange
 from .layers import StochasticBinaryLayer
 from .losses import CIBHashLoss
+from .mih import MIHIndex
 from .models import CIBHashModel
-from .ops import hamming_distance, hamming_radius, hamming_topk, pack_bits, stochastic_binarize, unpack_bits
+from .ops import (
+    hamming_distance,
+    hamming_radius,
+    hamming_radius_filtered,
+    hamming_topk,
+    hamming_topk_filtered,
+    pack_bits,
+    stochastic_binarize,
+    unpack_bits,
+)
 from .sharded_index import ShardedHammingIndex
 from .training import TrainResult, train
 
@@ -23,6 +34,8 @@ __all__ = [
     "hamming_distance",
     "hamming_topk",
     "hamming_radius",
+    "hamming_topk_filtered",
+    "hamming_radius_filtered",
     "StochasticBinaryLayer",
     "CIBHashLoss",
     "CIBHashModel",
@@ -33,6 +46,9 @@ __all__ = [
     "encode",
     "export_encoder",
     "HammingIndex",
+    "IDSelectorRange",
+    "IDSelectorBatch",
+    "MIHIndex",
     "ShardedHammingIndex",
 ]
 __version__ = "0.1.0"

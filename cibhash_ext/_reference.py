@@ -133,3 +133,24 @@ def hamming_radius(
     lims = torch.zeros(queries.shape[0] + 1, dtype=torch.int64, device=queries.device)
     lims[1:] = keep.sum(1).cumsum(0)
     return lims, dist[keep], idx[keep]
+
+
+def _allowed(allow: torch.Tensor, n: int) -> torch.Tensor:
+    """The allow bitmap (uint8, bit i of byte i // 8) as a bool mask over n codes."""
+    return unpack_bits(allow[: (n + 7) // 8].reshape(1, -1), max(n, 1))[0, :n].bool()
+
+
+def hamming_topk_filtered(
+    queries: torch.Tensor, database: torch.Tensor, k: int, allow: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    keep = torch.nonzero(_allowed(allow, database.shape[0])).reshape(-1).to(queries.device)
+    dist, idx = hamming_topk(queries, database[keep], min(k, keep.numel()))
+    return dist, keep[idx]
+
+
+def hamming_radius_filtered(
+    queries: torch.Tensor, database: torch.Tensor, radius: int, allow: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    keep = torch.nonzero(_allowed(allow, database.shape[0])).reshape(-1).to(queries.device)
+    lims, dist, idx = hamming_radius(queries, database[keep], radius)
+    return lims, dist, keep[idx]

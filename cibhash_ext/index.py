@@ -36,12 +36,18 @@ from cibhash_ext import index_file, ops
 from cibhash_ext.files import remove_stale_temporaries
 from cibhash_ext.index_file import FORMAT_VERSION, MAGIC, MAX_CODES, MAX_NBITS, padding_mask
 
-__all__ = ["HammingIndex", "IndexFileChangedError", "FORMAT_VERSION", "MAGIC"]
+__all__ = ["HammingIndex", "IDSelectorRange", "IDSelectorBatch", "IndexFileChangedError", "FORMAT_VERSION", "MAGIC"]
 
 # Ties are merged on one int64 key, distance << 40 | position; positions must fit in 40 bits.
 _POSITION_BITS = 40
 DEFAULT_CHUNK_BYTES = 64 << 20
 _IO_BLOCK = 16 << 20
+# A filter allowing at most 1/_SPARSE_FILTER of the codes gathers them and scans only those; a denser
+# one scans everything with an allow bitmap checked where a code beats a query's threshold.
+_SPARSE_FILTER = 16
+# What a filtered k-NN search returns where fewer than k codes are allowed (faiss's convention).
+NO_ID = -1
+NO_DISTANCE = torch.iinfo(torch.int32).max
 
 
 class IndexFileChangedError(RuntimeError):
@@ -77,6 +83,70 @@ class _MappedFile:
                 "map no longer holds the index that was loaded: load it again, and replace index files by "
                 "rename (HammingIndex.save does) instead of writing into them"
             )
+
+
+class IDSelectorRange:
+    """Allows the ids ``imin <= id < imax`` in a filtered search (as ``faiss.IDSelectorRange``).
+
+    Args:
+        imin (int): first id allowed.
+        imax (int): one past the last id allowed, imax >= imin.
+    """
+
+    def __init__(self, imin: int, imax: int) -> None:
+        self.imin, self.imax = _check_int(imin, "imin", -(1 << 63)), _check_int(imax, "imax", -(1 << 63))
+        if self.imax < self.imin:
+            raise ValueError(f"imax must be >= imin={self.imin}, got {self.imax}")
+
+    def __repr__(self) -> str:
+        return f"IDSelectorRange({self.imin}, {self.imax})"
+
+
+class IDSelectorBatch:
+    """Allows the ids in a list in a filtered search (as ``faiss.IDSelectorBatch``); ids not in the
+    index are ignored.
+
+    Args:
+        ids (Tensor[m] or array of integers): the ids allowed.
+    """
+
+    def __init__(self, ids) -> None:
+        ids = _as_int64_ids(ids)
+        if ids.dim() != 1:
+            raise ValueError(f"ids must be 1-D, got shape {tuple(ids.shape)}")
+        self.ids = ids.cpu()
+
+    def __repr__(self) -> str:
+        return f"IDSelectorBatch({self.ids.numel()} ids)"
+
+
+def as_selector(allow) -> IDSelectorRange | IDSelectorBatch | None:
+    """``allow`` of a search as a selector: None, a selector, a ``range`` of step 1 (an id range), or a
+    tensor/array of ids (a batch)."""
+    if allow is None or isinstance(allow, (IDSelectorRange, IDSelectorBatch)):
+        return allow
+    if isinstance(allow, range):
+        if allow.step != 1:
+            raise ValueError(f"allow as a range must have step 1, got step {allow.step}")
+        return IDSelectorRange(allow.start, max(allow.start, allow.stop))
+    if isinstance(allow, (Tensor, np.ndarray)):
+        return IDSelectorBatch(allow)
+    raise TypeError(
+        f"allow must be None, an IDSelectorRange, an IDSelectorBatch, a range or a tensor of ids, got {_describe(allow)}"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The positions a filtered search may return: those of [start, stop) that are set in ``bitmap``
+    (uint8, bit p of byte p // 8, over every position) or, when ``positions`` is given, exactly those
+    (sorted). ``count`` is how many there are."""
+
+    start: int
+    stop: int
+    count: int
+    positions: Tensor | None = None
+    bitmap: Tensor | None = None
 
 
 def _tensor_view(array: np.ndarray) -> Tensor:
@@ -270,35 +340,87 @@ class _State:
             return self.id_base != 0 and len(self) > 0
         return not torch.equal(self.ids_at(None).cpu(), torch.arange(len(self), dtype=torch.int64))
 
-    def chunks(self, chunk_bytes: int) -> Iterator[tuple[int, Tensor]]:
-        """(first position, codes) blocks: the whole tensor in memory, bounded blocks from a map."""
+    def chunks(self, chunk_bytes: int, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, Tensor]]:
+        """(first position, codes) blocks of positions [start, stop): one view in memory, bounded blocks
+        from a map (a multiple of 8 codes, so an allow bitmap splits at byte boundaries)."""
+        stop = len(self) if stop is None else stop
         if not self.is_mmap:
-            yield 0, self.codes
+            yield start, self.codes[start:stop]
             return
         code_size = self.codes.shape[1]
-        rows = max(1, int(chunk_bytes) // code_size)
-        for start in range(0, len(self), rows):
+        rows = max(8, int(chunk_bytes) // code_size // 8 * 8)
+        for first in range(start, stop, rows):
             self.check_mapping()
-            yield start, _tensor_view(self.codes[start : start + rows])
+            yield first, _tensor_view(self.codes[first : min(stop, first + rows)])
 
-    def search_positions(self, queries: Tensor, k: int, chunk_bytes: int) -> tuple[Tensor, Tensor]:
+    def gather(self, positions: Tensor) -> Tensor:
+        """The codes at ``positions`` (sorted), read from the map only where they lie."""
+        if not self.is_mmap:
+            return self.codes[positions.to(self.device)]
+        self.check_mapping()
+        return torch.from_numpy(self.codes[positions.numpy()])
+
+    def select(self, allow) -> Selection:
+        """The positions a search with filter ``allow`` may return (see :meth:`HammingIndex.search`).
+
+        Ids given in order (no stored ids) turn an id range into a position range and an id list into
+        positions without reading the index; stored ids are compared block by block.
+        """
+        selector, n = as_selector(allow), len(self)
+        if selector is None:
+            return Selection(0, n, n)
+        if self.ids is None and isinstance(selector, IDSelectorRange):
+            lo = min(max(selector.imin - self.id_base, 0), n)
+            hi = min(max(selector.imax - self.id_base, lo), n)
+            return Selection(lo, hi, hi - lo)
+        if self.ids is None:
+            positions = torch.unique(selector.ids - self.id_base)
+            positions = positions[(positions >= 0) & (positions < n)]
+            return Selection(0, n, int(positions.numel()), positions=positions)
+        mask = torch.empty(n, dtype=torch.bool)
+        rows = _IO_BLOCK // 8
+        for start in range(0, n, rows):
+            ids = self.ids_at(torch.arange(start, min(n, start + rows), device=self.device)).cpu()
+            if isinstance(selector, IDSelectorRange):
+                mask[start : start + rows] = (ids >= selector.imin) & (ids < selector.imax)
+            else:
+                mask[start : start + rows] = torch.isin(ids, selector.ids)
+        count = int(mask.sum())
+        if count == n:
+            return Selection(0, n, n)
+        if count * _SPARSE_FILTER <= n or self.device.type != "cpu":
+            return Selection(0, n, count, positions=torch.nonzero(mask).reshape(-1))
+        return Selection(0, n, count, bitmap=ops.pack_bits(mask.reshape(1, -1)).reshape(-1))
+
+    def search_positions(
+        self, queries: Tensor, k: int, chunk_bytes: int, selection: Selection | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Top-k by (distance, position) over packed queries; k may exceed len(self).
 
         Args:
             queries (Tensor[Q, code_size], uint8): packed queries on this state's device.
             k (int): k >= 1.
             chunk_bytes (int): block size of a memory-mapped search.
+            selection (Selection, optional): the positions allowed (:meth:`select`); default all.
 
         Returns:
-            (distances Tensor[Q, min(k, n)] int32, positions Tensor[Q, min(k, n)] int64)
+            (distances Tensor[Q, k'] int32, positions Tensor[Q, k'] int64), k' = min(k, allowed codes).
         """
-        k = min(k, len(self))
+        sel = self.select(None) if selection is None else selection
+        k = min(k, sel.count)
         best_d = torch.empty(queries.shape[0], 0, dtype=torch.int32, device=self.device)
         best_p = torch.empty(queries.shape[0], 0, dtype=torch.int64, device=self.device)
         if k == 0:
             return best_d, best_p
-        for start, chunk in self.chunks(chunk_bytes):
-            d, p = ops.hamming_topk(queries, chunk, min(k, chunk.shape[0]))
+        if sel.positions is not None:
+            # Positions are sorted, so ties among the gathered codes keep the index's order.
+            d, p = ops.hamming_topk(queries, self.gather(sel.positions), k)
+            return d, sel.positions.to(self.device)[p]
+        for start, chunk in self.chunks(chunk_bytes, sel.start, sel.stop):
+            if sel.bitmap is None:
+                d, p = ops.hamming_topk(queries, chunk, min(k, chunk.shape[0]))
+            else:
+                d, p = ops.hamming_topk_filtered(queries, chunk, k, sel.bitmap[start // 8 :])
             if start:
                 p = p + start
             if best_d.shape[1] == 0:
@@ -309,19 +431,38 @@ class _State:
             best_d, best_p = d.gather(1, order), p.gather(1, order)
         return best_d, best_p
 
-    def range_positions(self, queries: Tensor, radius: int, chunk_bytes: int) -> tuple[Tensor, Tensor, Tensor]:
+    def finish_topk(self, dist: Tensor, pos: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Results [Q, k' <= k] by position -> (distances, ids) [Q, k], padded with (2^31 - 1, -1)."""
+        if dist.shape[1] == k:
+            return dist, self.ids_at(pos)
+        pad = k - dist.shape[1]
+        ids = self.ids_at(pos) if pos.shape[1] else pos
+        dist = torch.cat([dist, dist.new_full((dist.shape[0], pad), NO_DISTANCE)], 1)
+        return dist, torch.cat([ids, ids.new_full((ids.shape[0], pad), NO_ID)], 1)
+
+    def range_positions(
+        self, queries: Tensor, radius: int, chunk_bytes: int, selection: Selection | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Radius search over packed queries, results as positions (see :meth:`HammingIndex.range_search`)."""
-        chunks = [
-            (start, ops.hamming_radius(queries, chunk, radius))
-            for start, chunk in self.chunks(chunk_bytes)
-            if chunk.shape[0]
-        ]
+        sel = self.select(None) if selection is None else selection
+        if sel.positions is not None:
+            lims, dist, p = ops.hamming_radius(queries, self.gather(sel.positions), radius)
+            return lims, dist, sel.positions.to(self.device)[p]
+
+        def run(start: int, chunk: Tensor):
+            if sel.bitmap is None:
+                return ops.hamming_radius(queries, chunk, radius)
+            return ops.hamming_radius_filtered(queries, chunk, radius, sel.bitmap[start // 8 :])
+
+        chunks = [(start, run(start, chunk)) for start, chunk in self.chunks(chunk_bytes, sel.start, sel.stop)
+                  if chunk.shape[0]]
         if not chunks:
             lims = torch.zeros(queries.shape[0] + 1, dtype=torch.int64, device=self.device)
             empty = torch.empty(0, dtype=torch.int64, device=self.device)
             return lims, empty.to(torch.int32), empty
         if len(chunks) == 1:
-            return chunks[0][1]
+            start, (lims, dist, p) = chunks[0]
+            return lims, dist, p + start if start else p
         qrows, dists, positions = [], [], []
         rows = torch.arange(queries.shape[0], device=self.device)
         for start, (lims, d, p) in chunks:
@@ -331,6 +472,12 @@ class _State:
         qrow, dist, pos = torch.cat(qrows), torch.cat(dists), torch.cat(positions)
         order, lims = sort_matches(qrow, dist, pos, queries.shape[0])
         return lims, dist[order], pos[order]
+
+    def write(self, path: str | os.PathLike, nbits: int, table_blocks=None) -> None:
+        """Writes this state to an index file (see :meth:`HammingIndex.save`), with a tables section
+        (``index_file.table_section``) when given (MIHIndex)."""
+        ids = self.id_blocks() if self.has_stored_ids() else None
+        index_file.write(os.fspath(path), nbits, len(self), self.code_blocks(), ids, table_blocks)
 
     def code_blocks(self) -> Iterator[memoryview]:
         code_size = self.codes.shape[1]
@@ -563,31 +710,41 @@ class HammingIndex:
     def _prepare_queries(self, queries, device: torch.device | None = None) -> Tensor:
         return as_packed_codes(queries, self.nbits, "queries", self.device if device is None else device)
 
-    def search(self, queries, k: int) -> tuple[Tensor, Tensor]:
-        """Exact k nearest codes of each query.
+    def search(self, queries, k: int, allow=None) -> tuple[Tensor, Tensor]:
+        """Exact k nearest codes of each query, optionally among the allowed ids only.
+
+        A filter never copies the excluded codes: an id range over ids added in order scans that
+        part of the index only; a few allowed codes (at most 1/16) are gathered and scanned; more
+        are scanned in place with an allow bitmap checked where a code beats a query's threshold.
 
         Args:
             queries (Tensor[Q, ceil(nbits/8)] uint8 packed, or Tensor[Q, nbits] unpacked).
             k (int): 1 <= k <= len(self).
+            allow (optional): only these ids may be returned: an :class:`IDSelectorRange` (or a
+                ``range``), an :class:`IDSelectorBatch` (or a tensor/array of ids). Default: all.
 
         Returns:
             (distances Tensor[Q, k] int32, ids Tensor[Q, k] int64), ordered by (distance,
-            position in the index), on the index's device.
+            position in the index), on the index's device. Where fewer than k codes are allowed,
+            the rest of the row is id -1 with distance 2^31 - 1 (faiss's convention).
         """
         state = self._state
         k = _check_int(k, "k", 1)
         if k > len(state):
             raise ValueError(f"k must be <= the number of codes in the index ({len(state)}), got {k}")
+        selection = state.select(allow)
         q = self._prepare_queries(queries, state.device)
-        dist, pos = state.search_positions(q, k, self.chunk_bytes)
-        return dist, state.ids_at(pos)
+        dist, pos = state.search_positions(q, k, self.chunk_bytes, selection)
+        return state.finish_topk(dist, pos, k)
 
-    def range_search(self, queries, radius: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Every code within Hamming distance ``<= radius`` of each query (FAISS layout).
+    def range_search(self, queries, radius: int, allow=None) -> tuple[Tensor, Tensor, Tensor]:
+        """Every code within Hamming distance ``<= radius`` of each query (FAISS layout), optionally
+        among the allowed ids only.
 
         Args:
             queries (Tensor[Q, ceil(nbits/8)] uint8 packed, or Tensor[Q, nbits] unpacked).
             radius (int): radius >= 0 (inclusive, unlike faiss's binary range_search, which is strict).
+            allow (optional): only these ids may be returned, as in :meth:`search`.
 
         Returns:
             (lims Tensor[Q + 1] int64, distances Tensor[M] int32, ids Tensor[M] int64): query i's
@@ -595,8 +752,9 @@ class HammingIndex:
         """
         state = self._state
         radius = _check_int(radius, "radius", 0)
+        selection = state.select(allow)
         q = self._prepare_queries(queries, state.device)
-        lims, dist, pos = state.range_positions(q, radius, self.chunk_bytes)
+        lims, dist, pos = state.range_positions(q, radius, self.chunk_bytes, selection)
         return lims, dist, state.ids_at(pos)
 
     # ------------------------------------------------------------------------------------------
@@ -614,9 +772,7 @@ class HammingIndex:
         Args:
             path (str or PathLike): destination file.
         """
-        state = self._state
-        ids = state.id_blocks() if state.has_stored_ids() else None
-        index_file.write(os.fspath(path), self.nbits, len(state), state.code_blocks(), ids)
+        self._state.write(path, self.nbits)
 
     @classmethod
     def load(
@@ -647,6 +803,14 @@ class HammingIndex:
             ValueError: the file is not a regular file or not a valid index; the message names the
                 file and the problem.
         """
+        return cls.load_with_tables(path, mmap, verify, chunk_bytes)[0]
+
+    @classmethod
+    def load_with_tables(
+        cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    ) -> tuple["HammingIndex", list | None]:
+        """:meth:`load`, also returning the file's multi-index hashing tables read from the same open
+        file (``index_file.open_tables``; None in a version-1 file)."""
         path = os.fspath(path)
         chunk_bytes = _check_int(chunk_bytes, "chunk_bytes", 1)
         remove_stale_temporaries(path)
@@ -656,6 +820,7 @@ class HammingIndex:
             index = cls(header.nbits)
             index.chunk_bytes = chunk_bytes
             codes, ids = index_file.open_arrays(path, header, mmap, fh)
+            tables = index_file.open_tables(path, header, mmap, fh)
             # Recorded before the verify pass reads the map, so a write during it is caught too.
             mapping = _MappedFile(path, fh) if mmap and header.count else None
             if verify:
@@ -663,14 +828,14 @@ class HammingIndex:
             if mapping is not None:
                 mapping.check()
                 index._state = _State(codes, ids, 0, index.device, path, mapping)
-                return index
+                return index, tables
         except BaseException:
             fh.close()
             raise
         fh.close()
         ids = None if ids is None else torch.from_numpy(ids.astype(np.int64))
         index._state = _State(torch.from_numpy(np.ascontiguousarray(codes)), ids, 0, index.device)
-        return index
+        return index, tables
 
     # ------------------------------------------------------------------------------------------
     # faiss

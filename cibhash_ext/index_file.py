@@ -22,6 +22,25 @@ File format, version 1 (all integers little-endian; offsets in bytes from the st
 The file ends right after the last array. Without has_ids the ids are the positions 0..count-1.
 count is at most 2^40 (searches merge (distance, position) in one int64). A reader rejects any other
 version; a later version bumps ``version`` and may change everything after byte 12.
+
+Version 2 (written by ``MIHIndex``; plain indexes are still written as version 1, which this library
+keeps reading) is version 1 plus the multi-index hashing tables: ``version`` is 2, flags bit 1
+(has_tables) is set, the ``reserved`` field holds ``tables_crc32`` (zlib.crc32 of the whole tables
+section), and the tables section follows the last array at ``tables_offset`` = its end rounded up
+to 8. The data checksum still covers the codes and ids only. The section::
+
+    offset size  field (from tables_offset)
+    0      8     magic          b"CIBHMIH\0"
+    8      4     m              uint32, number of tables
+    12     4     reserved       uint32, 0
+    16     8     section_size   uint64, bytes from tables_offset to the end of the file
+    24     12m   layout         uint32 (bit_start, bit_count, dir_bits) per table, then zero padding to 8
+    ...          arrays         per table: dir int32 [2^dir_bits + 1], low int32 [count if dir_bits <
+                                bit_count else 0], pos int32 [count], each starting 8-aligned (zero padding)
+
+Table i lists the positions sorted by (key, position), key = bits [bit_start, bit_start + bit_count)
+of the code; ``dir[b]:dir[b + 1]`` are the entries whose key's top dir_bits bits are b, and ``low``
+holds each entry's remaining low bits (see ``csrc/ops/cpu/mih_kernel.h``).
 Reading it with numpy alone::
 
     head = np.fromfile(path, dtype=np.uint8, count=64)
@@ -39,22 +58,26 @@ import os
 import stat
 import struct
 import zlib
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
 from cibhash_ext.files import atomic_write
 
 __all__ = [
-    "MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "MAX_CODES", "Header",
-    "padding_mask", "write", "open_file", "read_header", "open_arrays", "verify",
+    "MAGIC", "FORMAT_VERSION", "TABLES_VERSION", "HEADER_SIZE", "MAX_CODES", "Header", "TableSpec",
+    "padding_mask", "write", "open_file", "read_header", "open_arrays", "open_tables", "table_section", "verify",
 ]
 
 MAGIC = b"CIBHIDX\0"
 FORMAT_VERSION = 1
+TABLES_VERSION = 2
 _HEADER = struct.Struct("<8sIIIIQIIQQII")
 HEADER_SIZE = _HEADER.size  # 64
 _FLAG_HAS_IDS = 1
+_FLAG_HAS_TABLES = 2
+TABLES_MAGIC = b"CIBHMIH\0"
+_TABLES_HEAD = struct.Struct("<8sIIQ")
 MAX_NBITS = 1 << 20
 MAX_CODES = 1 << 40  # searches merge (distance, position) in one int64 with 40 position bits
 _IO_BLOCK = 16 << 20
@@ -70,6 +93,61 @@ class Header:
     has_ids: bool
     ids_offset: int
     data_crc: int
+    tables_offset: int = 0  # 0: no tables section
+    tables_size: int = 0
+    tables_crc: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSpec:
+    """One multi-index hashing table: its substring of the code and its directory size."""
+
+    bit_start: int
+    bit_count: int
+    dir_bits: int
+
+
+def _align8(n: int) -> int:
+    return (n + 7) // 8 * 8
+
+
+def _data_end(count: int, code_size: int, has_ids: bool) -> int:
+    return _ids_offset(count, code_size, has_ids) + 8 * count if has_ids else HEADER_SIZE + count * code_size
+
+
+def _table_layout(specs: list[TableSpec], count: int) -> tuple[list[tuple[int, int, int]], int]:
+    """Offsets from the section start of each table's (dir, low, pos) arrays, and the section size."""
+    at = _align8(_TABLES_HEAD.size + 12 * len(specs))
+    offsets = []
+    for spec in specs:
+        dir_at = at
+        low_at = _align8(dir_at + 4 * ((1 << spec.dir_bits) + 1))
+        low_len = count if spec.dir_bits < spec.bit_count else 0
+        pos_at = _align8(low_at + 4 * low_len)
+        at = _align8(pos_at + 4 * count)
+        offsets.append((dir_at, low_at, pos_at))
+    return offsets, at
+
+
+def table_section(specs: list[TableSpec], count: int, arrays: list[tuple]) -> Iterator[bytes]:
+    """The tables section as byte blocks, for :func:`write`: ``arrays`` holds (dir, low, pos) int32
+    numpy arrays per table, in the order of ``specs``."""
+    offsets, size = _table_layout(specs, count)
+    head = _TABLES_HEAD.pack(TABLES_MAGIC, len(specs), 0, size)
+    head += b"".join(struct.pack("<III", s.bit_start, s.bit_count, s.dir_bits) for s in specs)
+    at = len(head)
+    yield head
+    for (dir_at, low_at, pos_at), triple in zip(offsets, arrays):
+        for offset, array in zip((dir_at, low_at, pos_at), triple):
+            if offset > at:
+                yield bytes(offset - at)
+                at = offset
+            data = np.ascontiguousarray(array, dtype="<i4").view(np.uint8).reshape(-1)
+            for start in range(0, data.size, _IO_BLOCK):
+                yield memoryview(data[start : start + _IO_BLOCK])
+            at += data.size
+    if size > at:
+        yield bytes(size - at)
 
 
 def padding_mask(nbits: int) -> int:
@@ -81,7 +159,10 @@ def _ids_offset(count: int, code_size: int, has_ids: bool) -> int:
     return (HEADER_SIZE + count * code_size + 7) // 8 * 8 if has_ids else 0
 
 
-def write(path: str, nbits: int, count: int, code_blocks: Iterable, id_blocks: Iterable | None) -> None:
+def write(
+    path: str, nbits: int, count: int, code_blocks: Iterable, id_blocks: Iterable | None,
+    table_blocks: Iterable | None = None,
+) -> None:
     """Writes an index file atomically.
 
     The data go to a temporary file in the same directory, which is flushed, fsync'ed and renamed
@@ -95,6 +176,8 @@ def write(path: str, nbits: int, count: int, code_blocks: Iterable, id_blocks: I
         count (int): number of codes.
         code_blocks (iterable of buffers): the codes, uint8 rows in order, count * ceil(nbits/8) bytes.
         id_blocks (iterable of buffers, optional): the ids as little-endian int64, or None.
+        table_blocks (iterable of buffers, optional): a tables section (:func:`table_section`); the
+            file is then format version 2.
     """
     code_size = (nbits + 7) // 8
     codes_end = HEADER_SIZE + count * code_size
@@ -110,8 +193,16 @@ def write(path: str, nbits: int, count: int, code_blocks: Iterable, id_blocks: I
             for block in id_blocks:
                 _write_all(fh, block)
                 crc = zlib.crc32(block, crc)
+        tables_crc = None
+        if table_blocks is not None:
+            end = _data_end(count, code_size, id_blocks is not None)
+            _write_all(fh, bytes(_align8(end) - end))
+            tables_crc = 0
+            for block in table_blocks:
+                _write_all(fh, block)
+                tables_crc = zlib.crc32(block, tables_crc)
         fh.seek(0)
-        _write_all(fh, _pack_header(nbits, count, id_blocks is not None, ids_offset, crc))
+        _write_all(fh, _pack_header(nbits, count, id_blocks is not None, ids_offset, crc, tables_crc))
 
 
 def open_file(path: str) -> BinaryIO:
@@ -155,7 +246,17 @@ def read_header(path: str, fh: BinaryIO | None = None) -> Header:
     size = os.fstat(fh.fileno()).st_size
     fh.seek(0)
     head = fh.read(HEADER_SIZE)
-    return _parse_header(head, size, path)
+    header = _parse_header(head, size, path)
+    if not header.tables_offset:
+        return header
+    fh.seek(header.tables_offset)
+    magic, m, reserved, section_size = _TABLES_HEAD.unpack(fh.read(_TABLES_HEAD.size).ljust(_TABLES_HEAD.size, b"\0"))
+    if magic != TABLES_MAGIC or reserved or not 1 <= m <= MAX_NBITS:
+        raise ValueError(f"cannot load index {path!r}: the tables section is not valid (magic {magic!r}, m={m})")
+    expected = header.tables_offset + section_size
+    if size != expected:
+        raise ValueError(f"cannot load index {path!r}: the tables section says the file has {expected} bytes, it has {size}")
+    return dataclasses.replace(header, tables_size=section_size)
 
 
 def open_arrays(
@@ -188,14 +289,17 @@ def _write_all(fh, data) -> None:
     fh.write(data)
 
 
-def _pack_header(nbits: int, count: int, has_ids: bool, ids_offset: int, data_crc: int) -> bytes:
-    fields = (MAGIC, FORMAT_VERSION, HEADER_SIZE, nbits, (nbits + 7) // 8, count,
-              _FLAG_HAS_IDS if has_ids else 0, 0, HEADER_SIZE, ids_offset, data_crc, 0)
+def _pack_header(nbits: int, count: int, has_ids: bool, ids_offset: int, data_crc: int,
+                 tables_crc: int | None = None) -> bytes:
+    flags = (_FLAG_HAS_IDS if has_ids else 0) | (_FLAG_HAS_TABLES if tables_crc is not None else 0)
+    version = FORMAT_VERSION if tables_crc is None else TABLES_VERSION
+    fields = (MAGIC, version, HEADER_SIZE, nbits, (nbits + 7) // 8, count,
+              flags, tables_crc or 0, HEADER_SIZE, ids_offset, data_crc, 0)
     head = _HEADER.pack(*fields)
     return head[:-4] + struct.pack("<I", zlib.crc32(head[:-4]))
 
 
-def _parse_header(head: bytes, size: int, path: str) -> dict:
+def _parse_header(head: bytes, size: int, path: str) -> Header:
     def fail(what: str) -> ValueError:
         return ValueError(f"cannot load index {path!r}: {what}")
 
@@ -205,8 +309,9 @@ def _parse_header(head: bytes, size: int, path: str) -> dict:
         raise fail(f"truncated: the file has {size} bytes, the header alone needs {HEADER_SIZE}")
     (_, version, header_size, nbits, code_size, count, flags, reserved, codes_offset, ids_offset, data_crc,
      header_crc) = _HEADER.unpack(head)
-    if version != FORMAT_VERSION:
-        raise fail(f"format version {version} is not supported (this library reads version {FORMAT_VERSION})")
+    if version not in (FORMAT_VERSION, TABLES_VERSION):
+        raise fail(f"format version {version} is not supported (this library reads versions {FORMAT_VERSION} "
+                   f"and {TABLES_VERSION})")
     if zlib.crc32(head[:-4]) != header_crc:
         raise fail("header checksum mismatch: the header is corrupted")
     has_ids = bool(flags & _FLAG_HAS_IDS)
@@ -217,8 +322,10 @@ def _parse_header(head: bytes, size: int, path: str) -> dict:
         problems.append(f"header_size={header_size}, codes_offset={codes_offset} (expected {HEADER_SIZE})")
     if not 1 <= nbits <= MAX_NBITS or code_size != (nbits + 7) // 8:
         problems.append(f"nbits={nbits} is inconsistent with {code_size} bytes per code")
-    if flags & ~_FLAG_HAS_IDS or reserved:
-        problems.append(f"unknown flags {flags:#x} or reserved field {reserved}")
+    has_tables = version == TABLES_VERSION
+    known = _FLAG_HAS_IDS | (_FLAG_HAS_TABLES if has_tables else 0)
+    if flags & ~known or (reserved and not has_tables) or (has_tables and not flags & _FLAG_HAS_TABLES):
+        problems.append(f"unknown flags {flags:#x} or reserved field {reserved} for version {version}")
     if count > MAX_CODES:
         problems.append(f"count={count} exceeds 2^40")
     if ids_offset != expected_ids_offset:
@@ -227,6 +334,12 @@ def _parse_header(head: bytes, size: int, path: str) -> dict:
         raise fail("inconsistent header: " + "; ".join(problems))
     expected = ids_offset + 8 * count if has_ids else codes_end
     what = f"{count} codes of {nbits} bits" + (" with ids" if has_ids else "")
+    if has_tables:
+        tables_offset = _align8(expected)
+        if size < tables_offset + _TABLES_HEAD.size:
+            raise fail(f"truncated: {what} and tables need more than {tables_offset + _TABLES_HEAD.size} bytes, "
+                       f"the file has {size}")
+        return Header(nbits, code_size, count, has_ids, ids_offset, data_crc, tables_offset, 0, reserved)
     if size < expected:
         raise fail(f"truncated: {what} need {expected} bytes, the file has {size}")
     if size > expected:
@@ -258,5 +371,53 @@ def verify(path: str, codes: np.ndarray, ids: np.ndarray | None, header: Header,
     if crc != header.data_crc:
         raise ValueError(f"cannot load index {path!r}: data checksum mismatch (stored {header.data_crc:#010x}, "
                          f"computed {crc:#010x}): the codes or ids are corrupted")
+    if header.tables_offset:
+        with contextlib.nullcontext(fh) if fh is not None else open_file(path) as opened:
+            opened.seek(header.tables_offset)
+            tables_crc, left = 0, header.tables_size
+            while left > 0:
+                block = opened.read(min(left, _IO_BLOCK))
+                if not block:
+                    break
+                tables_crc = zlib.crc32(block, tables_crc)
+                left -= len(block)
+        if tables_crc != header.tables_crc:
+            raise ValueError(f"cannot load index {path!r}: tables checksum mismatch (stored {header.tables_crc:#010x}, "
+                             f"computed {tables_crc:#010x}): the search tables are corrupted")
     if not padding_ok:
         raise ValueError(f"cannot load index {path!r}: codes have bits set beyond nbits={header.nbits}")
+
+
+def open_tables(path: str, header: Header, mmap: bool, fh: BinaryIO) -> list[tuple[TableSpec, tuple]] | None:
+    """The tables of a checked version-2 file as (spec, (dir, low, pos)) per table, int32 numpy arrays
+    memory-mapped read-only or read into memory from ``fh`` (its :func:`open_file`); None without tables.
+
+    Raises:
+        ValueError: a table layout that does not fit the codes or the section (names the file).
+    """
+    if not header.tables_offset:
+        return None
+    fh.seek(header.tables_offset)
+    _, m, _, size = _TABLES_HEAD.unpack(fh.read(_TABLES_HEAD.size))
+    raw = fh.read(12 * m)
+    specs = [TableSpec(*struct.unpack_from("<III", raw, 12 * i)) for i in range(m)] if len(raw) == 12 * m else []
+    nbits = header.nbits
+    bad = [s for s in specs if not (1 <= s.dir_bits <= s.bit_count <= 32 and s.bit_start + s.bit_count <= 8 * header.code_size
+                                    and s.dir_bits <= 30)]
+    if len(specs) != m or bad or _table_layout(specs, header.count)[1] != size:
+        raise ValueError(f"cannot load index {path!r}: the tables section does not fit {header.count} codes of {nbits} bits")
+    tables = []
+    for spec, offsets in zip(specs, _table_layout(specs, header.count)[0]):
+        lengths = ((1 << spec.dir_bits) + 1, header.count if spec.dir_bits < spec.bit_count else 0, header.count)
+        arrays = []
+        for offset, length in zip(offsets, lengths):
+            at = header.tables_offset + offset
+            if length == 0:
+                arrays.append(np.zeros(0, np.int32))
+            elif mmap:
+                arrays.append(np.memmap(fh, "<i4", "r", offset=at, shape=(length,)))
+            else:
+                fh.seek(at)
+                arrays.append(np.fromfile(fh, "<i4", length))
+        tables.append((spec, tuple(arrays)))
+    return tables

@@ -25,6 +25,8 @@ __all__ = [
     "hamming_distance",
     "hamming_topk",
     "hamming_radius",
+    "hamming_topk_filtered",
+    "hamming_radius_filtered",
 ]
 
 _OPS = "cibhash_ext"
@@ -223,6 +225,53 @@ def hamming_radius(
     return _op("hamming_radius")(queries, database, _check_int(radius, "radius", "hamming_radius"))
 
 
+def hamming_topk_filtered(
+    queries: torch.Tensor, database: torch.Tensor, k: int, allow: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`hamming_topk` over the database codes whose bit is set in ``allow`` (CPU only).
+
+    The scan reads every code and checks the bitmap only for codes that beat a query's current
+    threshold, so the excluded codes are never copied. Ties go to the lower database index.
+
+    Args:
+        queries (Tensor[Q, B], uint8): packed codes.
+        database (Tensor[N, B], uint8): packed codes of the same width.
+        k (int): k >= 1.
+        allow (Tensor[>= ceil(N/8)], uint8): bit ``i % 8`` of byte ``i // 8`` set when code i may be returned.
+
+    Returns:
+        (distances Tensor[Q, k'] int32, indices Tensor[Q, k'] int64 into the whole database), where
+        k' = min(k, number of allowed codes).
+    """
+    _check_tensor(queries, "queries")
+    _check_tensor(database, "database")
+    _check_tensor(allow, "allow")
+    _check_same_device(queries, database, "hamming_topk_filtered")
+    return _op("hamming_topk_filtered")(queries, database, _check_int(k, "k", "hamming_topk_filtered"), allow)
+
+
+def hamming_radius_filtered(
+    queries: torch.Tensor, database: torch.Tensor, radius: int, allow: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`hamming_radius` over the database codes whose bit is set in ``allow`` (CPU only).
+
+    Args:
+        queries (Tensor[Q, B], uint8): packed codes.
+        database (Tensor[N, B], uint8): packed codes of the same width.
+        radius (int): radius >= 0.
+        allow (Tensor[>= ceil(N/8)], uint8): bit ``i % 8`` of byte ``i // 8`` set when code i may be returned.
+
+    Returns:
+        (lims Tensor[Q + 1] int64, distances Tensor[M] int32, indices Tensor[M] int64), as :func:`hamming_radius`.
+    """
+    _check_tensor(queries, "queries")
+    _check_tensor(database, "database")
+    _check_tensor(allow, "allow")
+    _check_same_device(queries, database, "hamming_radius_filtered")
+    radius = _check_int(radius, "radius", "hamming_radius_filtered")
+    return _op("hamming_radius_filtered")(queries, database, radius, allow)
+
+
 # The fake kernels make the checks of csrc/ops/*.h with torch._check_type / _check_value (TypeError /
 # ValueError, like the real ops), so a traced, fake or meta call fails where the real op would
 # instead of returning a tensor of the wrong shape or device.
@@ -316,6 +365,30 @@ def _check_hamming_radius(queries, database, radius) -> None:
     torch._check_value(radius >= 0, lambda: f"hamming_radius: expected radius >= 0, got {radius}")
 
 
+def _check_allow(database, allow, op) -> None:
+    torch._check_type(allow.dtype == torch.uint8, lambda: f"{op}: expected allow of dtype uint8 (a bitmap), got {allow.dtype}")
+    need = (database.shape[0] + 7) // 8
+    torch._check_value(
+        allow.dim() == 1 and allow.shape[0] >= need,
+        lambda: f"{op}: expected allow of shape [>= {need}] (one bit per database code), got shape {tuple(allow.shape)}",
+    )
+    torch._check_value(allow.device.type == "cpu", lambda: f"{op}: expected allow on the CPU, got {allow.device}")
+
+
+def _check_hamming_topk_filtered(queries, database, k, allow) -> None:
+    op = "hamming_topk_filtered"
+    _fake_check_query_database(queries, database, op)
+    _check_allow(database, allow, op)
+    torch._check_value(k >= 1, lambda: f"{op}: expected k >= 1, got {k}")
+
+
+def _check_hamming_radius_filtered(queries, database, radius, allow) -> None:
+    op = "hamming_radius_filtered"
+    _fake_check_query_database(queries, database, op)
+    _check_allow(database, allow, op)
+    torch._check_value(radius >= 0, lambda: f"{op}: expected radius >= 0, got {radius}")
+
+
 # Each op's input checks: run by its fake kernel, and before the reference when the library is not loaded.
 _CHECKS = {
     "pack_bits": _check_pack_bits,
@@ -325,6 +398,8 @@ _CHECKS = {
     "hamming_distance": _check_hamming_distance,
     "hamming_topk": _check_hamming_topk,
     "hamming_radius": _check_hamming_radius,
+    "hamming_topk_filtered": _check_hamming_topk_filtered,
+    "hamming_radius_filtered": _check_hamming_radius_filtered,
 }
 
 
@@ -378,6 +453,26 @@ def _register_abstract_and_autograd() -> None:
     @torch.library.register_fake(lib + "hamming_radius")
     def _(queries, database, radius):
         _check_hamming_radius(queries, database, radius)
+        matches = torch.library.get_ctx().new_dynamic_size()
+        return (
+            queries.new_empty((queries.shape[0] + 1,), dtype=torch.int64),
+            queries.new_empty((matches,), dtype=torch.int32),
+            queries.new_empty((matches,), dtype=torch.int64),
+        )
+
+    @torch.library.register_fake(lib + "hamming_topk_filtered")
+    def _(queries, database, k, allow):
+        # The output width, min(k, allowed codes), depends on the bitmap's contents.
+        _check_hamming_topk_filtered(queries, database, k, allow)
+        width = torch.library.get_ctx().new_dynamic_size()
+        return (
+            queries.new_empty((queries.shape[0], width), dtype=torch.int32),
+            queries.new_empty((queries.shape[0], width), dtype=torch.int64),
+        )
+
+    @torch.library.register_fake(lib + "hamming_radius_filtered")
+    def _(queries, database, radius, allow):
+        _check_hamming_radius_filtered(queries, database, radius, allow)
         matches = torch.library.get_ctx().new_dynamic_size()
         return (
             queries.new_empty((queries.shape[0] + 1,), dtype=torch.int64),

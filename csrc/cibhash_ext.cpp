@@ -21,4 +21,15 @@ TORCH_LIBRARY(cibhash_ext, m) {
   m.def("hamming_distance(Tensor queries, Tensor database) -> Tensor");
   m.def("hamming_topk(Tensor queries, Tensor database, int k) -> (Tensor, Tensor)");
   m.def("hamming_radius(Tensor queries, Tensor database, int radius) -> (Tensor, Tensor, Tensor)");
+  // The same restricted to the codes whose bit is set in allow (uint8 bitmap, bit i of byte i / 8).
+  m.def("hamming_topk_filtered(Tensor queries, Tensor database, int k, Tensor allow) -> (Tensor, Tensor)");
+  m.def("hamming_radius_filtered(Tensor queries, Tensor database, int radius, Tensor allow) -> (Tensor, Tensor, Tensor)");
+  // Multi-index hashing (MIHIndex): tables per substring, layout = (bit_start, bit_count, dir_bits)
+  // per table, tables = (dir, low, pos) int32 arrays per table. A search returns, per query, whether
+  // it finished within budget (bucket probes + candidate checks); the caller scans the others.
+  m.def("mih_build(Tensor codes, int[] layout) -> Tensor[]");
+  m.def("mih_search(Tensor queries, Tensor codes, int[] layout, Tensor[] tables, int k, Tensor? allow, int budget) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("mih_range_search(Tensor queries, Tensor codes, int[] layout, Tensor[] tables, int radius, Tensor? allow, "
+        "int budget) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -388,3 +388,155 @@ def test_searches_see_one_state_while_another_thread_adds_and_removes():
     assert not failures, failures[:3]
     assert counts["writes"] >= 5 and counts["searches"] >= 5, counts  # both sides really ran together
     assert sorted(index.ids.tolist()) == list(range(base)) + counts["final_live"]
+# Filtered search (allow=): against the oracle restricted to the allowed positions
+# ----------------------------------------------------------------------------------------------
+
+from cibhash_ext.index import NO_DISTANCE, NO_ID, IDSelectorBatch, IDSelectorRange  # noqa: E402
+
+
+def filtered_oracle(oracle, queries, codes, ids, allowed_positions, k=None, radius=None):
+    """Top-k (padded with (2^31 - 1, -1)) or radius results over the allowed positions only."""
+    allowed = np.sort(np.asarray(allowed_positions, dtype=np.int64))
+    ids = ids.numpy()
+    if radius is not None:
+        lims, d, p = oracle.radius(queries.numpy(), codes.numpy()[allowed], radius)
+        return np.asarray(lims), np.asarray(d), ids[allowed[np.asarray(p, dtype=np.int64)]]
+    width = min(k, allowed.size)
+    d = np.full((queries.shape[0], k), NO_DISTANCE, np.int64)
+    out = np.full((queries.shape[0], k), NO_ID, np.int64)
+    if width:
+        dist, pos = oracle.topk(queries.numpy(), codes.numpy()[allowed], width)
+        d[:, :width], out[:, :width] = dist, ids[allowed[pos]]
+    return d, out
+
+
+def allowed_positions(kind, ids, n):
+    """(allow argument, allowed positions) for each kind of filter."""
+    gen = np.random.default_rng(len(kind))
+    ids_np = ids.numpy()
+    if kind == "sparse_batch":  # gathered
+        picked = gen.choice(n, 6, replace=False)
+        return IDSelectorBatch(np.concatenate([ids_np[picked], [10**12, -5]])), picked
+    if kind == "dense_batch":  # scanned with an allow bitmap
+        picked = gen.choice(n, n * 2 // 3, replace=False)
+        return torch.from_numpy(ids_np[picked]), picked
+    if kind == "id_range":
+        lo, hi = int(np.quantile(ids_np, 0.2)), int(np.quantile(ids_np, 0.9))
+        return IDSelectorRange(lo, hi), np.nonzero((ids_np >= lo) & (ids_np < hi))[0]
+    if kind == "python_range":
+        lo, hi = int(np.quantile(ids_np, 0.3)), int(np.quantile(ids_np, 0.7))
+        return range(lo, hi), np.nonzero((ids_np >= lo) & (ids_np < hi))[0]
+    raise AssertionError(kind)
+
+
+FILTERS = ["sparse_batch", "dense_batch", "id_range", "python_range"]
+
+
+@pytest.mark.parametrize("nbits", [12, 64, 200])
+@pytest.mark.parametrize("with_ids", [True, False])
+@pytest.mark.parametrize("kind", FILTERS)
+def test_filtered_search_matches_oracle_with_ties(oracle, nbits, with_ids, kind):
+    n = 300
+    index, codes, ids = build(nbits, n=n, seed=nbits + 7, with_ids=with_ids)
+    allow, positions = allowed_positions(kind, ids, n)
+    queries = torch.cat([codes[positions[:3]], make_codes(6, nbits, 5)])
+    k = 20
+    dist, got = index.search(queries, k, allow=allow)
+    want_d, want_ids = filtered_oracle(oracle, queries, codes, ids, positions, k=k)
+    np.testing.assert_array_equal(dist.numpy(), want_d)
+    np.testing.assert_array_equal(got.numpy(), want_ids)
+    if len(positions) >= k:
+        assert (np.diff(want_d, axis=1) == 0).any(), "ties must be planted among the allowed codes"
+    assert set(got[got >= 0].tolist()) <= set(ids.numpy()[positions].tolist())
+    lims, rd, rids = index.range_search(queries, nbits // 3, allow=allow)
+    want_l, want_rd, want_rids = filtered_oracle(oracle, queries, codes, ids, positions, radius=nbits // 3)
+    assert want_rd.size > 0, "the radius must find allowed codes"
+    np.testing.assert_array_equal(lims.numpy(), want_l)
+    np.testing.assert_array_equal(rd.numpy(), want_rd)
+    np.testing.assert_array_equal(rids.numpy(), want_rids)
+
+
+def test_filter_paths_are_the_ones_claimed():
+    index, codes, ids = build(64, n=320)
+    assert index._snapshot().select(IDSelectorBatch(ids[:5])).positions is not None
+    assert index._snapshot().select(ids[:300]).bitmap is not None
+    plain, _, _ = build(64, n=320, with_ids=False)
+    sel = plain._snapshot().select(IDSelectorRange(100, 200))
+    assert (sel.start, sel.stop, sel.count, sel.bitmap, sel.positions) == (100, 200, 100, None, None)
+    assert plain._snapshot().select(torch.arange(0, 400)).count == 320
+
+
+def test_empty_all_and_short_filters(oracle):
+    index, codes, ids = build(64, n=100)
+    queries = codes[:4]
+    dist, got = index.search(queries, 5, allow=IDSelectorBatch(torch.tensor([], dtype=torch.int64)))
+    assert (dist == NO_DISTANCE).all() and (got == NO_ID).all() and dist.shape == (4, 5)
+    lims, rd, rids = index.range_search(queries, 64, allow=range(0, 0))
+    assert lims.tolist() == [0] * 5 and rd.numel() == 0 and rids.numel() == 0
+    full = index.search(queries, 30, allow=IDSelectorRange(-(2**62), 2**62))
+    plain = index.search(queries, 30)
+    assert torch.equal(full[0], plain[0]) and torch.equal(full[1], plain[1])
+    three = ids[[5, 50, 90]]
+    dist, got = index.search(queries, 5, allow=three)
+    want_d, want_ids = filtered_oracle(oracle, queries, codes, ids, [5, 50, 90], k=5)
+    np.testing.assert_array_equal(dist.numpy(), want_d)
+    np.testing.assert_array_equal(got.numpy(), want_ids)
+    assert (got[:, 3:] == NO_ID).all() and (got[:, :3] >= 0).all()
+
+
+def test_filtered_search_after_removals(oracle):
+    index, codes, ids = build(32, n=400)
+    gone = ids[::3]
+    index.remove_ids(gone)
+    keep = torch.ones(400, dtype=torch.bool)
+    keep[::3] = False
+    codes, ids = codes[keep], ids[keep]
+    allow_ids = torch.cat([ids[::2], gone[:10]])  # removed ids in the filter are ignored
+    positions = np.arange(0, ids.numel(), 2)
+    dist, got = index.search(codes[:5], 15, allow=allow_ids)
+    want_d, want_ids = filtered_oracle(oracle, codes[:5], codes, ids, positions, k=15)
+    np.testing.assert_array_equal(dist.numpy(), want_d)
+    np.testing.assert_array_equal(got.numpy(), want_ids)
+
+
+@pytest.mark.parametrize("kind", FILTERS)
+def test_filtered_search_on_a_mapped_index_streams_chunks(oracle, tmp_path, kind):
+    n = 1000
+    index, codes, ids = build(64, n=n, seed=3)
+    index.save(tmp_path / "db.idx")
+    mapped = HammingIndex.load(tmp_path / "db.idx", mmap=True, chunk_bytes=8 * 77)  # 72 codes per chunk
+    assert mapped.is_mmap
+    allow, positions = allowed_positions(kind, ids, n)
+    queries = torch.cat([codes[positions[:2]], make_codes(3, 64, 1)])
+    dist, got = mapped.search(queries, 12, allow=allow)
+    want_d, want_ids = filtered_oracle(oracle, queries, codes, ids, positions, k=12)
+    np.testing.assert_array_equal(dist.numpy(), want_d)
+    np.testing.assert_array_equal(got.numpy(), want_ids)
+    lims, rd, rids = mapped.range_search(queries, 24, allow=allow)
+    want_l, want_rd, want_rids = filtered_oracle(oracle, queries, codes, ids, positions, radius=24)
+    np.testing.assert_array_equal(lims.numpy(), want_l)
+    np.testing.assert_array_equal(rids.numpy(), want_rids)
+
+
+@pytest.mark.parametrize(
+    "allow, error, match",
+    [
+        ("ids", TypeError, "allow must be None, an IDSelectorRange, an IDSelectorBatch, a range or a tensor of ids, got str"),
+        (range(0, 10, 2), ValueError, "allow as a range must have step 1, got step 2"),
+        (torch.tensor([1.5]), TypeError, "ids must hold integers, got torch.float32"),
+        (torch.zeros(2, 2, dtype=torch.int64), ValueError, r"ids must be 1-D, got shape \(2, 2\)"),
+    ],
+)
+def test_filter_errors_name_the_argument(allow, error, match):
+    index, codes, _ = build(16, n=20)
+    with pytest.raises(error, match=match):
+        index.search(codes[:1], 3, allow=allow)
+    with pytest.raises(error, match=match):
+        index.range_search(codes[:1], 3, allow=allow)
+
+
+def test_selector_errors():
+    with pytest.raises(ValueError, match="imax must be >= imin=5, got 2"):
+        IDSelectorRange(5, 2)
+    with pytest.raises(TypeError, match="imin must be an int, got float"):
+        IDSelectorRange(1.0, 2)

@@ -143,3 +143,26 @@ def test_cibhash_command_routes_index_build_and_search(tmp_path, capsys):
     first = out["results"][0]
     assert first["ids"] == [0] and first["distances"] == [0]  # each query was copied from the index
     assert cibhash(["search", index_path, str(tmp_path / "missing.npy"), "-k", "1"]) == 2
+
+
+def test_build_with_mih_and_search_through_its_tables(files, capsys):
+    from cibhash_ext.index_file import read_header
+    from cibhash_ext.mih import MIHIndex
+
+    tmp_path, codes = files
+    assert _build(tmp_path, "--ids", str(tmp_path / "ids.npy"), "--mih") == 0
+    assert re.search(r"indexed 40 codes of 20 bits with \d+ multi-index tables", capsys.readouterr().out)
+    assert read_header(str(tmp_path / "a.idx")).tables_offset > 0
+    assert len(MIHIndex.load(tmp_path / "a.idx").specs) >= 1
+    plain = HammingIndex(20)
+    plain.add(torch.from_numpy(codes), torch.from_numpy(np.arange(40) * 10 + 5))
+    want_d, want_i = plain.search(torch.from_numpy(codes[[3, 7]]), 5)
+    assert main(["search", str(tmp_path / "a.idx"), str(tmp_path / "queries.npy"), "-k", "5"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [int(r["id"]) for r in rows] == want_i.reshape(-1).tolist()
+    assert [int(r["distance"]) for r in rows] == want_d.reshape(-1).tolist()
+    assert main(["search", str(tmp_path / "a.idx"), str(tmp_path / "queries.npy"), "--radius", "5",
+                 "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    lims, dist, ids = plain.range_search(torch.from_numpy(codes[[3, 7]]), 5)
+    assert sum((r["ids"] for r in result["results"]), []) == ids.tolist()

@@ -288,6 +288,13 @@ def test_every_cpu_popcount_path(isa):
         "    for a, b in zip(ops.hamming_radius(q, db, 4 * nbytes - 2), ref.hamming_radius(q, db, 4 * nbytes - 2)):\n"
         "        assert torch.equal(a, b.to(a.dtype)), nbytes\n"
         "    assert torch.equal(ops.hamming_distance(q, db), ref.hamming_distance(q, db))\n"
+        "    allow = torch.randint(0, 256, (376,), dtype=torch.uint8, generator=g)\n"
+        "    for k in (1, 17, 3001):\n"
+        "        d, i = ops.hamming_topk_filtered(q, db, k, allow); rd, ri = ref.hamming_topk_filtered(q, db, k, allow)\n"
+        "        assert torch.equal(d, rd.int()) and torch.equal(i, ri), (nbytes, k)\n"
+        "    r = 4 * nbytes - 2\n"
+        "    for a, b in zip(ops.hamming_radius_filtered(q, db, r, allow), ref.hamming_radius_filtered(q, db, r, allow)):\n"
+        "        assert torch.equal(a, b.to(a.dtype)), nbytes\n"
         "z = torch.randn(300, 67, generator=g) * 4\n"
         "for dtype in (torch.float32, torch.float16, torch.bfloat16):\n"
         "    x = z.to(dtype)\n"
@@ -512,6 +519,52 @@ def test_opcheck_every_op(device):
     opcheck(lib.hamming_distance.default, (q, db))
     opcheck(lib.hamming_topk.default, (q, db, 7))
     opcheck(lib.hamming_radius.default, (q, db, 12), test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    if device == "cpu":
+        allow = torch.tensor([0b10110101] * 7, dtype=torch.uint8)
+        dynamic = ("test_schema", "test_autograd_registration", "test_faketensor")
+        opcheck(lib.hamming_topk_filtered.default, (q, db, 7, allow), test_utils=dynamic)
+        opcheck(lib.hamming_radius_filtered.default, (q, db, 12, allow), test_utils=dynamic)
+
+
+@pytest.mark.parametrize("nbytes", [1, 4, 8, 13, 16])
+@pytest.mark.parametrize("density", [0.0, 0.02, 0.5, 1.0])
+def test_filtered_ops_equal_the_reference_and_the_oracle(oracle, nbytes, density):
+    gen = torch.Generator().manual_seed(nbytes)
+    database = torch.randint(0, 256, (2003, nbytes), dtype=torch.uint8, generator=gen)
+    database[1500:] = database[:503]  # ties
+    queries = torch.cat([database[:5], torch.randint(0, 256, (40, nbytes), dtype=torch.uint8, generator=gen)])
+    mask = torch.rand(2003, generator=gen) < density
+    allow = ops.pack_bits(mask.reshape(1, -1)).reshape(-1)
+    allowed = np.flatnonzero(mask.numpy())
+    for k in (1, 10, 300):
+        d, i = ops.hamming_topk_filtered(queries, database, k, allow)
+        rd, ri = ref.hamming_topk_filtered(queries, database, k, allow)
+        assert torch.equal(d, rd.int()) and torch.equal(i, ri)
+        assert d.shape == (45, min(k, allowed.size))
+        if allowed.size:
+            od, op = oracle.topk(queries.numpy(), database.numpy()[allowed], min(k, allowed.size))
+            np.testing.assert_array_equal(d.numpy(), od)
+            np.testing.assert_array_equal(i.numpy(), allowed[op])
+    radius = 4 * nbytes - 1
+    lims, d, i = ops.hamming_radius_filtered(queries, database, radius, allow)
+    for got, want in zip((lims, d, i), ref.hamming_radius_filtered(queries, database, radius, allow)):
+        assert torch.equal(got, want.to(got.dtype))
+    assert bool(mask[i].all())
+    if 0 < density < 1:
+        assert lims[-1] > 0
+
+
+def test_filtered_ops_errors():
+    q = torch.zeros(2, 4, dtype=torch.uint8)
+    db = torch.zeros(20, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"hamming_topk_filtered: expected allow of shape \[>= 3\]"):
+        ops.hamming_topk_filtered(q, db, 3, torch.zeros(2, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="hamming_radius_filtered: expected allow of dtype uint8"):
+        ops.hamming_radius_filtered(q, db, 3, torch.zeros(3, dtype=torch.int32))
+    with pytest.raises(ValueError, match="hamming_topk_filtered: expected k >= 1, got 0"):
+        ops.hamming_topk_filtered(q, db, 0, torch.zeros(3, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="allow must be a torch.Tensor, got list"):
+        ops.hamming_topk_filtered(q, db, 1, [1, 2, 3])
 
 
 def test_torch_compile_traces_the_ops():

@@ -45,6 +45,8 @@ def add_commands(subparsers) -> None:
                        help="with --run: index this split of the run's dataset instead of image files")
     build.add_argument("--batch-size", type=int, default=512, help="with --run: images per forward pass")
     build.add_argument("--threads", type=int, help="torch intra-op threads")
+    build.add_argument("--mih", action="store_true", help="build an MIHIndex (multi-index hashing tables saved with "
+                       "the codes): the same results, sub-linear search on clustered codes; `search` uses the tables")
     build.add_argument("--no-progress", action="store_true", help="with --run: no progress bar")
     build.set_defaults(handler=_cmd_build, command_name="index build")
 
@@ -113,6 +115,7 @@ def _encode_for_index(args: argparse.Namespace) -> tuple[np.ndarray, int, list[s
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from cibhash_ext.index import HammingIndex
+    from cibhash_ext.mih import MIHIndex
 
     set_threads(args.threads)
     if args.nbits is not None and args.nbits < 1:
@@ -132,12 +135,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
         if (nbits + 7) // 8 != codes.shape[1]:
             raise ValueError(f"--nbits {nbits} needs {(nbits + 7) // 8} bytes per code, the codes have {codes.shape[1]}")
     ids = _load_ids(args.ids, codes.shape[0]) if args.ids else None
-    index = HammingIndex(nbits)
+    index = MIHIndex(nbits) if args.mih else HammingIndex(nbits)
     index.add(codes, ids)
     index.save(args.output)
     if names is not None:
         write_text(args.output + NAMES_SUFFIX, json.dumps({"ids": index.ids.numpy().tolist(), "names": names}))
-    print(f"indexed {len(index)} codes of {nbits} bits -> {args.output}")
+    tables = f" with {len(index.specs)} multi-index tables" if args.mih else ""
+    print(f"indexed {len(index)} codes of {nbits} bits{tables} -> {args.output}")
     return 0
 
 
@@ -154,11 +158,15 @@ def _names_of(index_path: str) -> dict[int, str]:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from cibhash_ext.index import HammingIndex
+    from cibhash_ext.index_file import read_header
+    from cibhash_ext.mih import MIHIndex
 
     set_threads(args.threads)
     if not os.path.exists(args.index):
         raise FileNotFoundError(f"index file {args.index!r} does not exist")
-    index = HammingIndex.load(args.index, mmap=not args.no_mmap, verify=not args.no_verify)
+    # A file built with --mih holds its tables: search through them.
+    kind = MIHIndex if read_header(args.index).tables_offset else HammingIndex
+    index = kind.load(args.index, mmap=not args.no_mmap, verify=not args.no_verify)
     queries, _ = _load_codes(args.queries, args.key, "queries")
     if queries.shape[1] != index.code_size:
         raise ValueError(

@@ -120,11 +120,20 @@ struct TopkBuffer {
 constexpr int64_t kTileBytes = 32768;
 constexpr int64_t kMaxTileCodes = kTileBytes / 8;
 
+// An allow bitmap of a filtered search (bit i of byte i / 8: code i may be returned), or nullptr.
+// It is checked where a code has beaten the threshold, so the scan itself is unchanged and the
+// unfiltered search pays one predictable branch per hit.
+inline bool excluded(const uint8_t* allow, int64_t i) { return allow != nullptr && !((allow[i >> 3] >> (i & 7)) & 1); }
+
 struct TopkSink {
   TopkBuffer* buffers;  // indexed by query - first_query
   int64_t first_query;
+  const uint8_t* allow = nullptr;
   int32_t threshold(int64_t q) const { return buffers[q - first_query].threshold(); }
-  void push(int64_t q, int64_t i, int32_t d) { buffers[q - first_query].push(i, d); }
+  void push(int64_t q, int64_t i, int32_t d) {
+    if (excluded(allow, i)) return;
+    buffers[q - first_query].push(i, d);
+  }
 };
 
 // Radius matches in the order the scan finds them (tile by tile), appended to one sequential log
@@ -173,8 +182,10 @@ struct RadiusSink {
   int64_t* counts;  // matches per query, indexed by query
   int64_t first_query;  // of the batch being scanned
   int32_t limit;  // radius + 1
+  const uint8_t* allow = nullptr;
   int32_t threshold(int64_t) const { return limit; }
   void push(int64_t q, int64_t i, int32_t d) {
+    if (excluded(allow, i)) return;
     log->push(i, static_cast<uint32_t>(q - first_query), d);
     ++counts[q];
   }
@@ -736,11 +747,11 @@ std::vector<int32_t> sampled_bounds(const Prepared& pr, const Sample& sample, in
   return bounds;
 }
 
-std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries, const at::Tensor& database, int64_t k) {
-  check_query_database(queries, database, "hamming_topk");
+// The top-k search of hamming_topk and hamming_topk_filtered (allow: nullptr, or a bitmap with at
+// least k codes allowed).
+std::tuple<at::Tensor, at::Tensor> topk_search(const at::Tensor& queries, const at::Tensor& database, int64_t k,
+                                               const uint8_t* allow) {
   const int64_t Q = queries.size(0), N = database.size(0);
-  check_topk_k(k, N);
-  if (N == 0) k = 0;
   auto dist = at::empty({Q, k}, queries.options().dtype(at::kInt));
   auto idx = at::empty({Q, k}, queries.options().dtype(at::kLong));
   if (Q == 0 || k == 0) return {dist, idx};
@@ -751,7 +762,8 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries, c
 
   const int64_t max_distance = 8 * queries.size(1);
   if (!split.by_database) {
-    const Sample sample = make_sample(pr, N, k);
+    // The sampled bound counts every code; under a filter it would mostly be too tight.
+    const Sample sample = allow != nullptr ? Sample{} : make_sample(pr, N, k);
     at::parallel_for(0, split.tasks, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         // Queries go in batches whose buffers and histograms fit a fixed budget, so memory stays
@@ -765,13 +777,13 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries, c
           std::vector<TopkBuffer> buffers;
           buffers.reserve(static_cast<size_t>(q1 - q0));
           for (int64_t q = q0; q < q1; ++q) buffers.emplace_back(k, max_distance, bounds[q - q0]);
-          TopkSink sink{buffers.data(), q0};
+          TopkSink sink{buffers.data(), q0, allow};
           scan_range(pr.problem, q0, q1, 0, N, sink);
           for (int64_t q = q0; q < q1; ++q) {
             if (buffers[q - q0].write_sorted(out_d + q * k, out_i + q * k) == k) continue;
             // Fewer than k codes lie within the sampled bound: scan this query again, unbounded.
             TopkBuffer exact(k, max_distance, max_distance);
-            TopkSink one{&exact, q};
+            TopkSink one{&exact, q, allow};
             scan_range(pr.problem, q, q + 1, 0, N, one);
             exact.write_sorted(out_d + q * k, out_i + q * k);
           }
@@ -790,7 +802,7 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries, c
   at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       std::vector<TopkBuffer> buffers(static_cast<size_t>(Q), TopkBuffer(k, max_distance, max_distance));
-      TopkSink sink{buffers.data(), 0};
+      TopkSink sink{buffers.data(), 0, allow};
       scan_range(pr.problem, 0, Q, range_start(N, C, c), range_start(N, C, c + 1), sink);
       for (int64_t q = 0; q < Q; ++q) {
         const int64_t off = (c * Q + q) * k;
@@ -816,6 +828,21 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries, c
   return {dist, idx};
 }
 
+std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries, const at::Tensor& database, int64_t k) {
+  check_query_database(queries, database, "hamming_topk");
+  check_topk_k(k, database.size(0));
+  return topk_search(queries, database, database.size(0) == 0 ? 0 : k, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor> hamming_topk_filtered_cpu(const at::Tensor& queries, const at::Tensor& database,
+                                                             int64_t k, const at::Tensor& allow) {
+  check_query_database(queries, database, "hamming_topk_filtered");
+  const int64_t allowed = check_allow(allow, database.size(0), "hamming_topk_filtered");
+  TORCH_CHECK_VALUE(k >= 1, "hamming_topk_filtered: expected k >= 1, got ", k);
+  const at::Tensor bitmap = allow.contiguous();
+  return topk_search(queries, database, std::min(k, allowed), bitmap.const_data_ptr<uint8_t>());
+}
+
 // Radius search runs in two phases. The scan logs every match of a task in one HitLog, in batches
 // of queries; the batch's log segment holds its matches tile by tile, each query's in increasing
 // index order. Once the counts give lims, each batch is ordered by a stable counting sort on
@@ -823,10 +850,9 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries, c
 // distance) buckets, so the positions and the bucket write fronts stay in cache.
 constexpr int64_t kRadiusBuckets = 1 << 13;
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_cpu(const at::Tensor& queries,
-                                                                  const at::Tensor& database, int64_t radius) {
-  check_query_database(queries, database, "hamming_radius");
-  check_radius(radius);
+// The radius search of hamming_radius and hamming_radius_filtered (allow: nullptr or a bitmap).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_search(const at::Tensor& queries, const at::Tensor& database,
+                                                             int64_t radius, const uint8_t* allow) {
   const int64_t Q = queries.size(0), N = database.size(0);
   auto lims = at::zeros({Q + 1}, queries.options().dtype(at::kLong));
   if (Q == 0 || N == 0) {
@@ -851,7 +877,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_cpu(const at::Tens
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n0 = split.by_database ? range_start(N, C, t) : 0;
       const int64_t n1 = split.by_database ? range_start(N, C, t + 1) : N;
-      RadiusSink sink{&logs[t], counts.data() + (split.by_database ? t * Q : 0), 0, limit};
+      RadiusSink sink{&logs[t], counts.data() + (split.by_database ? t * Q : 0), 0, limit, allow};
       for (int64_t b0 = q_begin(t); b0 < q_end(t); b0 += batch) {
         sink.first_query = b0;
         scan_range(pr.problem, b0, std::min(q_end(t), b0 + batch), n0, n1, sink);
@@ -913,12 +939,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_cpu(const at::Tens
   return {lims, dist, idx};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_cpu(const at::Tensor& queries,
+                                                                  const at::Tensor& database, int64_t radius) {
+  check_query_database(queries, database, "hamming_radius");
+  check_radius(radius);
+  return radius_search(queries, database, radius, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_filtered_cpu(const at::Tensor& queries,
+                                                                           const at::Tensor& database, int64_t radius,
+                                                                           const at::Tensor& allow) {
+  check_query_database(queries, database, "hamming_radius_filtered");
+  check_allow(allow, database.size(0), "hamming_radius_filtered");
+  TORCH_CHECK_VALUE(radius >= 0, "hamming_radius_filtered: expected radius >= 0, got ", radius);
+  const at::Tensor bitmap = allow.contiguous();
+  return radius_search(queries, database, radius, bitmap.const_data_ptr<uint8_t>());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cibhash_ext, CPU, m) {
   m.impl("hamming_distance", &hamming_distance_cpu);
   m.impl("hamming_topk", &hamming_topk_cpu);
   m.impl("hamming_radius", &hamming_radius_cpu);
+  m.impl("hamming_topk_filtered", &hamming_topk_filtered_cpu);
+  m.impl("hamming_radius_filtered", &hamming_radius_filtered_cpu);
 }
 
 }  // namespace cibhash

@@ -1,0 +1,363 @@
+"""MIHIndex: exact Hamming k-NN and radius search by multi-index hashing (Norouzi, Punjani and Fleet,
+"Fast exact search in Hamming space with multi-index hashing", TPAMI 2014), with the results of
+:class:`~cibhash_ext.index.HammingIndex` and an automatic fall-back to its scan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import threading
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cibhash_ext import index_file, ops
+from cibhash_ext._extension import LOAD_ERROR
+from cibhash_ext.index import (
+    DEFAULT_CHUNK_BYTES,
+    HammingIndex,
+    Selection,
+    _check_int,
+    _State as _ScanState,
+    _tensor_view,
+    as_packed_codes,
+    sort_matches,
+)
+from cibhash_ext.index_file import TableSpec
+
+__all__ = ["MIHIndex", "choose_tables"]
+
+# Directory bits per table: about log2(n), so a directory bucket holds about one code, capped so that a
+# directory takes at most 64 MiB.
+_MAX_DIR_BITS = 24
+MAX_MIH_CODES = (1 << 31) - 1  # table positions are int32
+# Work (bucket probes + candidate checks) one query may spend in the tables before it is handed to the
+# scan, per code in the index. A unit costs about 25 ns (a random read; measured at 1M codes), the
+# scan about 0.5 ns per code for one query alone and 0.05 ns in a batch (it holds 8 queries per
+# loaded code), so these bound the work wasted on a query the tables cannot answer cheaply to
+# about a tenth of its scan (benchmarks/RESULTS.md, "MIHIndex").
+BUDGET_PER_CODE_SINGLE = 1 / 512
+BUDGET_PER_CODE_BATCH = 1 / 8192
+_MIN_BUDGET = 64
+# A batch of more than _PROBE queries first sends _PROBE of them through the tables; if fewer than
+# _PROBE_PASS of those finish within budget, the whole batch is scanned.
+_PROBE = 16
+_PROBE_PASS = 0.75
+
+
+def _search_op(*args):
+    return torch.ops.cibhash_ext.mih_search(*args)
+
+
+def _range_op(*args):
+    return torch.ops.cibhash_ext.mih_range_search(*args)
+
+
+def choose_tables(nbits: int, n: int, m: int | None = None) -> list[TableSpec]:
+    """The substrings of a multi-index over ``n`` codes of ``nbits`` bits.
+
+    The paper's rule: ``m = nbits / log2(n)`` substrings, so each table has about as many buckets as
+    codes; at least ``ceil(nbits / 32)`` (a substring key is at most 32 bits). The first
+    ``nbits % m`` substrings get one bit more.
+
+    Args:
+        nbits (int): bits per code.
+        n (int): codes in the index.
+        m (int, optional): the number of substrings instead of the rule.
+
+    Returns:
+        list of :class:`~cibhash_ext.index_file.TableSpec`.
+    """
+    if m is None:
+        m = round(nbits / math.log2(max(n, 2)))
+    m = min(nbits, max(int(m), 1, -(-nbits // 32)))
+    specs, start = [], 0
+    for i in range(m):
+        bits = nbits // m + (1 if i < nbits % m else 0)
+        dir_bits = min(bits, _MAX_DIR_BITS, max(1, math.ceil(math.log2(max(n, 2)))))
+        specs.append(TableSpec(start, bits, dir_bits))
+        start += bits
+    return specs
+
+
+@dataclasses.dataclass(frozen=True)
+class _State:
+    """One state of an :class:`MIHIndex`: the scan index's state (codes, ids, map) and the tables
+    built from exactly those codes. A search reads the reference once and uses only it."""
+
+    scan: _ScanState
+    specs: tuple[TableSpec, ...] = ()
+    tables: tuple[Tensor, ...] = ()  # (dir, low, pos) int32 per spec
+
+    @property
+    def layout(self) -> list[int]:
+        return [v for s in self.specs for v in (s.bit_start, s.bit_count, s.dir_bits)]
+
+
+class MIHIndex:
+    """Exact Hamming search over binary codes by multi-index hashing, with user ids.
+
+    The codes are cut into m substrings; table i lists the codes by their i-th substring. A k-NN
+    search probes the buckets at substring distance 0, 1, 2, ... from the query's substrings, checks
+    every code it finds, and stops once the k-th distance is within the radius every table has
+    covered (after table i at substring radius r: ``m * r + i``), so results are exact. Results are
+    identical to :class:`~cibhash_ext.index.HammingIndex` on the same codes: the same distances and
+    ids, equal distances ordered by position in the index (the code added first).
+
+    The choice between the tables and the scan is automatic and per query: a query whose search would
+    spend more than n/512 bucket probes and candidate checks (n/8192 in a batch of more than 16
+    queries) is handed to the scan instead, and a batch whose first 16 queries mostly run out of
+    budget is scanned whole. Uniform random codes (near neighbours far away) or a filter that
+    excludes most near codes thus cost a few percent more than :class:`~cibhash_ext.index.HammingIndex`. Tables are rebuilt on ``add`` and
+    ``remove_ids`` (linear time, a counting sort). Each change builds a new state object and swaps it
+    in under a lock, so a search running in another thread sees either the old or the new index, whole.
+
+    Args:
+        nbits (int): bits per code, 1 <= nbits <= 2^20.
+        m (int, optional): substrings; default the paper's rule (:func:`choose_tables`), chosen again
+            at each rebuild.
+    """
+
+    def __init__(self, nbits: int, m: int | None = None) -> None:
+        self._m = None if m is None else _check_int(m, "m", 1)
+        self._lock = threading.Lock()
+        # The writers' index: changed under self._lock only, then its new state is published with tables.
+        self._scan = HammingIndex(nbits)
+        self._state = _State(self._scan._snapshot())
+
+    @property
+    def nbits(self) -> int:
+        return self._scan.nbits
+
+    @property
+    def code_size(self) -> int:
+        return self._scan.code_size
+
+    def __len__(self) -> int:
+        return len(self._state.scan)
+
+    def __repr__(self) -> str:
+        state = self._state
+        where = f"mmap={state.scan.path!r}" if state.scan.is_mmap else "in memory"
+        return f"MIHIndex(nbits={self.nbits}, ntotal={len(state.scan)}, m={len(state.specs)}, {where})"
+
+    @property
+    def is_mmap(self) -> bool:
+        return self._state.scan.is_mmap
+
+    @property
+    def codes(self) -> Tensor:
+        """Tensor[n, code_size], uint8: the packed codes."""
+        return self._state.scan.codes_tensor()
+
+    @property
+    def ids(self) -> Tensor:
+        """Tensor[n], int64: the id of each code, in position order."""
+        return self._state.scan.ids_at(None)
+
+    @property
+    def specs(self) -> list[TableSpec]:
+        """The substring tables (bit_start, bit_count, dir_bits) of the current state."""
+        return list(self._state.specs)
+
+    @property
+    def tables_nbytes(self) -> int:
+        """Bytes held by the tables (besides the codes and ids)."""
+        return sum(t.numel() * t.element_size() for t in self._state.tables)
+
+    @property
+    def chunk_bytes(self) -> int:
+        """Block size of a scan over a memory-mapped index (see :class:`HammingIndex`)."""
+        return self._scan.chunk_bytes
+
+    # ------------------------------------------------------------------------------------------
+    # Mutation: a new state, swapped in whole
+    # ------------------------------------------------------------------------------------------
+
+    def add(self, codes, ids=None) -> None:
+        """Appends codes, with ids or the next sequential ones, and rebuilds the tables.
+
+        Args and errors: as :meth:`HammingIndex.add`; also ValueError past 2^31 - 1 codes.
+        """
+        with self._lock:
+            self._write(lambda: self._scan.add(codes, ids))
+
+    def remove_ids(self, ids) -> int:
+        """Removes the codes with these ids (ids not in the index are ignored) and rebuilds the tables.
+
+        Survivors keep their insertion order. Returns how many codes were removed; errors as
+        :meth:`HammingIndex.remove_ids`.
+        """
+        with self._lock:
+            return self._write(lambda: self._scan.remove_ids(ids))
+
+    def _write(self, change):
+        """Runs ``change`` on the writers' index and publishes its new state with new tables; on any
+        failure the writers' index goes back to the published state."""
+        before = self._scan._snapshot()
+        try:
+            out = change()
+            after = self._scan._snapshot()
+            if after is not before:
+                if len(after) > MAX_MIH_CODES:
+                    raise ValueError(f"codes: an MIHIndex holds at most 2^31 - 1 codes, {len(after)} is more")
+                self._state = self._build(after)
+            return out
+        except BaseException:
+            self._scan._state = before
+            raise
+
+    def _build(self, scan: _ScanState) -> _State:
+        if LOAD_ERROR is not None or len(scan) == 0:
+            return _State(scan)
+        specs = tuple(choose_tables(self.nbits, len(scan), self._m))
+        layout = [v for s in specs for v in (s.bit_start, s.bit_count, s.dir_bits)]
+        tables = tuple(torch.ops.cibhash_ext.mih_build(scan.codes_tensor(), layout))
+        return _State(scan, specs, tables)
+
+    # ------------------------------------------------------------------------------------------
+    # Search
+    # ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _bitmap(state: _State, sel: Selection) -> Tensor | None:
+        """The selection as an allow bitmap over all positions (None: all allowed)."""
+        n = len(state.scan)
+        if sel.bitmap is not None:
+            return sel.bitmap
+        if sel.positions is None and sel.start == 0 and sel.stop == n:
+            return None
+        mask = torch.zeros(n, dtype=torch.bool)
+        if sel.positions is not None:
+            mask[sel.positions] = True
+        else:
+            mask[sel.start : sel.stop] = True
+        return ops.pack_bits(mask.reshape(1, -1)).reshape(-1)
+
+    @staticmethod
+    def _budget(n: int, queries: int) -> int:
+        per_code = BUDGET_PER_CODE_SINGLE if queries <= _PROBE else BUDGET_PER_CODE_BATCH
+        return max(_MIN_BUDGET, int(n * per_code))
+
+    @staticmethod
+    def _through_tables(q: Tensor, run) -> list | None:
+        """``run(queries)`` -> (..., done) over a batch, or None when a probe of its first _PROBE
+        queries mostly ran out of budget (the caller then scans the whole batch)."""
+        if q.shape[0] <= _PROBE:
+            return [run(q)]
+        first = run(q[:_PROBE])
+        if float(first[-1].float().mean()) < _PROBE_PASS:
+            return None
+        return [first, run(q[_PROBE:])]
+
+    def search(self, queries, k: int, allow=None) -> tuple[Tensor, Tensor]:
+        """Exact k nearest codes of each query: as :meth:`HammingIndex.search` (the same arguments,
+        errors and results, ties by position), by multi-index hashing.
+
+        Returns:
+            (distances Tensor[Q, k] int32, ids Tensor[Q, k] int64).
+        """
+        state = self._state
+        scan = state.scan
+        k = _check_int(k, "k", 1)
+        if k > len(scan):
+            raise ValueError(f"k must be <= the number of codes in the index ({len(scan)}), got {k}")
+        sel = scan.select(allow)
+        q = as_packed_codes(queries, self.nbits, "queries", "cpu")
+        width = min(k, sel.count)
+        # A handful of allowed codes is cheaper to scan than to look up.
+        if not state.tables or width == 0 or sel.positions is not None or q.shape[0] == 0:
+            dist, pos = scan.search_positions(q, k, self.chunk_bytes, sel)
+            return scan.finish_topk(dist, pos, k)
+        bitmap, budget = self._bitmap(state, sel), self._budget(len(scan), q.shape[0])
+        parts = self._through_tables(q, lambda part: _search_op(
+            part, scan.codes_tensor(), state.layout, list(state.tables), width, bitmap, budget))
+        if parts is None:
+            dist, pos = scan.search_positions(q, k, self.chunk_bytes, sel)
+            return scan.finish_topk(dist, pos, k)
+        dist, pos, done = (torch.cat(t) for t in zip(*parts))
+        if not bool(done.all()):
+            # Only the queries left over are indexed: on a loaded machine each parallel torch op
+            # costs a thread wake-up, measured at tens of ms for [1000, 10] index copies.
+            rest = torch.nonzero(~done).reshape(-1)
+            dist[rest], pos[rest] = scan.search_positions(q[rest], k, self.chunk_bytes, sel)
+        return scan.finish_topk(dist, pos, k)
+
+    def range_search(self, queries, radius: int, allow=None) -> tuple[Tensor, Tensor, Tensor]:
+        """Every code within Hamming distance ``<= radius`` of each query: as
+        :meth:`HammingIndex.range_search` (FAISS layout, ordered by (distance, position)).
+
+        Returns:
+            (lims Tensor[Q + 1] int64, distances Tensor[M] int32, ids Tensor[M] int64).
+        """
+        state = self._state
+        scan = state.scan
+        radius = _check_int(radius, "radius", 0)
+        sel = scan.select(allow)
+        q = as_packed_codes(queries, self.nbits, "queries", "cpu")
+        if not state.tables or sel.positions is not None or q.shape[0] == 0 or sel.count == 0:
+            lims, dist, pos = scan.range_positions(q, radius, self.chunk_bytes, sel)
+            return lims, dist, scan.ids_at(pos)
+        bitmap, budget = self._bitmap(state, sel), self._budget(len(scan), q.shape[0])
+        parts = self._through_tables(q, lambda part: _range_op(
+            part, scan.codes_tensor(), state.layout, list(state.tables), radius, bitmap, budget))
+        if parts is None:
+            lims, dist, pos = scan.range_positions(q, radius, self.chunk_bytes, sel)
+            return lims, dist, scan.ids_at(pos)
+        lims, dist, pos, done = parts[0]
+        if len(parts) == 2:
+            more = parts[1]
+            lims = torch.cat([lims[:-1], more[0] + lims[-1]])
+            dist, pos, done = torch.cat([dist, more[1]]), torch.cat([pos, more[2]]), torch.cat([done, more[3]])
+        if not bool(done.all()):
+            rest = torch.nonzero(~done).reshape(-1)
+            lims2, dist2, pos2 = scan.range_positions(q[rest], radius, self.chunk_bytes, sel)
+            qrow = torch.cat([torch.repeat_interleave(torch.arange(q.shape[0]), lims.diff()),
+                              rest[torch.repeat_interleave(torch.arange(rest.numel()), lims2.diff())]])
+            lims, dist, pos = self._merge(q.shape[0], qrow, torch.cat([dist, dist2]), torch.cat([pos, pos2]))
+        return lims, dist, scan.ids_at(pos)
+
+    @staticmethod
+    def _merge(num_queries: int, qrow: Tensor, dist: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        order, lims = sort_matches(qrow, dist, pos, num_queries)
+        return lims, dist[order], pos[order]
+
+    # ------------------------------------------------------------------------------------------
+    # Files
+    # ------------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the index with its tables (index file format version 2), atomically, as
+        :meth:`HammingIndex.save`. ``HammingIndex.load`` reads the file too (ignoring the tables)."""
+        state = self._state
+        section = None
+        if state.tables:
+            arrays = [tuple(t.numpy() for t in state.tables[3 * i : 3 * i + 3]) for i in range(len(state.specs))]
+            section = index_file.table_section(list(state.specs), len(state.scan), arrays)
+        state.scan.write(path, self.nbits, section)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    ) -> "MIHIndex":
+        """Reads an index file: one written by :meth:`save` with its tables (memory-mapped too when
+        ``mmap``), or a plain :meth:`HammingIndex.save` file, whose tables are then built.
+
+        Args and errors: as :meth:`HammingIndex.load` (``verify`` checks the tables' checksum too).
+        """
+        scan, tables = HammingIndex.load_with_tables(path, mmap, verify, chunk_bytes)
+        out = cls(scan.nbits)
+        out._scan = scan
+        if tables is None or LOAD_ERROR is not None:
+            if len(scan) > MAX_MIH_CODES:
+                raise ValueError(f"cannot load index {os.fspath(path)!r} as an MIHIndex: more than 2^31 - 1 codes")
+            out._state = out._build(scan._snapshot())
+            return out
+        specs = tuple(spec for spec, _ in tables)
+        arrays = tuple(_tensor_view(np.asarray(a)) for _, triple in tables for a in triple)
+        out._m = len(specs)
+        out._state = _State(scan._snapshot(), specs, arrays)
+        return out

@@ -1,0 +1,255 @@
+"""MIHIndex against HammingIndex on the same codes (k-NN and radius, ids, removals, filters, planted
+ties, save/load/mmap, 1 and 2 threads), its table choice, the scan fall-back and its errors."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from cibhash_ext import index as index_module
+from cibhash_ext import index_file
+from cibhash_ext.index import HammingIndex, IDSelectorBatch, IDSelectorRange
+from cibhash_ext import mih as mih_module
+from cibhash_ext.mih import MIHIndex, choose_tables
+from conftest import clear_padding, random_codes
+
+
+def clustered_codes(n: int, nbits: int, centres: int, flip: float, seed: int, draw: int = 0) -> torch.Tensor:
+    """Codes near a few centres (each bit flipped with probability ``flip``), with exact duplicates,
+    so near neighbours sit in shared buckets and equal distances occur. The centres depend on
+    ``seed`` only; ``draw`` picks another sample around the same centres."""
+    centre_bits = np.random.default_rng(seed).integers(0, 2, (centres, nbits), dtype=np.uint8)
+    gen = np.random.default_rng([seed, draw])
+    bits = centre_bits[gen.integers(0, centres, n)] ^ (gen.random((n, nbits)) < flip).astype(np.uint8)
+    bits[n - n // 10 :] = bits[gen.integers(0, n - n // 10, n // 10)]
+    return torch.from_numpy(np.packbits(bits, axis=1, bitorder="little"))
+
+
+def pair(codes: torch.Tensor, nbits: int, ids=None, m=None) -> tuple[MIHIndex, HammingIndex]:
+    mih, scan = MIHIndex(nbits, m=m), HammingIndex(nbits)
+    mih.add(codes, ids)
+    scan.add(codes, ids)
+    return mih, scan
+
+
+def assert_same_knn(mih, scan, queries, k, allow=None):
+    got, want = mih.search(queries, k, allow=allow), scan.search(queries, k, allow=allow)
+    np.testing.assert_array_equal(got[0].numpy(), want[0].numpy())
+    np.testing.assert_array_equal(got[1].numpy(), want[1].numpy())
+    return want
+
+
+def assert_same_range(mih, scan, queries, radius, allow=None):
+    got, want = mih.range_search(queries, radius, allow=allow), scan.range_search(queries, radius, allow=allow)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.numpy(), w.numpy())
+    return want
+
+
+@pytest.mark.parametrize("nbits, m", [(64, None), (64, 2), (64, 5), (32, None), (128, None), (20, 3), (100, 4)])
+def test_knn_and_radius_equal_the_scan_with_ties(nbits, m):
+    codes = clustered_codes(3000, nbits, centres=40, flip=0.08, seed=nbits)
+    ids = torch.randperm(3000, generator=torch.Generator().manual_seed(1)) * 7 + 3
+    mih, scan = pair(codes, nbits, ids, m)
+    assert len(mih.specs) == (m or len(choose_tables(nbits, 3000)))
+    queries = torch.cat([codes[:5], clustered_codes(20, nbits, centres=40, flip=0.1, seed=nbits, draw=1)])
+    for k in (1, 10, 100):
+        dist, _ = assert_same_knn(mih, scan, queries, k)
+    assert (dist.diff(dim=1) == 0).any(), "ties must be planted"
+    for radius in (0, 2, nbits // 8, nbits // 4):
+        lims, _, _ = assert_same_range(mih, scan, queries, radius)
+    assert lims[-1] > 0
+
+
+def test_the_tables_answer_clustered_queries_without_the_scan(monkeypatch):
+    """With budget to spare, every clustered query is answered by the tables: the scan is never called."""
+    codes = clustered_codes(200_000, 64, centres=2000, flip=0.05, seed=2)
+    mih, scan = pair(codes, 64)
+    queries = clustered_codes(50, 64, centres=2000, flip=0.05, seed=2, draw=1)
+    _, _, done = torch.ops.cibhash_ext.mih_search(
+        queries, mih.codes, mih._state.layout, list(mih._state.tables), 10, None, 2000)
+    assert bool(done.all())
+    want_knn, want_range = scan.search(queries, 10), scan.range_search(queries, 5)
+    monkeypatch.setattr(mih_module, "BUDGET_PER_CODE_SINGLE", 1.0)
+    monkeypatch.setattr(mih_module, "BUDGET_PER_CODE_BATCH", 1.0)
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the scan was called")
+
+    monkeypatch.setattr(index_module._State, "search_positions", no_scan)
+    monkeypatch.setattr(index_module._State, "range_positions", no_scan)
+    for q in (queries[:1], queries):
+        got = mih.search(q, 10)
+        assert torch.equal(got[0], want_knn[0][: len(q)]) and torch.equal(got[1], want_knn[1][: len(q)])
+    got = mih.range_search(queries, 5)
+    assert all(torch.equal(g, w) for g, w in zip(got, want_range)) and want_range[0][-1] > 0
+
+
+def test_a_batch_whose_probe_fails_is_scanned_whole(monkeypatch):
+    codes = random_codes(5000, 8, torch.Generator().manual_seed(3))
+    mih, scan = pair(codes, 64, m=1)
+    queries = random_codes(40, 8, torch.Generator().manual_seed(4))
+    calls = []
+
+    def counted(q, *args):
+        calls.append(q.shape[0])
+        return torch.ops.cibhash_ext.mih_search(q, *args)
+
+    monkeypatch.setattr(mih_module, "_search_op", counted)
+    assert_same_knn(mih, scan, queries, 10)
+    assert calls == [16]  # the probe only
+
+
+def test_uniform_codes_fall_back_to_the_scan_with_the_same_results():
+    codes = random_codes(5000, 8, torch.Generator().manual_seed(3))
+    mih, scan = pair(codes, 64, m=1)  # one 32-bit table: hopeless, so the budget runs out
+    queries = random_codes(6, 8, torch.Generator().manual_seed(4))
+    _, _, done = torch.ops.cibhash_ext.mih_search(
+        queries, mih.codes, mih._state.layout, list(mih._state.tables), 10, None, 100)
+    assert not bool(done.any())
+    assert_same_knn(mih, scan, queries, 10)
+    lims, _, _, done = torch.ops.cibhash_ext.mih_range_search(
+        queries, mih.codes, mih._state.layout, list(mih._state.tables), 20, None, 100)
+    assert not bool(done.any()) and lims[-1] == 0
+    assert_same_range(mih, scan, queries, 20)
+
+
+def test_removals_and_adds_keep_insertion_order():
+    codes = clustered_codes(2000, 64, centres=20, flip=0.05, seed=5)
+    ids = torch.arange(2000) * 2
+    mih, scan = pair(codes, 64, ids)
+    for index in (mih, scan):
+        assert index.remove_ids(ids[::4]) == 500
+        index.add(codes[:300], ids=torch.arange(300) * 2 + 1)  # duplicates of earlier codes: ties
+        index.add(codes[300:310])
+    queries = codes[:8]
+    assert torch.equal(mih.ids, scan.ids) and len(mih) == len(scan) == 1810
+    dist, _ = assert_same_knn(mih, scan, queries, 30)
+    assert (dist.diff(dim=1) == 0).any()
+    assert_same_range(mih, scan, queries, 6)
+
+
+@pytest.mark.parametrize(
+    "allow",
+    [IDSelectorBatch(torch.arange(0, 6000, 7)), IDSelectorBatch(torch.arange(0, 6000, 2)), IDSelectorRange(1000, 3000),
+     torch.arange(0, 6000, 500)],
+)
+def test_filtered_search_equals_the_scan(allow):
+    codes = clustered_codes(3000, 64, centres=30, flip=0.06, seed=6)
+    mih, scan = pair(codes, 64, torch.arange(3000) * 2)
+    queries = codes[::300]
+    assert_same_knn(mih, scan, queries, 10, allow)
+    assert_same_knn(mih, scan, queries, 100, allow)
+    assert_same_range(mih, scan, queries, 8, allow)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_save_load_keeps_the_tables_and_the_results(tmp_path, mmap):
+    codes = clustered_codes(4000, 64, centres=30, flip=0.06, seed=7)
+    mih, scan = pair(codes, 64, torch.arange(4000) + 100)
+    mih.save(tmp_path / "db.idx")
+    assert index_file.read_header(str(tmp_path / "db.idx")).tables_offset > 0
+    loaded = MIHIndex.load(tmp_path / "db.idx", mmap=mmap)
+    assert loaded.is_mmap == mmap and loaded.specs == mih.specs
+    assert all(torch.equal(a, b) for a, b in zip(loaded._state.tables, mih._state.tables))
+    queries = codes[:10]
+    assert_same_knn(loaded, scan, queries, 10)
+    assert_same_range(loaded, scan, queries, 5)
+    # A plain index loads its codes and ids from the same file, and MIHIndex loads a plain file.
+    plain = HammingIndex.load(tmp_path / "db.idx")
+    assert torch.equal(plain.ids, scan.ids)
+    scan.save(tmp_path / "plain.idx")
+    assert index_file.read_header(str(tmp_path / "plain.idx")).tables_offset == 0
+    rebuilt = MIHIndex.load(tmp_path / "plain.idx", mmap=mmap)
+    assert rebuilt.specs == mih.specs
+    assert_same_knn(rebuilt, scan, queries, 10)
+    if mmap:
+        with pytest.raises(RuntimeError, match="memory-mapped read-only"):
+            loaded.add(codes[:1])
+
+
+def test_corrupt_tables_are_refused(tmp_path):
+    codes = clustered_codes(500, 64, centres=5, flip=0.1, seed=8)
+    mih, _ = pair(codes, 64)
+    path = tmp_path / "db.idx"
+    mih.save(path)
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x40
+    path.write_bytes(raw)
+    with pytest.raises(ValueError, match="tables checksum mismatch"):
+        MIHIndex.load(path)
+    path.write_bytes(bytes(raw[:-4]))
+    with pytest.raises(ValueError, match="the tables section says the file has"):
+        MIHIndex.load(path)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_and_two_threads_give_the_same_results(threads):
+    codes = clustered_codes(5000, 64, centres=30, flip=0.06, seed=9)
+    mih, scan = pair(codes, 64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert_same_knn(mih, scan, codes[:64], 10)
+        assert_same_range(mih, scan, codes[:64], 6)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_searches_during_adds_see_whole_states():
+    codes = clustered_codes(6000, 64, centres=20, flip=0.05, seed=10)
+    mih = MIHIndex(64)
+    mih.add(codes[:1000])
+    errors = []
+
+    def reader():
+        try:
+            for _ in range(30):
+                dist, ids = mih.search(codes[:4], 5)
+                assert (ids >= 0).all() and (ids < 6000).all() and (dist[:, 0] == 0).all()
+        except Exception as error:  # noqa: BLE001 - handed to the main thread
+            errors.append(error)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for start in range(1000, 6000, 1000):
+        mih.add(codes[start : start + 1000])
+    thread.join()
+    assert not errors and len(mih) == 6000
+
+
+def test_choose_tables_follows_the_paper_rule():
+    def bits(nbits, n, m=None):
+        return [(s.bit_count, s.dir_bits) for s in choose_tables(nbits, n, m)]
+
+    # m = round(nbits / log2(n)); directories of about log2(n) bits, at most 24.
+    assert bits(64, 2**20) == [(22, 20), (21, 20), (21, 20)]
+    assert bits(64, 10**7) == [(22, 22), (21, 21), (21, 21)]
+    assert bits(64, 10**8) == [(32, 24), (32, 24)]  # 64 / 26.6 rounds to 2
+    assert bits(128, 10**6) == [(22, 20)] * 2 + [(21, 20)] * 4
+    assert len(choose_tables(64, 10)) == 19 and len(choose_tables(64, 2**40)) == 2  # keys of at most 32 bits
+    specs = choose_tables(64, 10**6, m=4)
+    assert [(s.bit_start, s.bit_count, s.dir_bits) for s in specs] == [(0, 16, 16), (16, 16, 16), (32, 16, 16), (48, 16, 16)]
+
+
+def test_errors_and_empty_index():
+    mih = MIHIndex(16)
+    with pytest.raises(ValueError, match=r"k must be <= the number of codes in the index \(0\), got 1"):
+        mih.search(torch.zeros(1, 2, dtype=torch.uint8), 1)
+    lims, d, ids = mih.range_search(torch.zeros(2, 2, dtype=torch.uint8), 3)
+    assert lims.tolist() == [0, 0, 0] and d.numel() == 0
+    with pytest.raises(TypeError, match="m must be an int, got float"):
+        MIHIndex(16, m=2.0)
+    with pytest.raises(ValueError, match="codes must have 2 columns"):
+        mih.add(torch.zeros(3, 5, dtype=torch.uint8))
+    mih.add(clear_padding(random_codes(50, 2, torch.Generator().manual_seed(0)), 16))
+    with pytest.raises(ValueError, match="k must be >= 1, got 0"):
+        mih.search(mih.codes[:1], 0)
+    with pytest.raises(ValueError, match="radius must be >= 0, got -1"):
+        mih.range_search(mih.codes[:1], -1)
+    with pytest.raises(ValueError, match="ids already in the index"):
+        mih.add(mih.codes[:1], torch.tensor([3]))
+    assert len(mih) == 50 and "MIHIndex(nbits=16, ntotal=50" in repr(mih)
