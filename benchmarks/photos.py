@@ -40,7 +40,7 @@ from PIL import Image, ImageEnhance
 
 import cibhash_ext
 from cibhash_ext.baselines import ITQ, LSH
-from cibhash_ext.files import image_files, load_image, read_json, write_json
+from cibhash_ext.files import atomic_write, image_files, load_image, read_json, write_json
 
 CODE_LENGTHS = (16, 32, 64)
 # One storage kind per database copy of a photo (with the default 12 copies, every photo has each once).
@@ -259,7 +259,7 @@ def build(out: str, photos: list[dict], copies: int, queries_per_photo: int, sid
             data, storage_params = _store(image, storage, rng)
             path = _neutral_path(os.path.join(out, FOLDERS[split]), storage, names, taken)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as fh:
+            with atomic_write(path) as fh:
                 fh.write(data)
             truth[split].append({"path": os.path.relpath(path, out), "photo": index, "edit": edit, "storage": storage,
                                  "params": {**edit_params, **storage_params}})
