@@ -7,7 +7,7 @@ inference (``load_model``, ``encode``) and search (``HammingIndex``, ``ShardedHa
 """
 
 from .config import TrainConfig
-from .encode import encode, export_encoder, load_model
+from .encode import Encoder, encode, export_encoder, load_model
 from .index import HammingIndex
 from .layers import StochasticBinaryLayer
 from .losses import CIBHashLoss
@@ -30,6 +30,7 @@ __all__ = [
     "TrainResult",
     "train",
     "load_model",
+    "Encoder",
     "encode",
     "export_encoder",
     "HammingIndex",

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from cibhash_ext import distributed, run_dir as runs
 from cibhash_ext.config import TrainConfig, check_device, load_config
 from cibhash_ext.data import DATASETS, RetrievalData, as_retrieval_data, load_dataset
+from cibhash_ext.encode import Encoder
 from cibhash_ext.feature_cache import cached_view_batches, feature_cache
 from cibhash_ext.losses import CIBHashLoss, nt_xent_features
 from cibhash_ext.models import CUSTOM_BACKBONE, CIBHashModel, build_model
@@ -320,7 +321,7 @@ def _train(cfg, run_dir, resume, data, model, transform, on_epoch_end) -> dict |
     if rank != 0:
         return None
     runs.save_weights(run_dir, model, cfg, shape)
-    metrics = evaluate_model(cfg, model, data, run_dir) if cfg.evaluate else {}
+    metrics = evaluate_model(cfg, Encoder.of(model, cfg, shape), data, run_dir) if cfg.evaluate else {}
     # seconds: the epochs; prepare_seconds: the neighbour table and feature cache (of the last start).
     metrics["train"] = {"seconds": train_seconds, "prepare_seconds": prepare_seconds, "history": history,
                         "threads": torch.get_num_threads(), "processes": processes}

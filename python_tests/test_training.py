@@ -219,7 +219,7 @@ def test_the_feature_loss_trains_a_projection_that_the_codes_do_not_use(tmp_path
     assert on["projection.weight"].shape == (128, 64) and not any(k.startswith("projection") for k in off)
     # The same seed and data: the extra term changes what the backbone learns.
     assert not torch.equal(on["backbone.net.1.weight"], off["backbone.net.1.weight"])
-    model = load_model(str(tmp_path / "on"))
+    model = load_model(str(tmp_path / "on")).module
     assert model.projection is not None and set(model(torch.zeros(2, 1, 12, 12))) == {16}
 
     # One step: the loss is the codes' loss plus the weighted feature loss on the same views.
@@ -279,7 +279,8 @@ def test_refreshed_neighbours_come_from_the_backbone_features_and_survive_a_resu
     # epoch 2), each image as encoding sees it.
     model = load_model(str(tmp_path / "before"))
     with torch.no_grad(), autocast("cpu", True):
-        features = torch.cat([model.backbone(x).float() for x in eval_batches(data.train, model.transform, 1024)])
+        features = torch.cat([model.module.backbone(x).float()
+                              for x in eval_batches(data.train, model.transform, 1024)])
     assert torch.equal(stored, nearest_neighbours(features, 10, dims=None))
     assert not torch.equal(stored, image_neighbours(data.train, 10))
 
@@ -314,3 +315,26 @@ def test_neighbour_refresh_defaults_and_errors(tmp_path):
     del older["neighbour_refresh"]  # a run written before the setting existed
     write_json(str(tmp_path / CONFIG_FILE), older)
     assert load_run_config(str(tmp_path)).neighbour_refresh == 0
+
+
+@needs_fashion_mnist
+def test_training_never_reads_the_labels(tmp_path, tiny_data):
+    """Unsupervised training: the same images with permuted labels give bit-identical weights (the
+    neighbour table, its refresh and the feature loss included)."""
+    g = torch.Generator().manual_seed(1)
+
+    def permuted(images):
+        return dataclasses.replace(images, labels=images.labels[torch.randperm(len(images), generator=g)])
+
+    shuffled = dataclasses.replace(tiny_data, train=permuted(tiny_data.train), query=permuted(tiny_data.query),
+                                   database=permuted(tiny_data.database))
+    assert (shuffled.train.labels != tiny_data.train.labels).float().mean() > 0.5
+    cfg = tiny_config(epochs=3, neighbour_refresh=1, convnet_widths=(8, 8, 8), convnet_fc=32, hidden=32,
+                      evaluate=False)
+    weights = []
+    for name, data in (("labels", tiny_data), ("permuted", shuffled)):
+        train(cfg, run_dir=str(tmp_path / name), data=data)
+        weights.append(torch.load(tmp_path / name / "model.pt", weights_only=True)["state_dict"])
+    assert set(weights[0]) == set(weights[1]) and "projection.weight" in weights[0]
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
