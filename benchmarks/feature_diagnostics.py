@@ -38,9 +38,9 @@ def _outputs(model, images) -> tuple[Tensor, dict[int, Tensor]]:
     cfg, features, logits = model.config, [], {v: [] for v in model.code_lengths}
     with autocast(cfg.device, cfg.bf16):
         for x in eval_batches(images, model.transform, 1024):
-            f = model.backbone(x.to(cfg.device)).float()
+            f = model.module.backbone(x.to(cfg.device)).float()
             features.append(f.cpu())
-            for v, z in model(features=f).items():
+            for v, z in model.module(features=f).items():
                 logits[v].append(z.cpu())
     return torch.cat(features), {v: torch.cat(z) for v, z in logits.items()}
 

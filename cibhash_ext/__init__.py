@@ -8,7 +8,7 @@ inference (``load_model``, ``encode``) and search (``HammingIndex`` with
 """
 
 from .config import TrainConfig
-from .encode import encode, export_encoder, load_model
+from .encode import Encoder, encode, export_encoder, load_model
 from .index import HammingIndex, IDSelectorBatch, IDSelectorRange
 from .layers import StochasticBinaryLayer
 from .losses import CIBHashLoss
@@ -43,6 +43,7 @@ __all__ = [
     "TrainResult",
     "train",
     "load_model",
+    "Encoder",
     "encode",
     "export_encoder",
     "HammingIndex",

@@ -11,26 +11,25 @@ import dataclasses
 import os
 import types
 import typing
-from typing import Any
+from typing import Any, Literal
 
+from cibhash_ext.data import DATASET_REGISTRY
 from cibhash_ext.files import read_json
-from cibhash_ext.models import BACKBONES, CUSTOM_BACKBONE
+from cibhash_ext.models import BACKBONES, CUSTOM_BACKBONE, Backbone
 from cibhash_ext.transforms import AugmentConfig
 
-__all__ = ["TrainConfig", "load_config", "stored_config", "check_device", "AUGMENT_PRESETS", "DATASET_OPTIONS"]
+__all__ = ["TrainConfig", "load_config", "stored_config", "check_device", "choices", "AUGMENT_PRESETS",
+           "AugmentPreset", "BackboneChoice", "Baseline", "Pipeline", "Schedule"]
 
-AUGMENT_PRESETS = ("auto", "paper", "small_grayscale")
-# The split options each dataset reads; giving one that the dataset ignores is an error.
-DATASET_OPTIONS = {
-    "fashion_mnist": ("train_size", "query_size", "database_size", "validation"),
-    "cifar10": ("query_per_class", "train_per_class"),
-    "image_folder": ("query_per_class", "train_per_class"),
-    "nus_wide": (),
-    "coco": (),
-    "folder": ("train_size", "query_size"),
-    "tensor": ("train_size", "query_size"),
-    "dataset": ("train_size", "query_size"),
-}
+# The closed choices of the settings, declared once: the checks and the command line read them.
+BackboneChoice = Literal["auto", Backbone, "custom"]
+Schedule = Literal["onecycle", "constant"]
+AugmentPreset = Literal["auto", "paper", "small_grayscale"]
+Pipeline = Literal["auto", "batch", "pil"]
+Baseline = Literal["lsh", "itq"]
+AUGMENT_PRESETS: tuple[str, ...] = typing.get_args(AugmentPreset)
+# The split settings; each dataset reads some of them (DATASET_REGISTRY) and giving another is an error.
+_SPLIT_SETTINGS = ("train_size", "query_size", "database_size", "query_per_class", "train_per_class", "validation")
 # Input side of the trained-from-scratch backbones on image files when no size is set: 224 (the
 # paper's, for VGG-16) would make their first layer enormous.
 FILE_INPUT_SIZE = 64
@@ -134,7 +133,7 @@ class TrainConfig:
     query_per_class: int | None = None
     train_per_class: int | None = None
     validation: bool = False
-    backbone: str = "auto"
+    backbone: BackboneChoice = "auto"
     backbone_weights: str | None = None
     convnet_widths: tuple[int, ...] = (32, 64, 64)
     convnet_fc: int = 512
@@ -145,7 +144,7 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
-    schedule: str = "onecycle"
+    schedule: Schedule = "onecycle"
     warmup: float = 0.1
     temperature: tuple[float, ...] | None = None
     beta: float = 1e-3
@@ -160,9 +159,9 @@ class TrainConfig:
     feature_loss: float | None = None
     feature_temperature: float = 0.1
     feature_cache: int = 0
-    augment_preset: str = "auto"
+    augment_preset: AugmentPreset = "auto"
     augment: dict = dataclasses.field(default_factory=dict)
-    pipeline: str = "auto"
+    pipeline: Pipeline = "auto"
     bf16: bool = True
     channels_last: bool = True
     device: str = "cpu"
@@ -170,7 +169,7 @@ class TrainConfig:
     workers: int = 0
     seed: int = 0
     topk: int | None = None
-    baselines: tuple[str, ...] = ("lsh", "itq")
+    baselines: tuple[Baseline, ...] = ("lsh", "itq")
     eval_curves: bool = True
     evaluate: bool = True
     progress: bool = True
@@ -199,8 +198,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Checks every setting; raises ValueError naming the setting, what it must be and what it is."""
-        if self.dataset not in DATASET_OPTIONS:
-            raise ValueError(f"dataset must be one of {', '.join(DATASET_OPTIONS)}, got {self.dataset!r}")
+        if self.dataset not in DATASET_REGISTRY:
+            raise ValueError(f"dataset must be one of {', '.join(DATASET_REGISTRY)}, got {self.dataset!r}")
         if self.temperature is not None and (
             len(self.temperature) not in (1, len(self.code_lengths)) or any(t <= 0 for t in self.temperature)
         ):
@@ -238,26 +237,22 @@ class TrainConfig:
         if self.feature_cache and (self.feature_cache < 2 or self.backbone != "efficientnet_lite0"):
             raise ValueError(f"feature_cache must be 0 or at least 2 views with backbone efficientnet_lite0 (a frozen "
                              f"backbone in eval mode), got {self.feature_cache} with backbone {self.backbone}")
-        if self.schedule not in ("onecycle", "constant"):
-            raise ValueError(f"schedule must be 'onecycle' or 'constant', got {self.schedule!r}")
-        if self.augment_preset not in AUGMENT_PRESETS:
-            raise ValueError(f"augment_preset must be one of {', '.join(AUGMENT_PRESETS)}, got {self.augment_preset!r}")
-        if self.pipeline not in ("auto", "batch", "pil"):
-            raise ValueError(f"pipeline must be 'auto', 'batch' or 'pil', got {self.pipeline!r}")
+        for name in ("schedule", "augment_preset", "pipeline"):
+            if getattr(self, name) not in choices(name):
+                raise ValueError(f"{name} must be one of {', '.join(choices(name))}, got {getattr(self, name)!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         fields = [f.name for f in dataclasses.fields(AugmentConfig)]
         unknown = set(self.augment) - set(fields)
         if unknown:
             raise ValueError(f"unknown augment settings {sorted(unknown)}; valid: {fields}")
-        bad = set(self.baselines) - {"lsh", "itq"}
+        bad = set(self.baselines) - set(choices("baselines"))
         if bad:
             raise ValueError(f"baselines must be among 'lsh', 'itq', got {sorted(bad)}")
-        ignored = [name for name in ("train_size", "query_size", "database_size", "query_per_class", "train_per_class",
-                                     "validation")
-                   if getattr(self, name) not in (None, False) and name not in DATASET_OPTIONS[self.dataset]]
+        reads = DATASET_REGISTRY[self.dataset].options
+        ignored = [name for name in _SPLIT_SETTINGS if getattr(self, name) not in (None, False) and name not in reads]
         if ignored:
-            reads = ", ".join(DATASET_OPTIONS[self.dataset]) or "none of them"
+            reads = ", ".join(reads) or "none of them"
             raise ValueError(f"dataset {self.dataset!r} does not use {', '.join(ignored)} (it reads {reads})")
 
     @classmethod
@@ -298,11 +293,9 @@ class TrainConfig:
 
     def dataset_options(self) -> dict:
         """The split options of the configured dataset (those it reads and that are set), plus the seed."""
-        options = {name: getattr(self, name) for name in DATASET_OPTIONS[self.dataset]
-                   if getattr(self, name) not in (None, False)}
-        if self.dataset in ("nus_wide", "coco"):
-            return options
-        return {**options, "seed": self.seed}
+        entry = DATASET_REGISTRY[self.dataset]
+        options = {name: getattr(self, name) for name in entry.options if getattr(self, name) not in (None, False)}
+        return {**options, "seed": self.seed} if entry.seeded else options
 
     def augment_config(self, channels: int, in_memory: bool = True) -> AugmentConfig:
         """The view augmentation of images with ``channels`` channels, in memory or loaded from files."""
@@ -313,6 +306,17 @@ class TrainConfig:
         if preset == "paper" and self.backbone in ("convnet", "mlp", CUSTOM_BACKBONE) and "size" not in self.augment:
             base = dataclasses.replace(base, size=0 if in_memory else FILE_INPUT_SIZE)
         return dataclasses.replace(base, **self.augment)
+
+
+def choices(name: str) -> tuple[str, ...]:
+    """The closed set of values of the setting ``name`` (its ``Literal`` type), or () for an open one;
+    ``dataset`` reads the dataset registry."""
+    if name == "dataset":
+        return tuple(DATASET_REGISTRY)
+    hint = typing.get_type_hints(TrainConfig)[name]
+    if typing.get_origin(hint) is tuple:
+        hint = typing.get_args(hint)[0]
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
 
 
 def check_device(device: str | object) -> None:
@@ -397,7 +401,7 @@ def _is_instance(value, hint) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
+    if hint is str or origin is Literal:  # the value of a Literal is checked by validate
         return isinstance(value, str)
     if origin is tuple:
         return isinstance(value, (tuple, list)) and all(_is_instance(v, args[0]) for v in value)
@@ -412,4 +416,6 @@ def _describe(hint) -> str:
         return " or ".join(_describe(a) for a in args if a is not type(None)) + " or null"
     if origin is tuple:
         return f"a list of {_describe(args[0])}"
+    if origin is Literal:
+        return "a string"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "an object"}.get(hint, str(hint))

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import _codecs
 import dataclasses
+import functools
 import gzip
 import os
 import pickle
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +37,8 @@ from cibhash_ext.files import image_files, load_image, readable_images, skipped_
 
 __all__ = [
     "DATASETS",
+    "DATASET_REGISTRY",
+    "DatasetEntry",
     "DatasetNotFoundError",
     "ImageSet",
     "RetrievalData",
@@ -60,7 +63,6 @@ FASHION_MNIST_CLASSES = (
 )
 FASHION_MNIST_VALIDATION_SEED = 20261201  # fixed: the validation queries never change with --seed
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-DATASETS = ("fashion_mnist", "cifar10", "nus_wide", "coco", "image_folder", "folder")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -579,21 +581,52 @@ def as_retrieval_data(data, query_size: int | None = None, train_size: int | Non
     raise TypeError(f"data must be a dataset name, a folder path, a Dataset or an image tensor, got {type(data).__name__}")
 
 
+@dataclasses.dataclass(frozen=True)
+class DatasetEntry:
+    """One dataset of the registry: how it loads, which settings it reads, which recipe it trains with.
+
+    Attributes:
+        loader (callable, optional): ``loader(root, **options)`` -> RetrievalData; None for Python data
+            given to :func:`cibhash_ext.train` (a run of it cannot reload its data by itself).
+        options (tuple[str, ...]): the split settings of :class:`~cibhash_ext.config.TrainConfig` it
+            reads; giving another one is an error.
+        default_root (str, optional): where it is found without ``data_root``.
+        seeded (bool): its split takes the run's seed.
+        recipe (str, optional): the recipe (``cibhash_ext/recipes/<recipe>.json``) under the user's settings.
+    """
+
+    loader: Callable[..., RetrievalData] | None
+    options: tuple[str, ...] = ()
+    default_root: str | None = None
+    seeded: bool = True
+    recipe: str | None = None
+
+
+# Every dataset name a configuration may hold, in the order the command line lists them.
+DATASET_REGISTRY: dict[str, DatasetEntry] = {
+    "fashion_mnist": DatasetEntry(load_fashion_mnist, ("train_size", "query_size", "database_size", "validation"),
+                                  default_root=FASHION_MNIST_ROOT, recipe="fashion_mnist"),
+    "cifar10": DatasetEntry(load_cifar10, ("query_per_class", "train_per_class")),
+    "nus_wide": DatasetEntry(functools.partial(load_image_lists, "nus_wide"), seeded=False),
+    "coco": DatasetEntry(functools.partial(load_image_lists, "coco"), seeded=False),
+    "image_folder": DatasetEntry(load_image_folder, ("query_per_class", "train_per_class")),
+    "folder": DatasetEntry(load_folder, ("train_size", "query_size")),
+    "tensor": DatasetEntry(None, ("train_size", "query_size")),
+    "dataset": DatasetEntry(None, ("train_size", "query_size")),
+}
+# The datasets loaded by name (from the command line or ``train(data=name)``).
+DATASETS = tuple(name for name, entry in DATASET_REGISTRY.items() if entry.loader is not None)
+
+
 def load_dataset(name: str, root: str | None = None, **options) -> RetrievalData:
     """Loads a dataset by name (one of :data:`DATASETS`) with its split options."""
-    if name in ("tensor", "dataset"):
+    entry = DATASET_REGISTRY.get(name)
+    if entry is None:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {name!r}")
+    if entry.loader is None:
         raise ValueError(f"this run was trained on Python data ({name}); pass the data again (data=...) "
                          "or use cibhash_ext.encode with the model")
-    if name == "fashion_mnist":
-        return load_fashion_mnist(root or FASHION_MNIST_ROOT, **options)
+    root = root or entry.default_root
     if root is None:
         raise ValueError(f"dataset {name!r} needs --data-root (only fashion_mnist has a default location)")
-    if name == "cifar10":
-        return load_cifar10(root, **options)
-    if name in ("nus_wide", "coco"):
-        return load_image_lists(name, root, **options)
-    if name == "image_folder":
-        return load_image_folder(root, **options)
-    if name == "folder":
-        return load_folder(root, **options)
-    raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {name!r}")
+    return entry.loader(root, **options)

@@ -1,10 +1,11 @@
-"""Inference: load a trained model (:func:`load_model`) and turn images into packed codes
-(:func:`encode`), the same codes in Python and from ``cibhash encode``; :func:`export_encoder` gives
-a ``torch.export`` program of the encode path.
+"""Inference: load a trained model (:func:`load_model`, an :class:`Encoder` record) and turn images
+into packed codes (:func:`encode`), the same codes in Python and from ``cibhash encode``;
+:func:`export_encoder` gives a ``torch.export`` program of the encode path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from typing import Sequence
@@ -21,28 +22,53 @@ from cibhash_ext.pipeline import autocast, eval_batches, to_model_input
 from cibhash_ext.transforms import EvalTransform
 from cibhash_ext.progress import progress
 
-__all__ = ["load_model", "encode", "encode_images", "encode_run", "export_encoder", "prepare_for_inference",
-           "readable_files"]
+__all__ = ["Encoder", "load_model", "encode", "encode_images", "encode_run", "export_encoder", "readable_files"]
 
 
-def prepare_for_inference(model: CIBHashModel, cfg: TrainConfig, input_shape: Sequence[int]) -> CIBHashModel:
-    """Puts ``model`` in eval mode and attaches what inference needs: ``model.config``,
-    ``model.input_shape`` [C, H, W] and ``model.transform`` (PIL image -> normalised Tensor[C, H, W])."""
-    shape = [int(v) for v in input_shape]
-    aug = cfg.augment_config(shape[0])
-    model.eval()
-    model.config = cfg
-    model.input_shape = shape
-    model.transform = EvalTransform(shape, aug.mean, aug.std)
-    return model
+@dataclasses.dataclass(frozen=True, eq=False)
+class Encoder:
+    """A trained model as a record of the module and what inference needs (as torchvision's
+    ``Weights`` carries ``transforms`` and ``meta``): what :func:`load_model` returns and
+    :func:`encode` takes.
+
+    Attributes:
+        module (CIBHashModel): the network, in eval mode.
+        transform (EvalTransform): one raw PIL image -> the normalised Tensor[C, H, W] it sees.
+        input_shape (tuple[int, int, int]): [C, H, W] of its input.
+        code_lengths (tuple[int, ...]): its code lengths, in bits.
+        config (TrainConfig): the configuration it was trained with (its recipe).
+        device (str): where the module is.
+        bf16 (bool): bfloat16 autocast of the backbone, as in training.
+        channels_last (bool): its input in channels-last memory format.
+    """
+
+    module: CIBHashModel
+    transform: EvalTransform
+    input_shape: tuple[int, int, int]
+    code_lengths: tuple[int, ...]
+    config: TrainConfig
+    device: str
+    bf16: bool
+    channels_last: bool
+
+    @classmethod
+    def of(cls, module: CIBHashModel, cfg: TrainConfig, input_shape: Sequence[int]) -> "Encoder":
+        """The record of ``module`` trained with ``cfg`` on images of ``input_shape`` [C, H, W]; puts
+        the module in eval mode."""
+        shape = tuple(int(v) for v in input_shape)
+        aug = cfg.augment_config(shape[0])
+        module.eval()
+        return cls(module, EvalTransform(shape, aug.mean, aug.std), shape, tuple(module.code_lengths), cfg,
+                   str(cfg.device), cfg.bf16, cfg.channels_last and cfg.backbone == "convnet")
 
 
 def load_model(run_dir: str | os.PathLike, device: str | torch.device | None = None,
-               backbone: nn.Module | None = None) -> CIBHashModel:
-    """The trained model of a run directory, in eval mode, loaded weights-only and checked.
+               backbone: nn.Module | None = None) -> Encoder:
+    """The trained model of a run directory, loaded weights-only and checked, as an :class:`Encoder`
+    record: the module in eval mode, its ``transform`` (prepares one raw PIL image for it), its
+    ``input_shape``, ``code_lengths`` and ``config``.
 
-    Reads the run's ``model.pt`` (its ``checkpoint.pt`` for runs that have none yet). The model
-    carries ``transform`` (prepares one raw PIL image for it), ``config`` and ``input_shape``.
+    Reads the run's ``model.pt`` (its ``checkpoint.pt`` for runs that have none yet).
 
     Args:
         run_dir (str): a run directory written by :func:`cibhash_ext.train`.
@@ -51,7 +77,7 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device | None = N
         backbone (nn.Module, optional): the backbone module, for runs trained with a custom one.
 
     Returns:
-        CIBHashModel in eval mode.
+        Encoder: the record of the trained model.
     """
     run_dir = os.fspath(run_dir)
     weights = os.path.join(run_dir, runs.MODEL_FILE)
@@ -65,22 +91,22 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device | None = N
     if device is None:
         device = cfg.device if not cfg.device.startswith("cuda") or torch.cuda.is_available() else "cpu"
     check_device(device)
-    cfg.device = str(device)
+    cfg = dataclasses.replace(cfg, device=str(device))
     model = build_model(cfg, shape, backbone=backbone)
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
         raise ValueError(f"the weights of {run_dir} do not fit its model: {str(exc).splitlines()[0]}") from None
-    return prepare_for_inference(model, cfg, shape)
+    return Encoder.of(model, cfg, shape)
 
 
 @torch.no_grad()
-def encode_images(model: CIBHashModel, images: ImageSet, batch_size: int = 1024, workers: int = 0,
+def encode_images(encoder: Encoder, images: ImageSet, batch_size: int = 1024, workers: int = 0,
                   show_progress: bool = False, desc: str = "encode") -> dict[int, Tensor]:
     """Deterministic packed codes of every image of an ImageSet, per code length, on the CPU.
 
     Args:
-        model (CIBHashModel): a model prepared by :func:`prepare_for_inference` or :func:`load_model`.
+        encoder (Encoder): a trained model (:func:`load_model`, :meth:`Encoder.of`).
         images (ImageSet): in-memory images, files or dataset items.
         batch_size (int): images per forward pass.
         workers (int): DataLoader workers for files.
@@ -89,14 +115,13 @@ def encode_images(model: CIBHashModel, images: ImageSet, batch_size: int = 1024,
     Returns:
         dict mapping L to Tensor[N, ceil(L / 8)], uint8 (LSB-first, the FAISS layout).
     """
-    cfg = model.config
-    model.eval()
-    parts: dict[int, list[Tensor]] = {v: [] for v in model.code_lengths}
+    encoder.module.eval()
+    parts: dict[int, list[Tensor]] = {v: [] for v in encoder.code_lengths}
     total = (len(images) + batch_size - 1) // batch_size
-    channels_last = cfg.channels_last and cfg.backbone == "convnet"
-    for x in progress(eval_batches(images, model.transform, batch_size, workers), desc, total, show_progress, "batch"):
-        with autocast(cfg.device, cfg.bf16):
-            codes = model.encode(to_model_input(x, cfg.device, channels_last))
+    batches = eval_batches(images, encoder.transform, batch_size, workers)
+    for x in progress(batches, desc, total, show_progress, "batch"):
+        with autocast(encoder.device, encoder.bf16):
+            codes = encoder.module.encode(to_model_input(x, encoder.device, encoder.channels_last))
         for v, c in codes.items():
             parts[v].append(c.cpu())
     return {v: torch.cat(p) if p else torch.zeros(0, (v + 7) // 8, dtype=torch.uint8) for v, p in parts.items()}
@@ -124,11 +149,11 @@ def _as_image_set(images) -> ImageSet:
                     f"tensor [N, C, H, W], got {type(images).__name__}")
 
 
-def encode(model: CIBHashModel, images, nbits: int | None = None, batch_size: int = 256) -> dict[int, Tensor] | Tensor:
+def encode(model: Encoder, images, nbits: int | None = None, batch_size: int = 256) -> dict[int, Tensor] | Tensor:
     """Packed binary codes of images, identical to what ``cibhash encode`` writes for the same files.
 
     Args:
-        model (CIBHashModel): from :func:`load_model` (or :func:`cibhash_ext.train`'s run).
+        model (Encoder): from :func:`load_model` (a run of :func:`cibhash_ext.train`).
         images: image file paths or folders (searched recursively, sorted), PIL images, a Dataset
             of images (or (image, label) pairs), or a tensor batch [N, C, H, W] (uint8 0-255 or
             float 0-1) at any size (resized to the model's input).
@@ -139,8 +164,9 @@ def encode(model: CIBHashModel, images, nbits: int | None = None, batch_size: in
         Tensor[N, ceil(nbits / 8)] uint8 when ``nbits`` is given, else a dict mapping each code length
         to its codes. Bit j of a code is bit ``j % 8`` of byte ``j // 8`` (the FAISS layout).
     """
-    if not hasattr(model, "transform") or not hasattr(model, "config"):
-        raise TypeError("model must come from cibhash_ext.load_model (it carries its transform and settings)")
+    if not isinstance(model, Encoder):
+        raise TypeError(f"model must be the Encoder that cibhash_ext.load_model returns (it carries its transform "
+                        f"and settings), got {type(model).__name__}")
     if nbits is not None and nbits not in model.code_lengths:
         raise ValueError(f"nbits must be one of the model's code lengths {list(model.code_lengths)}, got {nbits}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -190,7 +216,7 @@ def readable_files(inputs: Sequence[str]) -> list[str]:
     return good
 
 
-class _Encoder(nn.Module):
+class _EncodePath(nn.Module):
     def __init__(self, model: CIBHashModel) -> None:
         super().__init__()
         self.model = model
@@ -199,16 +225,17 @@ class _Encoder(nn.Module):
         return tuple(self.model.encode(images)[v] for v in self.model.code_lengths)
 
 
-def export_encoder(model: CIBHashModel, batch: int = 2):
+def export_encoder(model: Encoder, batch: int = 2):
     """A ``torch.export`` program of the encode path: normalised images [N, C, H, W] (float32, N
     dynamic) -> a tuple of packed uint8 codes, one per code length in ``model.code_lengths`` order.
 
     Runs in float32 (the export has no autocast): codes can differ from :func:`encode` in the rare
     bits whose logit is within bfloat16 rounding of 0 when the run trained with ``bf16``.
     """
-    model.eval()
-    param = next(model.parameters())
-    example = torch.zeros(batch, *model.input_shape, device=param.device)
+    if not isinstance(model, Encoder):
+        raise TypeError(f"model must be the Encoder that cibhash_ext.load_model returns, got {type(model).__name__}")
+    model.module.eval()
+    example = torch.zeros(batch, *model.input_shape, device=model.device)
     n = torch.export.Dim("batch", min=1)
     with torch.no_grad():
-        return torch.export.export(_Encoder(model), (example,), dynamic_shapes=({0: n},))
+        return torch.export.export(_EncodePath(model.module), (example,), dynamic_shapes=({0: n},))

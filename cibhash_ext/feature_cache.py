@@ -23,9 +23,8 @@ from cibhash_ext.pipeline import (
     ImageViews,
     autocast,
     epoch_generator,
+    epoch_order,
     epoch_partners,
-    epoch_sampler,
-    n_batches,
     pil_augmentation,
     to_model_input,
     use_batch_pipeline,
@@ -88,13 +87,12 @@ def cached_view_batches(cfg: TrainConfig, cache: Tensor, epoch: int,
                         neighbours: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """This process's (features of view 1, features of view 2) batches of one epoch: two different
     cached views of each image (the second of its partner with neighbour positives), in the order
-    and with the partners that :func:`cibhash_ext.pipeline.train_batches` uses for the same epoch."""
+    and with the partners that :func:`cibhash_ext.pipeline.train_batches` uses for the same epoch
+    (:func:`cibhash_ext.pipeline.epoch_order`)."""
     n, k = cache.shape[:2]
     g = epoch_generator(cfg.seed, epoch, salt=2 * distributed.rank())
-    order = torch.tensor(list(epoch_sampler(cfg, n, epoch)), dtype=torch.int64)
-    partners = epoch_partners(cfg, neighbours, epoch)
-    for b in range(n_batches(cfg, n)):
-        index = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+    partners = epoch_partners(cfg.seed, neighbours, epoch)
+    for index in epoch_order(cfg.seed, n, epoch, cfg.batch_size):
         first = torch.randint(k, (len(index),), generator=g)
         second = (first + 1 + torch.randint(k - 1, (len(index),), generator=g)) % k
         yield cache[index, first], cache[index if partners is None else partners[index], second]

@@ -14,6 +14,7 @@ from cibhash_ext import distributed
 
 __all__ = [
     "CIBHashLoss",
+    "TrainingObjective",
     "nt_xent_codes",
     "nt_xent_features",
     "bit_balance_penalty",
@@ -266,19 +267,25 @@ class CIBHashLoss(nn.Module):
             logits2 (Tensor[N, L], floating): hash logits of view 2.
 
         Returns:
-            Tensor[], float32: the loss.
+            Tensor[], float32: the loss, the sum of :meth:`terms` in their order.
         """
+        return _sum_in_order(self.terms(codes1, codes2, logits1, logits2))
+
+    def terms(self, codes1: Tensor, codes2: Tensor, logits1: Tensor, logits2: Tensor) -> dict[str, Tensor]:
+        """The weighted terms of the loss of one batch, by name: ``nt_xent``, then ``kl`` (beta > 0) and
+        ``balance`` (balance > 0); with a memory bank, the batch's codes are enqueued. Arguments as
+        :meth:`forward`."""
         negatives = self.bank if self.memory and self.bank is not None and len(self.bank) else None
-        loss = nt_xent_codes(codes1, codes2, self.temperature, self.global_batch, negatives=negatives,
-                             debias=self.debias)
+        terms = {"nt_xent": nt_xent_codes(codes1, codes2, self.temperature, self.global_batch, negatives=negatives,
+                                          debias=self.debias)}
         if self.beta != 0:
-            loss = loss + self.beta * symmetric_kl_stop_gradient(logits1, logits2, self.kl_eps)
+            terms["kl"] = self.beta * symmetric_kl_stop_gradient(logits1, logits2, self.kl_eps)
         if self.balance != 0:
-            loss = loss + self.balance * 0.5 * (bit_balance_penalty(codes1) + bit_balance_penalty(codes2))
+            terms["balance"] = self.balance * 0.5 * (bit_balance_penalty(codes1) + bit_balance_penalty(codes2))
         if self.memory and self.training:
             recent = codes1.detach().to(torch.uint8)
             self.bank = recent[-self.memory :] if self.bank is None else torch.cat([self.bank, recent])[-self.memory :]
-        return loss
+        return terms
 
     def get_extra_state(self):
         return {"bank": self.bank}
@@ -290,3 +297,71 @@ class CIBHashLoss(nn.Module):
         options = "".join(f", {k}={getattr(self, k)}" for k in ("balance", "debias", "memory") if getattr(self, k))
         return (f"temperature={self.temperature}, beta={self.beta}, kl_eps={self.kl_eps}, "
                 f"global_batch={self.global_batch}{options}")
+
+
+def _sum_in_order(terms: dict[str, Tensor]) -> Tensor:
+    """The sum of the terms, added left to right (the order fixes the float result)."""
+    values = iter(terms.values())
+    total = next(values)
+    for value in values:
+        total = total + value
+    return total
+
+
+class TrainingObjective(nn.Module):
+    """What a training step minimises: the CIBHash loss of each code length on the two views' codes,
+    plus, when on, the feature loss (:func:`nt_xent_features` on the projections of the backbone
+    features; SimCLR's loss, Chen et al. 2020), as one named loss per term (dinov2's ``loss_dict``).
+
+    Args:
+        criteria (dict[int, CIBHashLoss]): the loss of each code length.
+        binary (nn.Module): the model's binary layer (codes from logits, sampled while training).
+        feature_loss (float): weight of the feature loss (0: off).
+        feature_temperature (float): its temperature.
+        global_batch (bool): the feature loss's negatives span every process's batch.
+
+    Example:
+        >>> objective = TrainingObjective({16: CIBHashLoss(0.3)}, model.binary)
+        >>> losses = objective(model(images), None, generator)   # {"nt_xent_16": ..., "kl_16": ...}
+    """
+
+    def __init__(self, criteria: dict[int, CIBHashLoss], binary: nn.Module, feature_loss: float = 0.0,
+                 feature_temperature: float = 0.1, global_batch: bool = True) -> None:
+        super().__init__()
+        self.criteria = nn.ModuleDict({str(v): c for v, c in criteria.items()})
+        self.binary = binary
+        self.feature_loss, self.feature_temperature = float(feature_loss), float(feature_temperature)
+        self.global_batch = bool(global_batch)
+
+    def forward(self, logits: dict[int, Tensor], projections: Tensor | None,
+                generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of one batch whose first half of rows is view 1 and second half view 2.
+
+        Args:
+            logits (dict[int, Tensor[2N, L]]): hash logits per code length.
+            projections (Tensor[2N, P], optional): projections of the backbone features (the
+                feature loss; None when it is off).
+            generator (torch.Generator, optional): the binary layer's draws.
+
+        Returns:
+            (Tensor[], float32, dict[str, Tensor[]]): the total, and each term by name
+            (``nt_xent_<L>``, ``kl_<L>``, ``balance_<L>``, ``features``); the total adds them
+            length by length, in the order of ``logits``.
+        """
+        total, terms = None, {}
+        for length, z in logits.items():
+            n = len(z) // 2
+            z1, z2 = z[:n], z[n:]
+            parts = self.criteria[str(length)].terms(self.binary(z1, generator), self.binary(z2, generator), z1, z2)
+            terms.update({f"{name}_{length}": value for name, value in parts.items()})
+            per_length = _sum_in_order(parts)
+            total = per_length if total is None else total + per_length
+        if self.feature_loss and projections is not None:
+            n = len(projections) // 2
+            terms["features"] = self.feature_loss * nt_xent_features(projections[:n], projections[n:],
+                                                                    self.feature_temperature, self.global_batch)
+            total = total + terms["features"]
+        return total, terms
+
+    def extra_repr(self) -> str:
+        return f"feature_loss={self.feature_loss}, feature_temperature={self.feature_temperature}"

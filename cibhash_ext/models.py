@@ -7,7 +7,8 @@ train jointly for the price of one backbone pass (Qiu et al. 2021 train one mode
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+import typing
+from typing import Iterable, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +17,7 @@ from cibhash_ext import ops
 from cibhash_ext.layers import StochasticBinaryLayer
 
 __all__ = [
+    "Backbone",
     "BACKBONES",
     "ConvNet",
     "PixelMLP",
@@ -29,7 +31,9 @@ __all__ = [
     "efficientnet_lite0_backbone",
 ]
 
-BACKBONES = ("convnet", "mlp", "vgg16", "efficientnet_lite0")
+# The backbones built by name; BACKBONES lists them for checks and messages.
+Backbone = Literal["convnet", "mlp", "vgg16", "efficientnet_lite0"]
+BACKBONES: tuple[str, ...] = typing.get_args(Backbone)
 # Width of the linear projection of the backbone features that the auxiliary feature loss contrasts
 # (SimCLR's 128).
 PROJECTION_DIM = 128

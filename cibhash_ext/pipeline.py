@@ -8,7 +8,6 @@ with or without a resume before it, and the global batches are the same for any 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import warnings
 from typing import Callable, Iterator
 
@@ -33,6 +32,7 @@ __all__ = [
     "NeighbourViews",
     "autocast",
     "epoch_generator",
+    "epoch_order",
     "epoch_partners",
     "epoch_sampler",
     "eval_batches",
@@ -135,31 +135,39 @@ def use_batch_pipeline(cfg: TrainConfig, images: ImageSet, aug: AugmentConfig, t
     return images.in_memory and aug.hue == 0
 
 
-def epoch_sampler(cfg: TrainConfig, n: int, epoch: int) -> torch.utils.data.DistributedSampler:
+def epoch_sampler(seed: int, n: int, epoch: int) -> torch.utils.data.DistributedSampler:
     """This process's share of the epoch's shuffled order. The order depends on (seed, epoch) only,
     so the global batches are the same for any number of processes: rank r takes every R-th image."""
     sampler = torch.utils.data.DistributedSampler(
         range(n), num_replicas=distributed.world_size(), rank=distributed.rank(), shuffle=True,
-        seed=cfg.seed, drop_last=True,
+        seed=seed, drop_last=True,
     )
     sampler.set_epoch(epoch)
     return sampler
 
 
-def epoch_partners(cfg: TrainConfig, neighbours: Tensor | None, epoch: int) -> Tensor | None:
+def epoch_order(seed: int, n: int, epoch: int, batch_size: int) -> list[Tensor]:
+    """The batches of one epoch, the one order that every view source (images in memory, image
+    files, cached features) follows: this process's share of the epoch's shuffled order
+    (:func:`epoch_sampler`) cut into :func:`n_batches` batches of ``batch_size`` indices (int64)."""
+    order = torch.tensor(list(epoch_sampler(seed, n, epoch)), dtype=torch.int64)
+    return [order[b * batch_size : (b + 1) * batch_size] for b in range(n_batches(batch_size, n))]
+
+
+def epoch_partners(seed: int, neighbours: Tensor | None, epoch: int) -> Tensor | None:
     """The partner of each training image in one epoch (None without neighbour positives): one
     global draw from (seed, epoch), the same on every process, and nothing drawn when off."""
-    return None if neighbours is None else draw_partners(neighbours, epoch_generator(cfg.seed, epoch, salt=-1))
+    return None if neighbours is None else draw_partners(neighbours, epoch_generator(seed, epoch, salt=-1))
 
 
-def n_batches(cfg: TrainConfig, images: int) -> int:
+def n_batches(batch_size: int, images: int) -> int:
     """Steps per epoch over ``images`` training images: global batches of world_size x batch_size images."""
-    global_batch = cfg.batch_size * distributed.world_size()
+    global_batch = batch_size * distributed.world_size()
     n = images // global_batch
     if n == 0:
         raise ValueError(
             f"the training set ({images} images) is smaller than one global batch ({global_batch} = "
-            f"{distributed.world_size()} processes x batch {cfg.batch_size}): lower --batch-size"
+            f"{distributed.world_size()} processes x batch {batch_size}): lower --batch-size"
         )
     return n
 
@@ -182,14 +190,11 @@ def train_batches(cfg: TrainConfig, data: RetrievalData, aug: AugmentConfig, epo
     """
     images = data.train
     g = epoch_generator(cfg.seed, epoch, salt=2 * distributed.rank())
-    sampler = epoch_sampler(cfg, len(images), epoch)
-    steps = n_batches(cfg, len(images))
-    partners = epoch_partners(cfg, neighbours, epoch)
+    batches = epoch_order(cfg.seed, len(images), epoch, cfg.batch_size)
+    partners = epoch_partners(cfg.seed, neighbours, epoch)
     if use_batch_pipeline(cfg, images, aug, transform):
         augment = BatchAugment(aug)
-        order = torch.tensor(list(sampler), dtype=torch.int64)
-        for b in range(steps):
-            index = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        for index in batches:
             second = index if partners is None else partners[index]
             views = augment(torch.cat([images.images[index], images.images[second]]), generator=g)
             yield views[: cfg.batch_size], views[cfg.batch_size :]
@@ -198,10 +203,8 @@ def train_batches(cfg: TrainConfig, data: RetrievalData, aug: AugmentConfig, epo
     two_views = transform if transform is not None else TwoViews(pil_augmentation(aug, images))
     views = (ImageViews(images, two_views, mode, skip_unreadable=True) if partners is None
              else NeighbourViews(images, two_views, mode, partners))
-    loader = torch.utils.data.DataLoader(
-        views, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, num_workers=cfg.workers, generator=g,
-    )
-    yield from itertools.islice(loader, steps)
+    yield from torch.utils.data.DataLoader(views, batch_sampler=[b.tolist() for b in batches],
+                                           num_workers=cfg.workers, generator=g)
 
 
 def eval_batches(images: ImageSet, transform: EvalTransform, batch_size: int, workers: int = 0) -> Iterator[Tensor]:

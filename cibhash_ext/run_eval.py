@@ -21,11 +21,10 @@ from cibhash_ext.baselines import ITQ, LSH
 from cibhash_ext.config import TrainConfig
 from cibhash_ext.data import ImageSet, RetrievalData, load_dataset
 from cibhash_ext.diagnostics import evaluate_unlabelled
-from cibhash_ext.encode import encode_images, load_model, prepare_for_inference
+from cibhash_ext.encode import Encoder, encode_images, load_model
 from cibhash_ext.evaluation import evaluate_codes
 from cibhash_ext.files import write_json
-from cibhash_ext.models import CIBHashModel
-from cibhash_ext.pipeline import input_shape, pil_augmentation
+from cibhash_ext.pipeline import pil_augmentation
 from cibhash_ext.report import draw_run_grid, write_report
 from cibhash_ext.transforms import AugmentConfig, BatchAugment
 
@@ -143,15 +142,13 @@ def _pixels_like(copies: ImageSet, database: ImageSet) -> Tensor:
     return pixel_features(copies)
 
 
-def evaluate_model(cfg: TrainConfig, model: CIBHashModel, data: RetrievalData, run_dir: str | None = None) -> dict:
+def evaluate_model(cfg: TrainConfig, model: Encoder, data: RetrievalData, run_dir: str | None = None) -> dict:
     """Encodes the evaluation images and measures CIBHash and the baselines at every code length;
     draws the retrieval grid into ``run_dir``.
 
     Returns:
         dict: the metrics (see :mod:`cibhash_ext.evaluation` and :mod:`cibhash_ext.diagnostics`).
     """
-    if not hasattr(model, "transform"):
-        prepare_for_inference(model, cfg, input_shape(cfg, data))
     topk = cfg.topk or data.topk
     started = time.time()
     results: dict = {"cibhash": {}, "dataset": data.name, "queries": len(data.query), "database": len(data.database)}
@@ -197,8 +194,7 @@ def evaluate(run_dir: str, threads: int | None = None, progress_bars: bool = Tru
             raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     model = load_model(run_dir)
-    cfg = model.config
-    cfg.progress = progress_bars
+    cfg = dataclasses.replace(model.config, progress=progress_bars)
     state = runs.load_checkpoint(run_dir)
     data = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options())
     handler = runs.log_to_file(run_dir)

@@ -15,7 +15,6 @@ writes the run directory and evaluates.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -29,16 +28,17 @@ from torch import Tensor, nn
 from cibhash_ext import distributed, run_dir as runs
 from cibhash_ext.config import TrainConfig, check_device, load_config
 from cibhash_ext.data import DATASETS, RetrievalData, as_retrieval_data, load_dataset
+from cibhash_ext.encode import Encoder
 from cibhash_ext.feature_cache import cached_view_batches, feature_cache
-from cibhash_ext.losses import CIBHashLoss, nt_xent_features
+from cibhash_ext.losses import CIBHashLoss, TrainingObjective
 from cibhash_ext.models import CUSTOM_BACKBONE, CIBHashModel, build_model
-from cibhash_ext.neighbours import image_neighbours, nearest_neighbours
-from cibhash_ext.pipeline import (autocast, epoch_generator, eval_batches, input_shape, n_batches, to_model_input,
-                                  train_batches)
+from cibhash_ext.pairing import NeighbourPairs, SameImage
+from cibhash_ext.pipeline import autocast, epoch_generator, to_model_input, train_batches
+from cibhash_ext.plan import RunPlan
 from cibhash_ext.progress import progress
 from cibhash_ext.transforms import EvalTransform
 
-__all__ = ["train", "TrainResult", "train_step", "wrap_for_processes"]
+__all__ = ["train", "TrainResult", "train_step", "wrap_for_processes", "build_objective"]
 
 LOG = logging.getLogger("cibhash_ext")
 # Settings that may differ between a run and its resumption without changing the result's meaning.
@@ -132,65 +132,66 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = _load_data(cfg, data)
+    plan = RunPlan.resolve(cfg, data)
     torch.manual_seed(cfg.seed)  # the model's initial weights
-    shape = input_shape(cfg, data)
-    hashing_model = build_model(cfg, shape, backbone=model)
+    hashing_model = build_model(cfg, plan.input_shape, backbone=model)
     if distributed.rank() != 0:
-        _train(cfg, run_dir, resume, data, hashing_model, transform, on_epoch_end)
+        _train(cfg, plan, run_dir, resume, data, hashing_model, transform, on_epoch_end)
         return TrainResult(run_dir, None)
     os.makedirs(run_dir, exist_ok=True)
-    # The settings that presets and defaults resolve to, stored beside the configuration for readers.
-    resolved = {"augment": dataclasses.asdict(cfg.augment_config(data.channels, data.train.in_memory)),
-                "temperature": {str(v): cfg.temperature_for(v) for v in cfg.code_lengths},
-                "input_shape": shape, "processes": distributed.world_size()}
-    runs.write_config(run_dir, cfg, resolved)
+    runs.write_config(run_dir, cfg, plan.resolved())
     handler = runs.log_to_file(run_dir)
     try:
-        return TrainResult(run_dir, _train(cfg, run_dir, resume, data, hashing_model, transform, on_epoch_end))
+        return TrainResult(run_dir, _train(cfg, plan, run_dir, resume, data, hashing_model, transform, on_epoch_end))
     finally:
         LOG.removeHandler(handler)
         handler.close()
 
 
-def wrap_for_processes(model: CIBHashModel, cfg: TrainConfig) -> nn.Module:
+def wrap_for_processes(model: CIBHashModel, device: str) -> nn.Module:
     """The module to call for training: ``model`` itself in one process; under torch.distributed,
-    DistributedDataParallel over ``model`` with its batch norms turned into global-batch ones
-    (parameters are shared, so ``model`` stays the one to save and evaluate)."""
+    DistributedDataParallel over ``model`` (on ``device``) with its batch norms turned into
+    global-batch ones (parameters are shared, so ``model`` stays the one to save and evaluate)."""
     if not distributed.is_distributed():
         return model
     distributed.convert_batchnorm(model)
-    device_ids = [torch.cuda.current_device()] if torch.device(cfg.device).type == "cuda" else None
+    device_ids = [torch.cuda.current_device()] if torch.device(device).type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def train_step(net: nn.Module, model: CIBHashModel, criteria: dict, view1: Tensor, view2: Tensor,
-               binarize_gen: torch.Generator | None, cfg: TrainConfig, features: bool = False) -> Tensor:
-    """Forward and backward of one batch (both views): the loss summed over code lengths, plus the
-    feature loss when it is on; gradients accumulated into the parameters (averaged over processes
-    by DDP when ``net`` is wrapped).
-    With ``features`` the views are cached backbone features and the heads alone run."""
+def build_objective(cfg: TrainConfig, temperatures: dict[int, float], model: CIBHashModel) -> TrainingObjective:
+    """The objective the configuration describes: one CIBHashLoss per code length at its temperature
+    (the run's plan), and the feature loss when it is on."""
+    criteria = {v: CIBHashLoss(temperatures[v], cfg.beta, cfg.kl_eps, cfg.global_batch, cfg.balance, cfg.debias,
+                               cfg.memory) for v in cfg.code_lengths}
+    return TrainingObjective(criteria, model.binary, cfg.feature_loss, cfg.feature_temperature, cfg.global_batch)
+
+
+def train_step(net: nn.Module, objective: TrainingObjective, view1: Tensor, view2: Tensor,
+               generator: torch.Generator | None = None, *, device: str = "cpu", bf16: bool = False,
+               channels_last: bool = False, features: bool = False) -> dict[str, Tensor]:
+    """Forward and backward of one batch (both views); gradients accumulated into the parameters
+    (averaged over processes by DDP when ``net`` is wrapped). ``device``, ``bf16`` and
+    ``channels_last`` say how the model runs (a run's :class:`~cibhash_ext.plan.RunPlan`). With
+    ``features`` the views are cached backbone features and the heads alone run.
+
+    Returns:
+        dict[str, Tensor[]]: ``loss`` (the total the gradients are of) and each term of the
+        objective by name, detached.
+    """
     if features:
-        x = torch.cat([view1, view2]).to(cfg.device)
+        x = torch.cat([view1, view2]).to(device)
     else:
-        x = to_model_input(torch.cat([view1, view2]), cfg.device, cfg.channels_last and cfg.backbone == "convnet")
+        x = to_model_input(torch.cat([view1, view2]), device, channels_last)
     inputs = {"features": x} if features else {"images": x}
-    with autocast(cfg.device, cfg.bf16):
-        if cfg.feature_loss:
+    with autocast(device, bf16):
+        if objective.feature_loss:
             logits, projections = net(**inputs, with_projection=True)
         else:
             logits, projections = net(**inputs), None
-    n = len(view1)
-    loss = x.new_zeros((), dtype=torch.float32)
-    for length, z in logits.items():
-        z1, z2 = z[:n], z[n:]
-        b1 = model.binarize(z1, binarize_gen)
-        b2 = model.binarize(z2, binarize_gen)
-        loss = loss + criteria[length](b1, b2, z1, z2)
-    if projections is not None:
-        loss = loss + cfg.feature_loss * nt_xent_features(projections[:n], projections[n:], cfg.feature_temperature,
-                                                          cfg.global_batch)
+    loss, terms = objective(logits, projections, generator)
     loss.backward()
-    return loss.detach()
+    return {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}}
 
 
 def _make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: int):
@@ -199,129 +200,127 @@ def _make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: i
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-def _prepare_views(cfg: TrainConfig, model: CIBHashModel, data: RetrievalData, aug, transform):
-    """What the views need before the first epoch: the neighbour table (neighbour positives) and the
-    feature cache of a frozen backbone, each None when off. Both are functions of the data and the
-    seed, so a resumed run computes them again to the same values (a table found since from the
-    features comes from the checkpoint)."""
-    neighbours = cache = None
-    if cfg.neighbours:
-        started = time.time()
-        neighbours = image_neighbours(data.train, cfg.neighbours)
-        LOG.info("neighbour positives: the %d nearest of each training image in pixel space, found in %.1fs",
-                 cfg.neighbours, time.time() - started)
-    if cfg.feature_cache:
-        started = time.time()
-        cache = feature_cache(cfg, model, data, aug, cfg.feature_cache, transform)
-        LOG.info("feature cache: %d views of each training image through the frozen backbone in %.1fs (%.0f MiB)",
-                 cfg.feature_cache, time.time() - started, cache.numel() * cache.element_size() / 2**20)
-    return neighbours, cache
+def _pairing(cfg: TrainConfig, plan: RunPlan, data: RetrievalData) -> SameImage | NeighbourPairs:
+    """The pairing strategy: neighbour positives when on, else the two views of one image."""
+    if not cfg.neighbours:
+        return SameImage()
+    return NeighbourPairs(data.train, cfg.neighbours, cfg.neighbour_refresh,
+                          EvalTransform(plan.input_shape, plan.augment.mean, plan.augment.std), plan.device, plan.bf16,
+                          plan.channels_last, cfg.workers)
 
 
-@torch.no_grad()
-def _feature_neighbours(cfg: TrainConfig, model: CIBHashModel, data: RetrievalData, aug, shape) -> Tensor:
-    """The neighbour table found again in the space of the model's backbone features: each training
-    image once, as the model sees it when encoding (no augmentation, eval mode), then
-    :func:`nearest_neighbours` on the features as they are. Rank 0 computes it and every rank
-    receives the same table."""
-    table = torch.empty(len(data.train), cfg.neighbours, dtype=torch.int64)
-    if distributed.rank() == 0:
-        channels_last = cfg.channels_last and cfg.backbone == "convnet"
-        model.eval()
-        with autocast(cfg.device, cfg.bf16):
-            features = torch.cat([model.backbone(to_model_input(x, cfg.device, channels_last)).float().cpu()
-                                  for x in eval_batches(data.train, EvalTransform(shape, aug.mean, aug.std), 1024,
-                                                        cfg.workers)])
-        model.train()
-        table = nearest_neighbours(features, cfg.neighbours, dims=None)
-    return distributed.broadcast(table.to(cfg.device)).cpu()
-
-
-def _train(cfg, run_dir, resume, data, model, transform, on_epoch_end) -> dict | None:
+def _train(cfg: TrainConfig, plan: RunPlan, run_dir: str, resume: bool, data: RetrievalData, model: CIBHashModel,
+           transform: Callable | None, on_epoch_end: Callable[[int, dict], None] | None) -> dict | None:
     from cibhash_ext.run_eval import evaluate_model, finish_run
 
-    aug = cfg.augment_config(data.channels, data.train.in_memory)
-    criteria = {v: CIBHashLoss(cfg.temperature_for(v), cfg.beta, cfg.kl_eps, cfg.global_batch, cfg.balance, cfg.debias,
-                               cfg.memory) for v in cfg.code_lengths}
-    rank, processes = distributed.rank(), distributed.world_size()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = n_batches(cfg, len(data.train))
+    objective = build_objective(cfg, plan.temperatures, model)
+    rank, steps = distributed.rank(), plan.steps_per_epoch
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
     scheduler = _make_scheduler(cfg, optimizer, cfg.epochs * steps)
     start_epoch, history, train_seconds, state = 0, [], 0.0, {}
     if resume:
         state = runs.load_checkpoint(run_dir)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_cpu"])
-        for v, criterion_state in state.get("criteria", {}).items():
-            criteria[int(v)].load_state_dict(criterion_state)
-        if int(state.get("processes", 1)) != processes:
-            raise ValueError(
-                f"{run_dir} was trained by {state.get('processes', 1)} processes; resume it with as many "
-                f"(got {processes}): the global batch and the schedule depend on it"
-            )
-        start_epoch, history, train_seconds = int(state["epoch"]) + 1, list(state["history"]), float(state["train_seconds"])
+        start_epoch, history, train_seconds = _restore(state, run_dir, model, optimizer, scheduler, objective, plan)
         LOG.info("resuming %s after epoch %d of %d", run_dir, start_epoch, cfg.epochs)
-    net = wrap_for_processes(model, cfg)
+    net = wrap_for_processes(model, plan.device)
     LOG.info(
         "training CIBHash on %s (%d images), backbone %s, codes %s bits, %d epochs of %d batches of %d x %d images, "
         "%d threads", data.name, len(data.train), cfg.backbone, "/".join(map(str, cfg.code_lengths)), cfg.epochs,
-        steps, processes, cfg.batch_size, torch.get_num_threads(),
+        steps, plan.processes, cfg.batch_size, torch.get_num_threads(),
     )
-    shape = input_shape(cfg, data)
     prepared = time.time()
-    neighbours, cache = _prepare_views(cfg, model, data, aug, transform)
+    pairing = _pairing(cfg, plan, data)
+    cache = _feature_cache(cfg, model, data, plan, transform)
     prepare_seconds = time.time() - prepared
-    if "neighbours" in state:  # found in feature space before the run stopped
-        neighbours = state["neighbours"].long()
+    pairing.load_checkpoint_state(state)
     for epoch in range(start_epoch, cfg.epochs):
         # Global RNG (dropout) seeded per epoch too, so an epoch is the same with or without a resume before it.
         torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7_919 * rank)
         binarize_gen = epoch_generator(cfg.seed, epoch, salt=2 * rank + 1)
         model.train()
-        started, loss_sum = time.time(), 0.0
-        if cfg.neighbour_refresh and epoch and epoch % cfg.neighbour_refresh == 0:
-            neighbours = _feature_neighbours(cfg, model, data, aug, shape)
-            LOG.info("neighbour positives: the %d nearest of each training image in the space of the backbone's "
-                     "features after epoch %d, found in %.1fs", cfg.neighbours, epoch, time.time() - started)
-        batches = (train_batches(cfg, data, aug, epoch, transform, neighbours) if cache is None
-                   else cached_view_batches(cfg, cache, epoch, neighbours))
-        batches = progress(batches, f"epoch {epoch + 1}/{cfg.epochs}", steps,
-                           cfg.progress and rank == 0, "batch")
-        for view1, view2 in batches:
+        started, sums = time.time(), {}
+        pairing.before_epoch(epoch, model)
+        batches = (train_batches(cfg, data, plan.augment, epoch, transform, pairing.table) if cache is None
+                   else cached_view_batches(cfg, cache, epoch, pairing.table))
+        for view1, view2 in progress(batches, f"epoch {epoch + 1}/{cfg.epochs}", steps, cfg.progress and rank == 0,
+                                     "batch"):
             optimizer.zero_grad(set_to_none=True)
-            loss = train_step(net, model, criteria, view1, view2, binarize_gen, cfg, features=cache is not None)
+            losses = train_step(net, objective, view1, view2, binarize_gen, device=plan.device, bf16=plan.bf16,
+                                channels_last=plan.channels_last, features=cache is not None)
             optimizer.step()
             scheduler.step()
-            # The mean over processes is the global batch's loss, and all ranks stop together on NaN.
-            loss_sum += float(distributed.all_reduce_mean(loss))
-            if not math.isfinite(loss_sum):
-                raise FloatingPointError(f"the loss became {loss_sum} in epoch {epoch + 1}; lower --lr")
-        seconds = time.time() - started
-        train_seconds += seconds
-        record = {"epoch": epoch + 1, "loss": loss_sum / steps / len(cfg.code_lengths), "seconds": seconds,
-                  "lr": scheduler.get_last_lr()[0]}
+            _accumulate(sums, losses, epoch)
+        record = _epoch_record(epoch, sums, steps, len(cfg.code_lengths), time.time() - started, scheduler)
+        train_seconds += record["seconds"]
         history.append(record)
         if rank == 0:
             runs.save_checkpoint(run_dir, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng_cpu": torch.get_rng_state(), "epoch": epoch, "history": history, "train_seconds": train_seconds,
-                "config": cfg.to_dict(), "input_shape": shape, "processes": processes,
-                **({"criteria": {str(v): c.state_dict() for v, c in criteria.items()}} if cfg.memory else {}),
-                **({"neighbours": neighbours.int()} if cfg.neighbour_refresh and epoch >= cfg.neighbour_refresh else {}),
+                "config": cfg.to_dict(), "input_shape": list(plan.input_shape), "processes": plan.processes,
+                **({"criteria": {str(v): objective.criteria[str(v)].state_dict() for v in cfg.code_lengths}}
+                   if cfg.memory else {}),
+                **pairing.checkpoint_state(epoch),
             })
-        LOG.info("epoch %d/%d loss %.4f (mean per code length) lr %.2e time %.1fs", epoch + 1, cfg.epochs,
-                 record["loss"], record["lr"], seconds)
+        LOG.info("epoch %d/%d loss %.4f (mean per code length; %s) lr %.2e time %.1fs", epoch + 1, cfg.epochs,
+                 record["loss"], ", ".join(f"{k} {v:.4f}" for k, v in record["losses"].items()), record["lr"],
+                 record["seconds"])
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
     LOG.info("training done in %.1fs", train_seconds)
     if rank != 0:
         return None
-    runs.save_weights(run_dir, model, cfg, shape)
-    metrics = evaluate_model(cfg, model, data, run_dir) if cfg.evaluate else {}
+    runs.save_weights(run_dir, model, cfg, plan.input_shape)
+    metrics = evaluate_model(cfg, Encoder.of(model, cfg, plan.input_shape), data, run_dir) if cfg.evaluate else {}
     # seconds: the epochs; prepare_seconds: the neighbour table and feature cache (of the last start).
     metrics["train"] = {"seconds": train_seconds, "prepare_seconds": prepare_seconds, "history": history,
-                        "threads": torch.get_num_threads(), "processes": processes}
+                        "threads": torch.get_num_threads(), "processes": plan.processes}
     return finish_run(run_dir, metrics)
+
+
+def _restore(state: dict, run_dir: str, model: CIBHashModel, optimizer, scheduler, objective: TrainingObjective,
+             plan: RunPlan) -> tuple[int, list, float]:
+    """Loads a checkpoint's states; returns (first epoch to train, history, training seconds so far)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_cpu"])
+    for v, criterion_state in state.get("criteria", {}).items():
+        objective.criteria[str(int(v))].load_state_dict(criterion_state)
+    if int(state.get("processes", 1)) != plan.processes:
+        raise ValueError(
+            f"{run_dir} was trained by {state.get('processes', 1)} processes; resume it with as many "
+            f"(got {plan.processes}): the global batch and the schedule depend on it"
+        )
+    return int(state["epoch"]) + 1, list(state["history"]), float(state["train_seconds"])
+
+
+def _feature_cache(cfg: TrainConfig, model: CIBHashModel, data: RetrievalData, plan: RunPlan,
+                   transform: Callable | None) -> Tensor | None:
+    """The feature cache of a frozen backbone (None when off): a function of the data and the seed,
+    so a resumed run computes it again to the same values."""
+    if not cfg.feature_cache:
+        return None
+    started = time.time()
+    cache = feature_cache(cfg, model, data, plan.augment, cfg.feature_cache, transform)
+    LOG.info("feature cache: %d views of each training image through the frozen backbone in %.1fs (%.0f MiB)",
+             cfg.feature_cache, time.time() - started, cache.numel() * cache.element_size() / 2**20)
+    return cache
+
+
+def _accumulate(sums: dict, losses: dict[str, Tensor], epoch: int) -> None:
+    """Adds one step's losses, averaged over processes, to the epoch's sums; all ranks stop together on NaN."""
+    # The mean over processes is the global batch's loss: one exchange for every term.
+    means = distributed.all_reduce_mean(torch.stack(list(losses.values()))).tolist()
+    for name, value in zip(losses, means):
+        sums[name] = sums.get(name, 0.0) + value
+    if not math.isfinite(sums["loss"]):
+        raise FloatingPointError(f"the loss became {sums['loss']} in epoch {epoch + 1}; lower --lr")
+
+
+def _epoch_record(epoch: int, sums: dict, steps: int, lengths: int, seconds: float, scheduler) -> dict:
+    """One epoch's history entry: ``loss`` (per step and code length, as runs have always recorded it),
+    then the mean of each term per step (``losses``)."""
+    return {"epoch": epoch + 1, "loss": sums["loss"] / steps / lengths, "seconds": seconds,
+            "lr": scheduler.get_last_lr()[0], "losses": {k: v / steps for k, v in sums.items() if k != "loss"}}

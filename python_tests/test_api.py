@@ -92,7 +92,7 @@ def test_an_empty_folder_is_a_clear_error(tmp_path):
 def test_load_model_and_encode_match_the_cli(folder_run, folder, tmp_path):
     run, _ = folder_run
     model = load_model(run)
-    assert not model.training and callable(model.transform)
+    assert not model.module.training and callable(model.transform) and model.code_lengths == (16, 32)
     files = sorted(str(p) for p in folder.rglob("img*.png"))[:5]
     out = tmp_path / "codes.npz"
     assert cibhash(["encode", str(run), *files, "--out", str(out), "--no-progress"]) == 0
@@ -117,7 +117,7 @@ def test_weights_only_export_and_torch_export(folder_run):
     x = torch.randn(5, *model.input_shape)
     exported = program.module()(x)
     with torch.no_grad():
-        eager = model.encode(x)
+        eager = model.module.encode(x)
     assert [t.shape for t in exported] == [(5, 2), (5, 4)]
     assert all(torch.equal(e, eager[v]) for e, v in zip(exported, model.code_lengths))
 
@@ -140,7 +140,7 @@ def test_tensor_data_with_a_custom_backbone(tmp_path):
                             **{**TINY, "augment": {}, "augment_preset": "small_grayscale"})
     assert metrics["labels"] is False and metrics["dataset"] == "tensor"
     model = load_model(run_dir, backbone=_Backbone())
-    assert model.heads["16"].net[0].in_features == 24
+    assert model.module.heads["16"].net[0].in_features == 24
     with pytest.raises(ValueError, match="custom backbone"):
         load_model(run_dir)
 

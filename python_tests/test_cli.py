@@ -195,6 +195,22 @@ def test_train_options_come_from_the_config_fields():
         assert flag in help_text, flag
 
 
+def test_closed_choices_are_declared_once_and_read_by_the_checks_and_the_cli():
+    """Each Literal setting: the command line offers exactly its values (a custom backbone is a Python
+    module, so not offered), and the config refuses any other value, naming the setting."""
+    from cibhash_ext.cli import build_parser
+    from cibhash_ext.config import TrainConfig, choices
+
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    offered = {action.dest: tuple(action.choices) for action in train_parser._actions if action.choices}
+    for name in ("backbone", "schedule", "augment_preset", "pipeline"):
+        assert offered[name] == tuple(c for c in choices(name) if c != "custom"), name
+        with pytest.raises(ValueError, match=f"{name} must be one of"):
+            TrainConfig(**{name: "nonsense"})
+    assert choices("baselines") == ("lsh", "itq") and choices("epochs") == ()
+    assert offered["dataset"] == tuple(c for c in choices("dataset") if c not in ("tensor", "dataset"))
+
+
 def build_parser_help(command: str) -> str:
     from cibhash_ext.cli import build_parser
 

@@ -159,6 +159,32 @@ def test_load_dataset_errors():
         load_dataset("cifar10")
 
 
+def test_one_registry_entry_is_all_a_dataset_needs(monkeypatch, tmp_path):
+    """The registry is read by the checks, the split options, the command line and the loader."""
+    from cibhash_ext.config import TrainConfig, choices
+    from cibhash_ext.data import DATASET_REGISTRY, DATASETS, DatasetEntry
+
+    assert choices("dataset") == tuple(DATASET_REGISTRY)
+    assert DATASETS == tuple(name for name in DATASET_REGISTRY if name not in ("tensor", "dataset"))
+    calls = []
+
+    def loader(root, **options):
+        calls.append((root, options))
+        return "loaded"
+
+    monkeypatch.setitem(DATASET_REGISTRY, "planted", DatasetEntry(loader, ("train_size",), default_root="/planted"))
+    cfg = TrainConfig(dataset="planted", train_size=7, seed=3)
+    assert cfg.dataset_options() == {"train_size": 7, "seed": 3}
+    assert load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options()) == "loaded"
+    assert calls == [("/planted", {"train_size": 7, "seed": 3})]
+    with pytest.raises(ValueError, match=r"dataset 'planted' does not use query_size \(it reads train_size\)"):
+        TrainConfig(dataset="planted", query_size=3)
+    monkeypatch.setitem(DATASET_REGISTRY, "unseeded", DatasetEntry(loader, seeded=False))
+    assert TrainConfig(dataset="unseeded").dataset_options() == {}
+    with pytest.raises(ValueError, match="dataset must be one of fashion_mnist, .*planted"):
+        TrainConfig(dataset="mnist")
+
+
 def write_cifar_batches(root, protocol=4, n=20, seed=3):
     """The six batch files in the layout of the real ones (a dict of bytes keys, a uint8 array, lists)."""
     rng = np.random.default_rng(seed)

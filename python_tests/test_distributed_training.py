@@ -31,13 +31,12 @@ def _config(global_batch: bool = True):
 def _step(model, net, cfg, view1, view2) -> dict[str, np.ndarray]:
     """One training step through train_step; returns the loss, the gradients and the BN statistics."""
     from cibhash_ext import distributed
-    from cibhash_ext.losses import CIBHashLoss
-    from cibhash_ext.training import train_step
+    from cibhash_ext.training import build_objective, train_step
 
-    criteria = {v: CIBHashLoss(cfg.temperature_for(v), cfg.beta, cfg.kl_eps, cfg.global_batch) for v in cfg.code_lengths}
+    objective = build_objective(cfg, {v: cfg.temperature_for(v) for v in cfg.code_lengths}, model)
     model.train()
-    loss = train_step(net, model, criteria, view1, view2, torch.Generator().manual_seed(0), cfg)
-    out = {"loss": distributed.all_reduce_mean(loss).numpy()}
+    losses = train_step(net, objective, view1, view2, torch.Generator().manual_seed(0), bf16=cfg.bf16)
+    out = {"loss": distributed.all_reduce_mean(losses["loss"]).numpy()}
     out.update({f"grad:{n}": p.grad.numpy().copy() for n, p in model.named_parameters()})
     out.update({f"buffer:{n}": b.numpy().copy() for n, b in model.named_buffers() if b.is_floating_point()})
     return out
@@ -55,7 +54,7 @@ def _worker(rank: int, world: int, workdir: str) -> None:
         cfg = _config(global_batch)
         model = build_model(cfg, SHAPE)
         model.load_state_dict(torch.load(os.path.join(workdir, "model.pt")))
-        net = wrap_for_processes(model, cfg)
+        net = wrap_for_processes(model, cfg.device)
         out = _step(model, net, cfg, views["view1"][rows], views["view2"][rows])
         np.savez(os.path.join(workdir, f"rank{rank}_global{int(global_batch)}.npz"), **out)
 

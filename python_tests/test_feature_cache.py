@@ -8,7 +8,7 @@ from torch import nn
 from cibhash_ext.config import TrainConfig
 from cibhash_ext.data import ImageSet, RetrievalData
 from cibhash_ext.feature_cache import cached_view_batches, check_cacheable, feature_cache, view_images
-from cibhash_ext.losses import CIBHashLoss
+from cibhash_ext.losses import CIBHashLoss, TrainingObjective
 from cibhash_ext.models import CIBHashModel, FrozenBackbone
 from cibhash_ext.pipeline import epoch_generator
 from cibhash_ext.training import train, train_step
@@ -43,7 +43,8 @@ def test_a_cached_epoch_equals_the_live_backbone_on_the_same_views(neighbours):
     for cached in (True, False):
         torch.manual_seed(2)
         model = CIBHashModel(backbone, cfg.code_lengths, cfg.hidden)
-        criteria = {v: CIBHashLoss(cfg.temperature_for(v), cfg.beta) for v in cfg.code_lengths}
+        objective = TrainingObjective({v: CIBHashLoss(cfg.temperature_for(v), cfg.beta) for v in cfg.code_lengths},
+                                      model.binary)
         optimizer = torch.optim.Adam(model.heads.parameters(), lr=1e-3)
         if cached:
             source = feature_cache(cfg, model, data, aug, cfg.feature_cache)
@@ -53,7 +54,7 @@ def test_a_cached_epoch_equals_the_live_backbone_on_the_same_views(neighbours):
         gen = epoch_generator(cfg.seed, 0, salt=1)
         for view1, view2 in cached_view_batches(cfg, source, 0, table):
             optimizer.zero_grad()
-            train_step(model, model, criteria, view1, view2, gen, cfg, features=cached)
+            train_step(model, objective, view1, view2, gen, bf16=cfg.bf16, features=cached)
             optimizer.step()
         models.append(model.heads.state_dict())
     for name, value in models[0].items():

@@ -10,19 +10,14 @@ import re
 import typing
 
 from cibhash_ext.cli.common import positive_list, set_threads
-from cibhash_ext.config import AUGMENT_PRESETS, TrainConfig, load_config
+from cibhash_ext.config import TrainConfig, choices, load_config
 from cibhash_ext.data import DATASETS
-from cibhash_ext.models import BACKBONES
+from cibhash_ext.models import CUSTOM_BACKBONE
 from cibhash_ext.transforms import AugmentConfig
 
 __all__ = ["add_commands", "config_from_args", "PRESETS"]
 
 PRESETS = ("fashion_mnist", "paper")
-# Fields whose values are a closed set of names.
-_CHOICES = {
-    "dataset": DATASETS, "backbone": ("auto", *BACKBONES), "schedule": ("onecycle", "constant"),
-    "augment_preset": AUGMENT_PRESETS, "pipeline": ("auto", "batch", "pil"),
-}
 # Older spellings of the boolean switches, kept working.
 _ALIASES = {"stochastic": "--deterministic-binary", "eval_curves": "--no-curves", "global_batch": "--local-negatives"}
 _GROUPS = {
@@ -73,7 +68,7 @@ def _baselines(text: str) -> tuple[str, ...]:
     if text in ("", "none"):
         return ()
     names = tuple(v.strip() for v in text.split(","))
-    if any(n not in ("lsh", "itq") for n in names):
+    if any(n not in choices("baselines") for n in names):
         raise argparse.ArgumentTypeError(f"expected a comma-separated subset of lsh,itq or 'none', got {text!r}")
     return names
 
@@ -94,10 +89,10 @@ def _argument(field: dataclasses.Field, hint) -> tuple[list[str], dict]:
         kind = typing.get_args(base)[0]
         noun, example = ("integers", "16,32,64") if kind is int else ("numbers", "0.3 or 0.15,0.1")
         return [flag], {"type": positive_list(kind, noun, example), "metavar": "V[,V,...]"}
-    keywords = {"type": base}
-    if field.name in _CHOICES:
-        keywords["choices"] = _CHOICES[field.name]
-    return [flag], keywords
+    if field.name == "dataset":  # Python data ("tensor", "dataset") cannot be named on a command line
+        return [flag], {"type": str, "choices": DATASETS}
+    closed = [c for c in choices(field.name) if c != CUSTOM_BACKBONE]  # a custom backbone is a Python module
+    return [flag], {"type": str, "choices": closed} if closed else {"type": base}
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:

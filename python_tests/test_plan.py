@@ -1,0 +1,43 @@
+"""The plan of a run: resolved once from (config, data), and what config.json records as resolved."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cibhash_ext.config import TrainConfig
+from cibhash_ext.data import FASHION_MNIST_FILES, FASHION_MNIST_ROOT, load_fashion_mnist
+from cibhash_ext.plan import RunPlan
+from cibhash_ext.run_dir import load_run_config
+
+FIXTURE = Path(__file__).parent / "data" / "run_65cb470"
+
+
+@pytest.mark.skipif(not all(os.path.isfile(os.path.join(FASHION_MNIST_ROOT, f)) for f in FASHION_MNIST_FILES),
+                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_the_plan_of_a_run_is_what_its_config_json_recorded():
+    """The run written at 65cb470 (before the plan existed): the plan of its configuration on its data
+    resolves to the same "resolved" entry, key for key and value for value."""
+    cfg = load_run_config(str(FIXTURE / "complete"))
+    data = load_fashion_mnist(train_size=512, query_size=64, database_size=512)
+    plan = RunPlan.resolve(cfg, data)
+    with open(FIXTURE / "complete" / "config.json") as fh:
+        recorded = json.load(fh)["resolved"]
+    assert json.loads(json.dumps(plan.resolved())) == recorded
+    assert (plan.input_shape, plan.channels_last, plan.steps_per_epoch, plan.temperatures) == (
+        (1, 28, 28), True, 8, {8: 0.15, 16: 0.15})
+
+
+def test_a_plan_is_resolved_from_the_data_and_fails_before_the_run_starts():
+    import torch
+
+    from cibhash_ext.data import as_retrieval_data
+
+    images = torch.zeros(40, 3, 20, 20, dtype=torch.uint8)
+    data = as_retrieval_data(images, query_size=8)
+    plan = RunPlan.resolve(TrainConfig(dataset="tensor", batch_size=8, backbone="mlp", temperature=(0.3,)), data)
+    assert (plan.input_shape, plan.channels_last, plan.steps_per_epoch, plan.processes) == ((3, 20, 20), False, 4, 1)
+    assert plan.temperatures == {16: 0.3, 32: 0.3, 64: 0.3} and plan.augment.size == 0
+    with pytest.raises(ValueError, match="smaller than one global batch"):
+        RunPlan.resolve(TrainConfig(dataset="tensor", batch_size=64), data)
