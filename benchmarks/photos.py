@@ -327,13 +327,13 @@ def pixels(paths: list[str], size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def backbone_features(model, paths: list[str], batch_size: int = 64) -> torch.Tensor:
-    """The pooled features of a trained model's backbone, as its codes see them (its eval transform, its
-    bf16 autocast setting), Tensor[N, D] float32."""
+    """The pooled features of a trained model's backbone (``model``: the record ``load_model`` returns),
+    as its codes see them (its eval transform, its bf16 autocast setting), Tensor[N, D] float32."""
     parts = []
     for i in range(0, len(paths), batch_size):
         x = torch.stack([model.transform(load_image(p, model.transform.mode)) for p in paths[i : i + batch_size]])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=model.config.bf16):
-            parts.append(model.backbone(x).float())
+            parts.append(model.module.backbone(x).float())
     return torch.cat(parts)
 
 
