@@ -328,15 +328,18 @@ def _hamming_rows(queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return np.unpackbits(np.bitwise_xor(queries, codes), axis=1).sum(axis=1)
 
 
-def test_searches_see_one_state_while_another_thread_adds_and_removes():
+@pytest.mark.parametrize("index_type", ["HammingIndex", "MIHIndex"])
+def test_searches_see_one_state_while_another_thread_adds_and_removes(index_type):
     """Every (id, distance) a search returns is true of the code that id was added with, and no search
     raises, while a writer adds and removes; the writer's own changes are all in the final index."""
     import threading
     import time
 
+    from cibhash_ext.mih import MIHIndex
+
     nbits, base, batch, seconds = 64, 30_000, 400, 2.0
     code_of_id = make_codes(base + 400 * batch, nbits, seed=7).numpy()  # codes of every id ever added
-    index = HammingIndex(nbits)
+    index = {"HammingIndex": HammingIndex, "MIHIndex": MIHIndex}[index_type](nbits)
     index.add(code_of_id[:base])
     stop = threading.Event()
     failures: list[str] = []
