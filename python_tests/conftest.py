@@ -1,4 +1,8 @@
-"""Shared test fixtures: device parametrisation and an independent NumPy oracle for the ops."""
+"""Shared test fixtures: device parametrisation, an independent NumPy oracle for the ops, forked ranks,
+and the benchmark scripts imported by their tests."""
+
+import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -127,3 +131,12 @@ def fork_ranks(worker, world: int, *args, timeout_s: float = 60.0) -> float:
     assert not hung, f"ranks {hung} hung"
     assert [p.exitcode for p in procs] == [0] * world, "a rank failed (its traceback is in the captured output)"
     return time.monotonic() - start
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` imported as a module (benchmarks are scripts, not a package)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

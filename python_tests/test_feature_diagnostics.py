@@ -1,6 +1,5 @@
 """benchmarks/feature_diagnostics.py on a tiny Fashion-MNIST run: its code mAP is the run's report."""
 
-import importlib.util
 import json
 import os
 
@@ -8,17 +7,13 @@ import pytest
 
 from cibhash_ext.data import FASHION_MNIST_FILES, FASHION_MNIST_ROOT
 from cibhash_ext.training import train
-
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
-                      "feature_diagnostics.py")
+from conftest import load_benchmark
 
 
 @pytest.mark.skipif(not all(os.path.isfile(os.path.join(FASHION_MNIST_ROOT, f)) for f in FASHION_MNIST_FILES),
                     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_diagnostics_of_a_run_reproduce_its_code_map(tmp_path, monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("feature_diagnostics", SCRIPT)
-    diagnostics = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(diagnostics)
+    diagnostics = load_benchmark("feature_diagnostics")
     run = str(tmp_path / "run")
     metrics = train(dataset="fashion_mnist", train_size=300, query_size=60, database_size=400, epochs=1,
                     batch_size=64, backbone="mlp", mlp_widths=(64,), hidden=32, code_lengths=(16, 32), baselines=(),

@@ -2,7 +2,6 @@
 ground truth it builds, the P@10 and mAP it reports (against hand-computed values), and a tiny run."""
 
 import hashlib
-import importlib.util
 import json
 import os
 
@@ -13,16 +12,12 @@ from PIL import Image
 
 from cibhash_ext.evaluation import mean_average_precision
 from cibhash_ext.files import load_image
-
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "photos.py")
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def photos_module():
-    spec = importlib.util.spec_from_file_location("photos_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("photos")
 
 
 def _fake_photos(folder, count=4):

@@ -1,22 +1,16 @@
 """benchmarks/pr_compare.py: precision at recall levels read off radius-sweep curves, on curves whose
 interpolated values are worked out by hand."""
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
-
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "pr_compare.py")
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def pr_compare():
-    spec = importlib.util.spec_from_file_location("pr_compare", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("pr_compare")
 
 
 # Ours: radius 0 retrieves nothing relevant (left out), radius 2 adds no recall (its lower precision
