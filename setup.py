@@ -50,6 +50,7 @@ def _extension():
 
 setup(
     packages=find_packages(include=["cibhash_ext", "cibhash_ext.*"]),
+    package_data={"cibhash_ext": ["recipes/*.json"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

@@ -1,13 +1,23 @@
-"""The configuration of a training run: the :class:`TrainConfig` dataclass, its presets and checks.
+"""The configuration of a training run: the :class:`TrainConfig` dataclass, its recipes and checks.
 
 One setting is declared once, here: the command line generates ``cibhash train``'s options from the
 fields (:mod:`cibhash_ext.cli.train`), ``config.json`` of a run is :meth:`TrainConfig.to_dict`, and
 :func:`load_config` reads a config file, a dict or a TrainConfig.
+
+The fields' defaults are neutral: the paper's method with nothing added. What a dataset trains best
+with is a recipe, a data file ``cibhash_ext/recipes/<name>.json`` (its ``settings``, and per backbone
+``by_backbone``), named by the dataset registry (:data:`cibhash_ext.data.DATASET_REGISTRY`);
+:func:`load_config` merges the recipes under the user's file and flags and records their names in
+the ``recipe`` setting. A new setting is its field, whose default must be the behaviour before it (a
+run written before it then loads with its meaning), plus, where it applies, one recipe line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.resources
+import json
 import os
 import types
 import typing
@@ -18,8 +28,8 @@ from cibhash_ext.files import read_json
 from cibhash_ext.models import BACKBONES, CUSTOM_BACKBONE, Backbone
 from cibhash_ext.transforms import AugmentConfig
 
-__all__ = ["TrainConfig", "load_config", "stored_config", "check_device", "choices", "AUGMENT_PRESETS",
-           "AugmentPreset", "BackboneChoice", "Baseline", "Pipeline", "Schedule"]
+__all__ = ["TrainConfig", "load_config", "stored_config", "check_device", "choices", "read_recipe", "recipe_names",
+           "with_recipes", "AUGMENT_PRESETS", "AugmentPreset", "BackboneChoice", "Baseline", "Pipeline", "Schedule"]
 
 # The closed choices of the settings, declared once: the checks and the command line read them.
 BackboneChoice = Literal["auto", Backbone, "custom"]
@@ -37,7 +47,9 @@ FILE_INPUT_SIZE = 64
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything that defines a run. Defaults are the Fashion-MNIST recipe of benchmarks/QUALITY.md.
+    """Everything that defines a run. The defaults are neutral (the paper's method, nothing added); the
+    recipe of a dataset (:func:`load_config` merges it under the user's settings) holds what that
+    dataset trains best with: on Fashion-MNIST, the measured recipe of benchmarks/QUALITY.md.
 
     Attributes:
         dataset (str): one of :data:`cibhash_ext.data.DATASETS`; "folder" is every image under
@@ -64,15 +76,14 @@ class TrainConfig:
         mlp_widths (tuple[int, ...]): hidden widths of the mlp backbone.
         code_lengths (tuple[int, ...]): code lengths trained jointly on one backbone.
         hidden (int): hash-head hidden width.
-        epochs (int, optional): schedule length; None is the dataset's default: on Fashion-MNIST
-            what fits the 20-minute budget on 2 CPU threads, 40 with the convnet and 80 with the mlp
-            (benchmarks/QUALITY.md), 20 elsewhere.
+        epochs (int): schedule length. Fashion-MNIST's recipe: what fits the 20-minute budget on 2 CPU
+            threads, 40 with the convnet and 80 with the mlp (benchmarks/QUALITY.md).
         batch_size (int): images per batch and process (each gives two views).
         lr, weight_decay (float): AdamW settings (weight_decay 0 is Adam, as the paper).
         schedule (str): "onecycle" (warm-up then cosine decay) or "constant" (the paper).
         warmup (float): one-cycle warm-up fraction.
         temperature (tuple[float, ...], optional): NT-Xent temperature, one for all code lengths or one
-            per length (paper: 0.3). None is the Fashion-MNIST recipe: 0.15 up to 16 bits, 0.2 above
+            per length (paper: 0.3). None: 0.15 up to 16 bits, 0.2 above, measured on Fashion-MNIST
             (with neighbour positives, 0.2 keeps the precision-recall curve above ITQ's at high recall
             where 0.1 did not, for 0.003 of mAP@1000; benchmarks/QUALITY.md).
         beta (float): KL weight (paper: 0.001).
@@ -87,22 +98,21 @@ class TrainConfig:
         memory (int): a memory bank of this many recent codes as extra negatives (MeCoQ; 0: off).
         neighbours (int, optional): neighbour positives: the second view of an image is a view of
             one of its k nearest training images in pixel space (:mod:`cibhash_ext.neighbours`;
-            NNCLR's idea, Dwibedi et al. 2021). 0: off, the paper's two views of one image. None is
-            the dataset's default: 10 on Fashion-MNIST (+0.02 mAP at every length on the validation
-            split; benchmarks/QUALITY.md), 0 elsewhere (pixel neighbours of photos seldom show the
-            same kind of object).
+            NNCLR's idea, Dwibedi et al. 2021). 0: off, the paper's two views of one image.
+            Fashion-MNIST's recipe: 10 (+0.02 mAP at every length on the validation split;
+            benchmarks/QUALITY.md); none elsewhere (pixel neighbours of photos seldom show the same
+            kind of object).
         neighbour_refresh (int, optional): every this many epochs, find the neighbours again, in the
             space of the model's own backbone features (each training image without augmentation, the
             model in eval mode; cosine similarity of the features as they are), so that the
             positives get purer as the features improve. 0: the pixel neighbours for the whole
-            run. None is the dataset's default: 10 on Fashion-MNIST with neighbour positives (+0.02
-            mAP at every length on the validation split; benchmarks/QUALITY.md), 0 elsewhere.
+            run. Fashion-MNIST's recipe: 10 (+0.02 mAP at every length on the validation split;
+            benchmarks/QUALITY.md). A recipe's value applies only with neighbour positives on.
         feature_loss (float, optional): weight of an auxiliary NT-Xent on a linear projection (128
             wide) of the backbone features, with the same pairs of views as the codes' loss
             (:func:`cibhash_ext.losses.nt_xent_features`; SimCLR's loss, Chen et al. 2020). It gives the
-            backbone a gradient that does not pass through the binary layer. 0: off, the paper's. None
-            is the dataset's default: 1 on Fashion-MNIST (measured on the validation split;
-            benchmarks/QUALITY.md), 0 elsewhere (not measured there).
+            backbone a gradient that does not pass through the binary layer. 0: off, the paper's.
+            Fashion-MNIST's recipe: 1 (measured on the validation split; benchmarks/QUALITY.md).
         feature_temperature (float): the temperature of that loss (0.1 beat 0.2 on Fashion-MNIST).
         feature_cache (int): frozen backbones in eval mode (efficientnet_lite0): pass this many
             augmented views of every training image through the backbone once, before training, and
@@ -123,6 +133,10 @@ class TrainConfig:
         eval_curves (bool): also compute precision@N and precision-recall curves.
         evaluate (bool): evaluate and write the report after training.
         progress (bool): show progress bars.
+        recipe (tuple[str, ...], optional): the recipes merged under the user's settings, in order
+            (:func:`recipe_names` lists them; ``paper`` is the paper's settings, Qiu et al. 2021,
+            Sec. 4.1). None: the dataset's own recipe. :func:`load_config` merges them and a run
+            records the names it trained with; a TrainConfig built directly holds its arguments alone.
     """
 
     dataset: str = "fashion_mnist"
@@ -140,7 +154,7 @@ class TrainConfig:
     mlp_widths: tuple[int, ...] = (1024, 1024)
     code_lengths: tuple[int, ...] = (16, 32, 64)
     hidden: int = 1024
-    epochs: int | None = None
+    epochs: int = 20
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -154,9 +168,9 @@ class TrainConfig:
     balance: float = 0.0
     debias: float = 0.0
     memory: int = 0
-    neighbours: int | None = None
-    neighbour_refresh: int | None = None
-    feature_loss: float | None = None
+    neighbours: int = 0
+    neighbour_refresh: int = dataclasses.field(default=0, metadata={"requires": "neighbours"})
+    feature_loss: float = 0.0
     feature_temperature: float = 0.1
     feature_cache: int = 0
     augment_preset: AugmentPreset = "auto"
@@ -173,6 +187,7 @@ class TrainConfig:
     eval_curves: bool = True
     evaluate: bool = True
     progress: bool = True
+    recipe: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.temperature, (int, float)) and not isinstance(self.temperature, bool):
@@ -184,16 +199,10 @@ class TrainConfig:
         self.baselines = tuple(self.baselines)
         if self.temperature is not None:
             self.temperature = tuple(float(t) for t in self.temperature)
+        if self.recipe is not None:
+            self.recipe = tuple(self.recipe)
         if self.backbone == "auto":
             self.backbone = "convnet"
-        if self.epochs is None:
-            self.epochs = (40 if self.backbone == "convnet" else 80) if self.dataset == "fashion_mnist" else 20
-        if self.neighbours is None:
-            self.neighbours = 10 if self.dataset == "fashion_mnist" else 0
-        if self.neighbour_refresh is None:
-            self.neighbour_refresh = 10 if self.dataset == "fashion_mnist" and self.neighbours else 0
-        if self.feature_loss is None:
-            self.feature_loss = 1.0 if self.dataset == "fashion_mnist" else 0.0
         self.validate()
 
     def validate(self) -> None:
@@ -246,6 +255,9 @@ class TrainConfig:
         unknown = set(self.augment) - set(fields)
         if unknown:
             raise ValueError(f"unknown augment settings {sorted(unknown)}; valid: {fields}")
+        unknown = sorted(set(self.recipe or ()) - set(recipe_names()))
+        if unknown:
+            raise ValueError(f"recipe must be among {', '.join(recipe_names())}, got {', '.join(unknown)}")
         bad = set(self.baselines) - set(choices("baselines"))
         if bad:
             raise ValueError(f"baselines must be among 'lsh', 'itq', got {sorted(bad)}")
@@ -257,22 +269,16 @@ class TrainConfig:
 
     @classmethod
     def paper(cls, **changes) -> "TrainConfig":
-        """The paper's settings (Qiu et al. 2021, Sec. 4.1): frozen ImageNet VGG-16 (weights from a local
-        file), 224x224 views with the paper's augmentations, Adam lr 1e-3 with a constant schedule,
-        batch 64, 60 epochs, tau 0.3, beta 0.001, two views of the same image. The paper trains one model per code length; here the
-        lengths share the backbone, which is frozen, so the heads train exactly as separate models would."""
-        settings = dict(backbone="vgg16", augment_preset="paper", pipeline="pil", epochs=60, batch_size=64, lr=1e-3,
-                        weight_decay=0.0, schedule="constant", temperature=(0.3,), beta=1e-3, stochastic=True, neighbours=0,
-                        neighbour_refresh=0, feature_loss=0.0)
-        settings.update(changes)
-        return cls(**settings)
+        """The paper's settings (the ``paper`` recipe, :func:`read_recipe`) with ``changes`` on top."""
+        return load_config(None, recipe=("paper",), **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        """The inverse of :meth:`to_dict`; a ``resolved`` entry (written to config.json for readers) is ignored."""
+        """The inverse of :meth:`to_dict` (no recipe is merged); a ``resolved`` entry (written to
+        config.json for readers) is ignored."""
         if not isinstance(values, dict):
             raise ValueError(f"a configuration must be a JSON object of settings, got a {type(values).__name__}")
         values = {k: v for k, v in values.items() if k != "resolved"}
@@ -310,9 +316,11 @@ class TrainConfig:
 
 def choices(name: str) -> tuple[str, ...]:
     """The closed set of values of the setting ``name`` (its ``Literal`` type), or () for an open one;
-    ``dataset`` reads the dataset registry."""
+    ``dataset`` reads the dataset registry and ``recipe`` the recipe files."""
     if name == "dataset":
         return tuple(DATASET_REGISTRY)
+    if name == "recipe":
+        return recipe_names()
     hint = typing.get_type_hints(TrainConfig)[name]
     if typing.get_origin(hint) is tuple:
         hint = typing.get_args(hint)[0]
@@ -327,23 +335,18 @@ def check_device(device: str | object) -> None:
         raise ValueError(f"device {str(device)!r} was asked for, but no CUDA GPU is visible to torch")
 
 
-# Settings added after runs were first written whose default is not the older behaviour, with the
-# value that reproduces it: a run written without them keeps its meaning when evaluated or resumed.
-_ADDED_SETTINGS = {"neighbours": 0, "neighbour_refresh": 0, "feature_loss": 0.0}
-
-
 def stored_config(values: dict) -> TrainConfig:
-    """The configuration a run wrote (its ``config.json``, checkpoint or ``model.pt``). A setting
-    missing from it because the run predates the setting takes the older behaviour (neighbours 0,
-    feature_loss 0), and a run that left the temperature to a default that has changed since keeps
-    the temperatures it trained with (the ``resolved`` entry of its ``config.json``).
+    """The configuration a run wrote (its ``config.json``, checkpoint or ``model.pt``), without recipes:
+    a setting missing from it because the run predates the setting takes its neutral default, the
+    behaviour before it, and a run that left the temperature to a default that has changed since
+    keeps the temperatures it trained with (the ``resolved`` entry of its ``config.json``).
 
     Raises:
         ValueError: ``values`` is not a JSON object of known, valid settings.
     """
     if not isinstance(values, dict):
         return TrainConfig.from_dict(values)
-    cfg = TrainConfig.from_dict({**_ADDED_SETTINGS, **values})
+    cfg = TrainConfig.from_dict(values)
     trained = (values.get("resolved") or {}).get("temperature")
     if cfg.temperature is None and isinstance(trained, dict) and sorted(trained) == sorted(map(str, cfg.code_lengths)):
         temperatures = tuple(float(trained[str(v)]) for v in cfg.code_lengths)
@@ -354,16 +357,17 @@ def stored_config(values: dict) -> TrainConfig:
 
 def load_config(config: "TrainConfig | dict | str | os.PathLike | None" = None, **overrides: Any) -> TrainConfig:
     """A TrainConfig from a TrainConfig, a dict of settings, or a JSON config file (a run's ``config.json``
-    is one), with ``overrides`` applied on top.
+    is one), with ``overrides`` applied on top. The settings of a dict, a file or ``overrides`` alone
+    are merged over their recipes (:func:`with_recipes`); a TrainConfig is complete already.
 
     Raises:
         FileNotFoundError: the config file does not exist.
         ValueError: the file is not a JSON object of known settings, or a setting is invalid.
     """
+    if isinstance(config, TrainConfig):
+        return TrainConfig.from_dict({**config.to_dict(), **overrides})
     if config is None:
         values: dict = {}
-    elif isinstance(config, TrainConfig):
-        values = config.to_dict()
     elif isinstance(config, dict):
         values = dict(config)
     elif isinstance(config, (str, os.PathLike)):
@@ -375,7 +379,59 @@ def load_config(config: "TrainConfig | dict | str | os.PathLike | None" = None, 
         raise TypeError(f"config must be a TrainConfig, a dict or a path, got {type(config).__name__}")
     values = {k: v for k, v in values.items() if k != "resolved"}
     values.update(overrides)
-    return TrainConfig.from_dict(values)
+    return TrainConfig.from_dict(with_recipes(values))
+
+
+def recipe_names() -> tuple[str, ...]:
+    """The recipes there are: the files ``cibhash_ext/recipes/<name>.json``."""
+    folder = importlib.resources.files("cibhash_ext") / "recipes"
+    return tuple(sorted(entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".json")))
+
+
+@functools.cache
+def read_recipe(name: str) -> dict:
+    """The recipe ``name``: ``about`` (what it is, where it was measured), ``settings`` and, per backbone,
+    ``by_backbone`` (settings that apply on top with that backbone).
+
+    Raises:
+        ValueError: there is no such recipe.
+    """
+    if name not in recipe_names():
+        raise ValueError(f"recipe must be one of {', '.join(recipe_names())}, got {name!r}")
+    text = (importlib.resources.files("cibhash_ext") / "recipes" / f"{name}.json").read_text()
+    return json.loads(text)
+
+
+def with_recipes(values: dict) -> dict:
+    """The settings ``values`` (a user's file and flags) merged over their recipes: ``values["recipe"]``,
+    or the dataset's recipe (:data:`~cibhash_ext.data.DATASET_REGISTRY`) when it is None or absent.
+    Each recipe's settings apply, then its ``by_backbone`` settings of the run's backbone, then the
+    user's; ``augment`` merges key by key. A recipe's value of a setting that requires another one
+    (``neighbour_refresh`` requires ``neighbours``) is left out when that one is off. The result
+    records the recipes applied in ``recipe``."""
+    user = {k: v for k, v in values.items() if not (k == "backbone" and v == "auto")}
+    names = user.get("recipe")
+    if names is None:
+        entry = DATASET_REGISTRY.get(user.get("dataset", _DEFAULT.dataset))
+        names = (entry.recipe,) if entry is not None and entry.recipe else ()
+    names = tuple(names) if isinstance(names, (list, tuple)) else names  # a wrong type is the checks' to report
+    recipes = [read_recipe(name) for name in names] if isinstance(names, tuple) else []
+    backbone = user.get("backbone") or next((r["settings"]["backbone"] for r in reversed(recipes)
+                                             if "backbone" in r["settings"]), _DEFAULT.backbone)
+    merged: dict = {}
+    for recipe in recipes:
+        for layer in (recipe.get("settings", {}), recipe.get("by_backbone", {}).get(backbone, {})):
+            merged.update({k: v for k, v in layer.items() if k != "augment"})
+            merged["augment"] = {**merged.get("augment", {}), **layer.get("augment", {})}
+    if not merged.get("augment"):
+        merged.pop("augment", None)
+    for name, field in _FIELDS.items():
+        required = field.metadata.get("requires")
+        if required and name in merged and name not in user and not {**merged, **user}.get(required):
+            del merged[name]
+    if isinstance(user.get("augment"), dict) and "augment" in merged:
+        user["augment"] = {**merged["augment"], **user["augment"]}
+    return {**merged, **user, "recipe": names}
 
 
 def _check_types(cfg: TrainConfig) -> None:
@@ -419,3 +475,7 @@ def _describe(hint) -> str:
     if origin is Literal:
         return "a string"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "an object"}.get(hint, str(hint))
+
+
+_FIELDS = {field.name: field for field in dataclasses.fields(TrainConfig)}
+_DEFAULT = TrainConfig()

@@ -42,7 +42,8 @@ __all__ = ["train", "TrainResult", "train_step", "wrap_for_processes", "build_ob
 
 LOG = logging.getLogger("cibhash_ext")
 # Settings that may differ between a run and its resumption without changing the result's meaning.
-_RESUMABLE_CHANGES = ("threads", "progress", "workers", "eval_curves", "evaluate")
+# The recipes only supply settings, which are compared themselves (runs written before recipes record none).
+_RESUMABLE_CHANGES = ("threads", "progress", "workers", "eval_curves", "evaluate", "recipe")
 
 
 class TrainResult(NamedTuple):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cibhash_ext.config import TrainConfig
+from cibhash_ext.config import TrainConfig, load_config
 from cibhash_ext.data import ImageSet, RetrievalData
 from cibhash_ext.neighbours import THUMBNAIL_SIDE, draw_partners, image_neighbours, nearest_neighbours
 from cibhash_ext.pipeline import train_batches
@@ -128,18 +128,19 @@ def test_the_pil_pipeline_takes_the_matching_view_of_a_two_view_transform(tmp_pa
 
 
 def test_the_default_is_on_for_fashion_mnist_only_and_off_in_the_paper_preset():
-    assert TrainConfig().neighbours == 10
-    assert TrainConfig(dataset="folder", data_root="x").neighbours == 0
+    assert load_config().neighbours == 10  # the Fashion-MNIST recipe
+    assert TrainConfig().neighbours == 0  # the neutral default
+    assert load_config(dataset="folder", data_root="x").neighbours == 0
     assert TrainConfig.paper().neighbours == 0
     with pytest.raises(ValueError, match="neighbours >= 0.*neighbours -1"):
         TrainConfig(neighbours=-1)
 
 
 def test_neighbour_positives_come_with_milder_crops_unless_crops_are_set():
-    assert TrainConfig().augment_config(1).crop_scale == (0.7, 1.0)
-    assert TrainConfig(neighbours=0).augment_config(1).crop_scale == (0.5, 1.0)
-    assert TrainConfig(augment={"crop_scale": (0.3, 1.0)}).augment_config(1).crop_scale == (0.3, 1.0)
-    assert TrainConfig(dataset="folder", data_root="x").augment_config(1).crop_scale == (0.5, 1.0)
+    assert load_config().augment_config(1).crop_scale == (0.7, 1.0)
+    assert load_config(neighbours=0).augment_config(1).crop_scale == (0.5, 1.0)
+    assert load_config(augment={"crop_scale": (0.3, 1.0)}).augment_config(1).crop_scale == (0.3, 1.0)
+    assert load_config(dataset="folder", data_root="x").augment_config(1).crop_scale == (0.5, 1.0)
 
 
 def test_a_run_written_before_neighbour_positives_keeps_its_meaning(tmp_path):
@@ -150,4 +151,4 @@ def test_a_run_written_before_neighbour_positives_keeps_its_meaning(tmp_path):
     del older["neighbours"]  # what a run written before the setting existed holds
     write_json(str(tmp_path / CONFIG_FILE), older)
     assert load_run_config(str(tmp_path)).neighbours == 0
-    assert TrainConfig.from_dict(older).neighbours == 10  # a user's settings file gets today's default
+    assert load_config(older).neighbours == 10  # a user's settings file gets today's recipe

@@ -12,7 +12,7 @@ from PIL import Image
 from cibhash_ext import ops
 from cibhash_ext.data import FASHION_MNIST_FILES, FASHION_MNIST_ROOT, load_fashion_mnist
 from cibhash_ext.evaluation import mean_average_precision
-from cibhash_ext.config import TrainConfig
+from cibhash_ext.config import TrainConfig, load_config
 from cibhash_ext.run_dir import CHECKPOINT_FILE, load_checkpoint
 from cibhash_ext.run_eval import evaluate
 from cibhash_ext.training import train
@@ -27,7 +27,7 @@ def tiny_config(**changes) -> TrainConfig:
     settings = dict(train_size=512, query_size=200, database_size=1000, epochs=2, batch_size=128, progress=False,
                     threads=1)
     settings.update(changes)
-    return TrainConfig(**settings)
+    return load_config(None, **settings)  # over the Fashion-MNIST recipe, as train() and the CLI resolve it
 
 
 @pytest.fixture(scope="module")
@@ -250,10 +250,10 @@ def test_the_feature_loss_is_on_by_default_on_fashion_mnist_only_and_off_for_old
     from cibhash_ext.files import write_json
     from cibhash_ext.run_dir import CONFIG_FILE, load_run_config
 
-    assert TrainConfig().feature_loss == 1.0 and TrainConfig().feature_temperature == 0.1
-    assert TrainConfig(dataset="folder", data_root="x").feature_loss == 0.0
+    assert load_config().feature_loss == 1.0 and load_config().feature_temperature == 0.1
+    assert load_config(dataset="folder", data_root="x").feature_loss == 0.0
     assert TrainConfig.paper().feature_loss == 0.0
-    older = TrainConfig().to_dict()
+    older = load_config().to_dict()
     del older["feature_loss"], older["feature_temperature"]  # a run written before the setting existed
     write_json(str(tmp_path / CONFIG_FILE), older)
     assert load_run_config(str(tmp_path)).feature_loss == 0.0
@@ -309,18 +309,18 @@ def test_neighbour_refresh_defaults_and_errors(tmp_path):
     from cibhash_ext.files import write_json
     from cibhash_ext.run_dir import CONFIG_FILE, load_run_config
 
-    fm = TrainConfig()
+    fm = load_config()
     assert (fm.backbone, fm.epochs, fm.neighbours, fm.neighbour_refresh) == ("convnet", 40, 10, 10)
-    assert TrainConfig(backbone="mlp").epochs == 80  # the budget of the pixel mlp, which is faster per epoch
-    assert TrainConfig(neighbours=0).neighbour_refresh == 0
-    assert TrainConfig(dataset="folder", data_root="x").neighbour_refresh == 0
+    assert load_config(backbone="mlp").epochs == 80  # the budget of the pixel mlp, which is faster per epoch
+    assert load_config(neighbours=0).neighbour_refresh == 0  # the recipe's refresh needs neighbour positives
+    assert load_config(dataset="folder", data_root="x").neighbour_refresh == 0
     assert TrainConfig.paper().neighbour_refresh == 0
     with pytest.raises(ValueError, match="neighbour_refresh must be >= 0, and 0 without neighbour positives, got "
                                          "neighbour_refresh 5 with neighbours 0"):
         TrainConfig(neighbours=0, neighbour_refresh=5)
     with pytest.raises(ValueError, match="neighbour_refresh must be >= 0"):
         TrainConfig(neighbour_refresh=-1)
-    older = TrainConfig(backbone="mlp").to_dict()
+    older = load_config(backbone="mlp").to_dict()
     del older["neighbour_refresh"]  # a run written before the setting existed
     write_json(str(tmp_path / CONFIG_FILE), older)
     assert load_run_config(str(tmp_path)).neighbour_refresh == 0

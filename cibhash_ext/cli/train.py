@@ -15,9 +15,10 @@ from cibhash_ext.data import DATASETS
 from cibhash_ext.models import CUSTOM_BACKBONE
 from cibhash_ext.transforms import AugmentConfig
 
-__all__ = ["add_commands", "config_from_args", "PRESETS"]
+__all__ = ["add_commands", "config_from_args"]
 
-PRESETS = ("fashion_mnist", "paper")
+# --preset, the older spelling of --recipe: "paper" is --recipe paper, "fashion_mnist" the default.
+_PRESETS = ("fashion_mnist", "paper")
 # Older spellings of the boolean switches, kept working.
 _ALIASES = {"stochastic": "--deterministic-binary", "eval_curves": "--no-curves", "global_batch": "--local-negatives"}
 _GROUPS = {
@@ -25,6 +26,7 @@ _GROUPS = {
              "validation"),
     "model": ("backbone", "backbone_weights", "convnet_widths", "convnet_fc", "mlp_widths", "code_lengths", "hidden",
               "stochastic"),
+    "recipe": ("recipe",),
     "evaluation and machine": ("topk", "baselines", "eval_curves", "evaluate", "device", "threads", "workers",
                                "progress"),
 }
@@ -64,6 +66,17 @@ def _augment_setting(text: str) -> tuple[str, object]:
     return key, tuple(numbers) if len(numbers) > 1 else numbers[0]
 
 
+def _names(valid: tuple[str, ...]):
+    """The argparse type of a comma-separated list of names among ``valid`` (or 'none': no name)."""
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(v.strip() for v in text.split(",") if v.strip()) if text != "none" else ()
+        if any(n not in valid for n in names):
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(valid)} or 'none', "
+                                             f"got {text!r}")
+        return names
+    return parse
+
+
 def _baselines(text: str) -> tuple[str, ...]:
     if text in ("", "none"):
         return ()
@@ -85,6 +98,8 @@ def _argument(field: dataclasses.Field, hint) -> tuple[list[str], dict]:
         return ["--aug"], {"type": _augment_setting, "action": "append", "metavar": "KEY=VALUE"}
     if field.name == "baselines":
         return [flag], {"type": _baselines, "metavar": "lsh,itq|none"}
+    if field.name == "recipe":
+        return [flag], {"type": _names(choices("recipe")), "metavar": "NAME[,NAME]|none"}
     if typing.get_origin(base) is tuple:
         kind = typing.get_args(base)[0]
         noun, example = ("integers", "16,32,64") if kind is int else ("numbers", "0.3 or 0.15,0.1")
@@ -115,15 +130,15 @@ def add_commands(sub) -> None:
     t = sub.add_parser("train", help="train a model, evaluate it, write a run directory and report",
                        description="Train CIBHash without labels, then evaluate retrieval: with labels mAP@K, precision "
                        "within radius 2, precision@N and PR curves; without labels augmented-copy retrieval and code "
-                       "statistics; against LSH and ITQ on pixels. Options override --config FILE (or --preset).")
+                       "statistics; against LSH and ITQ on pixels. Options override --config FILE, which overrides "
+                       "the recipes (--recipe; default: the dataset's).")
     t.add_argument("--run-dir", help="run directory (default: runs/<dataset>-<time>)")
     base = t.add_mutually_exclusive_group()
     base.add_argument("--config", metavar="FILE", help="a JSON configuration (a run's config.json is one); the "
                       "options below override it")
-    base.add_argument("--preset", choices=PRESETS, default="fashion_mnist",
-                      help="starting settings that the options below override: 'fashion_mnist' (default; the measured "
-                      "CPU recipe of benchmarks/QUALITY.md) or 'paper' (frozen VGG-16, 224x224, batch 64, 60 epochs, "
-                      "Adam 1e-3 constant, tau 0.3)")
+    base.add_argument("--preset", choices=_PRESETS, default="fashion_mnist",
+                      help="the older spelling of --recipe: 'paper' is --recipe paper, 'fashion_mnist' the default "
+                      "(the dataset's recipe)")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint "
                    "(with its stored configuration; only --threads, --workers, --progress, --eval-curves and "
                    "--evaluate may change)")
@@ -145,18 +160,18 @@ _RUN_OPTIONS = ("run_dir", "config", "preset", "resume", "force", "dist_timeout"
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The configuration a ``train`` command line describes: --config FILE (or the preset), then the options."""
+    """The configuration a ``train`` command line describes: the options over --config FILE over the recipes."""
     overrides = {k: v for k, v in vars(args).items() if k not in _RUN_OPTIONS}
+    if getattr(args, "preset", None) == "paper":
+        overrides.setdefault("recipe", ("paper",))
     if "augment" in overrides:
         overrides["augment"] = dict(overrides["augment"])
     if args.resume:
         from cibhash_ext.run_dir import load_run_config
 
         base = load_run_config(args.run_dir).to_dict()
-    elif getattr(args, "config", None):
-        base = args.config
     else:
-        base = TrainConfig.paper().to_dict() if args.preset == "paper" else None
+        base = getattr(args, "config", None)
     if base is not None and "augment" in overrides:
         stored = load_config(base).augment
         overrides["augment"] = {**stored, **overrides["augment"]}
