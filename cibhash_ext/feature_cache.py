@@ -10,28 +10,16 @@ cannot be cached.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch import Tensor
 
 from cibhash_ext import distributed
-from cibhash_ext.config import TrainConfig
-from cibhash_ext.data import RetrievalData
 from cibhash_ext.models import CIBHashModel, FrozenBackbone
-from cibhash_ext.pipeline import (
-    ImageViews,
-    autocast,
-    epoch_generator,
-    epoch_order,
-    epoch_partners,
-    pil_augmentation,
-    to_model_input,
-    use_batch_pipeline,
-)
-from cibhash_ext.transforms import AugmentConfig, BatchAugment
+from cibhash_ext.pipeline import ImagePairs, autocast, epoch_generator, epoch_order, epoch_partners, to_model_input
 
-__all__ = ["cached_view_batches", "check_cacheable", "feature_cache", "view_images"]
+__all__ = ["CachedViewPairs", "check_cacheable", "feature_cache"]
 
 
 def check_cacheable(model: CIBHashModel) -> None:
@@ -44,55 +32,50 @@ def check_cacheable(model: CIBHashModel) -> None:
                          f"{kind}, so its features change from epoch to epoch")
 
 
-def view_images(cfg: TrainConfig, data: RetrievalData, aug: AugmentConfig, view: int,
-                transform: Callable | None = None) -> Iterator[Tensor]:
-    """View ``view`` (0 <= view < K) of every training image, in batches, in the order of the set;
-    seeded by (seed, view) alone. ``transform`` (a two-view transform) gives its view ``view % 2``."""
-    images = data.train
-    g = epoch_generator(cfg.seed, view, salt=-2)
-    if use_batch_pipeline(cfg, images, aug, transform):
-        augment = BatchAugment(aug)
-        for start in range(0, len(images), cfg.batch_size):
-            yield augment(images.images[start : start + cfg.batch_size], generator=g)
-        return
-    one_view = pil_augmentation(aug, images) if transform is None else (lambda image: transform(image)[view % 2])
-    mode = "RGB" if len(aug.mean) == 3 else "L"
-    with torch.random.fork_rng(devices=[]):  # the caller's global generator is left as it was
-        torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)))  # torchvision's transforms draw from it
-        yield from torch.utils.data.DataLoader(ImageViews(images, one_view, mode, skip_unreadable=True),
-                                               batch_size=cfg.batch_size, num_workers=cfg.workers, generator=g)
-
-
 @torch.no_grad()
-def feature_cache(cfg: TrainConfig, model: CIBHashModel, data: RetrievalData, aug: AugmentConfig, views: int,
-                  transform: Callable | None = None) -> Tensor:
-    """The backbone features of ``views`` augmented views of every training image.
+def feature_cache(model: CIBHashModel, source: ImagePairs, views: int, device: str = "cpu",
+                  bf16: bool = False) -> Tensor:
+    """The backbone features of ``views`` augmented views of every training image of ``source``.
 
     Returns:
-        Tensor[N, K, D] on the CPU, in the dtype the backbone gives (bfloat16 under ``cfg.bf16``): entry
-        [i, k] is what the backbone gives for view k of image i (:func:`view_images`).
+        Tensor[N, K, D] on the CPU, in the dtype the backbone gives (bfloat16 under ``bf16``): entry
+        [i, k] is what the backbone gives for view k of image i (:meth:`ImagePairs.views`).
     """
     check_cacheable(model)
     rows = []
     for view in range(views):
         parts = []
-        for x in view_images(cfg, data, aug, view, transform):
-            with autocast(cfg.device, cfg.bf16):
-                parts.append(model.backbone(to_model_input(x, cfg.device, False)).cpu())
+        for x in source.views(view):
+            with autocast(device, bf16):
+                parts.append(model.backbone(to_model_input(x, device, False)).cpu())
         rows.append(torch.cat(parts))
     return torch.stack(rows, dim=1)
 
 
-def cached_view_batches(cfg: TrainConfig, cache: Tensor, epoch: int,
-                        neighbours: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """This process's (features of view 1, features of view 2) batches of one epoch: two different
+class CachedViewPairs:
+    """The view source of cached features: each epoch, this process's batches of two different
     cached views of each image (the second of its partner with neighbour positives), in the order
-    and with the partners that :func:`cibhash_ext.pipeline.train_batches` uses for the same epoch
-    (:func:`cibhash_ext.pipeline.epoch_order`)."""
-    n, k = cache.shape[:2]
-    g = epoch_generator(cfg.seed, epoch, salt=2 * distributed.rank())
-    partners = epoch_partners(cfg.seed, neighbours, epoch)
-    for index in epoch_order(cfg.seed, n, epoch, cfg.batch_size):
-        first = torch.randint(k, (len(index),), generator=g)
-        second = (first + 1 + torch.randint(k - 1, (len(index),), generator=g)) % k
-        yield cache[index, first], cache[index if partners is None else partners[index], second]
+    and with the partners that :class:`~cibhash_ext.pipeline.ImagePairs` uses for the same epoch
+    (:func:`cibhash_ext.pipeline.epoch_order`).
+
+    Args:
+        cache (Tensor[N, K, D]): :func:`feature_cache`.
+        batch_size (int): images per batch and process.
+        seed (int): the run's seed.
+    """
+
+    features = True  # the batches are backbone features, for the hash heads alone
+
+    def __init__(self, cache: Tensor, batch_size: int, seed: int) -> None:
+        self.cache, self.batch_size, self.seed = cache, batch_size, seed
+
+    def batches(self, epoch: int, neighbours: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """(features of view 1, features of view 2) batches of epoch ``epoch`` (0-based)."""
+        cache = self.cache
+        n, k = cache.shape[:2]
+        g = epoch_generator(self.seed, epoch, salt=2 * distributed.rank())
+        partners = epoch_partners(self.seed, neighbours, epoch)
+        for index in epoch_order(self.seed, n, epoch, self.batch_size):
+            first = torch.randint(k, (len(index),), generator=g)
+            second = (first + 1 + torch.randint(k - 1, (len(index),), generator=g)) % k
+            yield cache[index, first], cache[index if partners is None else partners[index], second]

@@ -1,5 +1,7 @@
-"""The input pipeline: the two augmented views of each training batch, and the evaluation view of
-images, from in-memory tensors (batched augmentation) or image files and datasets (PIL, DataLoader).
+"""The input pipeline: :class:`ImagePairs`, the view source of images (the two augmented views of
+each training batch, from in-memory tensors by batched augmentation or from image files and datasets
+through PIL and a DataLoader), the one epoch order of every view source (:func:`epoch_order`), and
+the evaluation view of images.
 
 Randomness of epoch e comes from generators seeded by (seed, e, rank), so an epoch is the same
 with or without a resume before it, and the global batches are the same for any number of processes.
@@ -15,7 +17,7 @@ import torch
 from torch import Tensor
 
 from cibhash_ext import distributed
-from cibhash_ext.config import TrainConfig
+from cibhash_ext.config import Pipeline
 from cibhash_ext.data import ImageSet, RetrievalData
 from cibhash_ext.neighbours import draw_partners
 from cibhash_ext.transforms import (
@@ -28,6 +30,7 @@ from cibhash_ext.transforms import (
 )
 
 __all__ = [
+    "ImagePairs",
     "ImageViews",
     "NeighbourViews",
     "autocast",
@@ -40,7 +43,6 @@ __all__ = [
     "n_batches",
     "pil_augmentation",
     "to_model_input",
-    "train_batches",
     "use_batch_pipeline",
 ]
 
@@ -105,9 +107,9 @@ class NeighbourViews(ImageViews):
         return self.transform(self.image(i))[0], self.transform(self.image(int(self.partners[i])))[1]
 
 
-def input_shape(cfg: TrainConfig, data: RetrievalData) -> list[int]:
-    """[C, H, W] of the images the model sees: in-memory images at their size unless resized."""
-    aug = cfg.augment_config(data.channels, data.train.in_memory)
+def input_shape(aug: AugmentConfig, data: RetrievalData) -> list[int]:
+    """[C, H, W] of the images the model sees under the augmentation ``aug``: in-memory images at
+    their size unless resized."""
     if aug.size > 0:
         return [len(aug.mean), aug.size, aug.size]
     if not data.train.in_memory:
@@ -123,14 +125,16 @@ def pil_augmentation(aug: AugmentConfig, images: ImageSet) -> Callable:
     return build_pil_transform(aug)
 
 
-def use_batch_pipeline(cfg: TrainConfig, images: ImageSet, aug: AugmentConfig, transform) -> bool:
+def use_batch_pipeline(pipeline: Pipeline, images: ImageSet, aug: AugmentConfig, transform: Callable | None) -> bool:
+    """Whether the views of ``images`` come from batched augmentation ("batch"; the default for
+    in-memory images without hue jitter) rather than from PIL, one image at a time ("pil")."""
     if transform is not None:
         return False
-    if cfg.pipeline == "batch":
+    if pipeline == "batch":
         if not images.in_memory:
             raise ValueError("pipeline='batch' needs an in-memory dataset (fashion_mnist, cifar10, a tensor); use 'pil'")
         return True
-    if cfg.pipeline == "pil":
+    if pipeline == "pil":
         return False
     return images.in_memory and aug.hue == 0
 
@@ -172,39 +176,68 @@ def n_batches(batch_size: int, images: int) -> int:
     return n
 
 
-def train_batches(cfg: TrainConfig, data: RetrievalData, aug: AugmentConfig, epoch: int,
-                  transform: Callable | None = None,
-                  neighbours: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yields this process's (view1, view2) batches of one epoch, seeded by (seed, epoch, rank).
+class ImagePairs:
+    """The view source of images: each epoch, this process's batches of two augmented views of each
+    training image, in the epoch's order (:func:`epoch_order`) and seeded by (seed, epoch, rank).
 
     Args:
-        cfg (TrainConfig): batch size, pipeline, workers, seed.
-        data (RetrievalData): the training images are ``data.train``.
+        images (ImageSet): the training images.
         aug (AugmentConfig): the built-in augmentation.
-        epoch (int): the epoch (0-based).
+        batch_size (int): images per batch and process.
+        seed (int): the run's seed.
+        pipeline (str): "auto", "batch" or "pil" (:func:`use_batch_pipeline`).
+        workers (int): DataLoader workers of the PIL pipeline.
         transform (callable, optional): replaces the built-in augmentation: maps one PIL image to
             its two views (tensors), as lightly's transforms do.
-        neighbours (Tensor[N, k], int64, optional): neighbour positives
-            (:func:`cibhash_ext.neighbours.image_neighbours`): the second view of each image is a view
-            of one of its neighbours, drawn per epoch from (seed, epoch) alone.
     """
-    images = data.train
-    g = epoch_generator(cfg.seed, epoch, salt=2 * distributed.rank())
-    batches = epoch_order(cfg.seed, len(images), epoch, cfg.batch_size)
-    partners = epoch_partners(cfg.seed, neighbours, epoch)
-    if use_batch_pipeline(cfg, images, aug, transform):
-        augment = BatchAugment(aug)
-        for index in batches:
-            second = index if partners is None else partners[index]
-            views = augment(torch.cat([images.images[index], images.images[second]]), generator=g)
-            yield views[: cfg.batch_size], views[cfg.batch_size :]
-        return
-    mode = "RGB" if len(aug.mean) == 3 else "L"
-    two_views = transform if transform is not None else TwoViews(pil_augmentation(aug, images))
-    views = (ImageViews(images, two_views, mode, skip_unreadable=True) if partners is None
-             else NeighbourViews(images, two_views, mode, partners))
-    yield from torch.utils.data.DataLoader(views, batch_sampler=[b.tolist() for b in batches],
-                                           num_workers=cfg.workers, generator=g)
+
+    features = False  # the batches are images, for the whole model
+
+    def __init__(self, images: ImageSet, aug: AugmentConfig, batch_size: int, seed: int, pipeline: Pipeline = "auto",
+                 workers: int = 0, transform: Callable | None = None) -> None:
+        self.images, self.aug, self.batch_size, self.seed = images, aug, batch_size, seed
+        self.workers, self.transform = workers, transform
+        self.batched = use_batch_pipeline(pipeline, images, aug, transform)
+        self.mode = "RGB" if len(aug.mean) == 3 else "L"
+
+    def batches(self, epoch: int, neighbours: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """(view1, view2) batches of epoch ``epoch`` (0-based). With ``neighbours`` (Tensor[N, k], int64:
+        :func:`cibhash_ext.neighbours.image_neighbours`), the second view of each image is a view of one
+        of its neighbours, drawn per epoch from (seed, epoch) alone."""
+        images = self.images
+        g = epoch_generator(self.seed, epoch, salt=2 * distributed.rank())
+        batches = epoch_order(self.seed, len(images), epoch, self.batch_size)
+        partners = epoch_partners(self.seed, neighbours, epoch)
+        if self.batched:
+            augment = BatchAugment(self.aug)
+            for index in batches:
+                second = index if partners is None else partners[index]
+                views = augment(torch.cat([images.images[index], images.images[second]]), generator=g)
+                yield views[: len(index)], views[len(index) :]
+            return
+        two_views = self.transform if self.transform is not None else TwoViews(pil_augmentation(self.aug, images))
+        views = (ImageViews(images, two_views, self.mode, skip_unreadable=True) if partners is None
+                 else NeighbourViews(images, two_views, self.mode, partners))
+        yield from torch.utils.data.DataLoader(views, batch_sampler=[b.tolist() for b in batches],
+                                               num_workers=self.workers, generator=g)
+
+    def views(self, view: int) -> Iterator[Tensor]:
+        """View ``view`` (0 <= view < K) of every training image, in batches, in the order of the set;
+        seeded by (seed, view) alone (the feature cache's views). A two-view ``transform`` gives its
+        view ``view % 2``."""
+        images = self.images
+        g = epoch_generator(self.seed, view, salt=-2)
+        if self.batched:
+            augment = BatchAugment(self.aug)
+            for start in range(0, len(images), self.batch_size):
+                yield augment(images.images[start : start + self.batch_size], generator=g)
+            return
+        transform = self.transform
+        one_view = pil_augmentation(self.aug, images) if transform is None else (lambda image: transform(image)[view % 2])
+        with torch.random.fork_rng(devices=[]):  # the caller's global generator is left as it was
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)))  # torchvision's transforms draw from it
+            yield from torch.utils.data.DataLoader(ImageViews(images, one_view, self.mode, skip_unreadable=True),
+                                                   batch_size=self.batch_size, num_workers=self.workers, generator=g)
 
 
 def eval_batches(images: ImageSet, transform: EvalTransform, batch_size: int, workers: int = 0) -> Iterator[Tensor]:

@@ -49,9 +49,10 @@ class RunPlan:
             ValueError: the images need a fixed input size, or the training set is smaller than one
                 global batch.
         """
+        augment = cfg.augment_config(data.channels, data.train.in_memory)
         return cls(
-            augment=cfg.augment_config(data.channels, data.train.in_memory),
-            input_shape=tuple(input_shape(cfg, data)),
+            augment=augment,
+            input_shape=tuple(input_shape(augment, data)),
             channels_last=cfg.channels_last and cfg.backbone == "convnet",
             temperatures={v: cfg.temperature_for(v) for v in cfg.code_lengths},
             steps_per_epoch=n_batches(cfg.batch_size, len(data.train)),

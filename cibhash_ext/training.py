@@ -29,11 +29,11 @@ from cibhash_ext import distributed, run_dir as runs
 from cibhash_ext.config import TrainConfig, check_device, load_config
 from cibhash_ext.data import DATASETS, RetrievalData, as_retrieval_data, load_dataset
 from cibhash_ext.encode import Encoder
-from cibhash_ext.feature_cache import cached_view_batches, feature_cache
+from cibhash_ext.feature_cache import CachedViewPairs, feature_cache
 from cibhash_ext.losses import CIBHashLoss, TrainingObjective
 from cibhash_ext.models import CUSTOM_BACKBONE, CIBHashModel, build_model
 from cibhash_ext.pairing import NeighbourPairs, SameImage
-from cibhash_ext.pipeline import autocast, epoch_generator, to_model_input, train_batches
+from cibhash_ext.pipeline import ImagePairs, autocast, epoch_generator, to_model_input
 from cibhash_ext.plan import RunPlan
 from cibhash_ext.progress import progress
 from cibhash_ext.transforms import EvalTransform
@@ -232,7 +232,7 @@ def _train(cfg: TrainConfig, plan: RunPlan, run_dir: str, resume: bool, data: Re
     )
     prepared = time.time()
     pairing = _pairing(cfg, plan, data)
-    cache = _feature_cache(cfg, model, data, plan, transform)
+    source = _view_source(cfg, plan, model, data, transform)
     prepare_seconds = time.time() - prepared
     pairing.load_checkpoint_state(state)
     for epoch in range(start_epoch, cfg.epochs):
@@ -242,13 +242,12 @@ def _train(cfg: TrainConfig, plan: RunPlan, run_dir: str, resume: bool, data: Re
         model.train()
         started, sums = time.time(), {}
         pairing.before_epoch(epoch, model)
-        batches = (train_batches(cfg, data, plan.augment, epoch, transform, pairing.table) if cache is None
-                   else cached_view_batches(cfg, cache, epoch, pairing.table))
+        batches = source.batches(epoch, pairing.table)
         for view1, view2 in progress(batches, f"epoch {epoch + 1}/{cfg.epochs}", steps, cfg.progress and rank == 0,
                                      "batch"):
             optimizer.zero_grad(set_to_none=True)
             losses = train_step(net, objective, view1, view2, binarize_gen, device=plan.device, bf16=plan.bf16,
-                                channels_last=plan.channels_last, features=cache is not None)
+                                channels_last=plan.channels_last, features=source.features)
             optimizer.step()
             scheduler.step()
             _accumulate(sums, losses, epoch)
@@ -297,17 +296,19 @@ def _restore(state: dict, run_dir: str, model: CIBHashModel, optimizer, schedule
     return int(state["epoch"]) + 1, list(state["history"]), float(state["train_seconds"])
 
 
-def _feature_cache(cfg: TrainConfig, model: CIBHashModel, data: RetrievalData, plan: RunPlan,
-                   transform: Callable | None) -> Tensor | None:
-    """The feature cache of a frozen backbone (None when off): a function of the data and the seed,
-    so a resumed run computes it again to the same values."""
+def _view_source(cfg: TrainConfig, plan: RunPlan, model: CIBHashModel, data: RetrievalData,
+                 transform: Callable | None) -> ImagePairs | CachedViewPairs:
+    """Where the views come from: the training images, or with ``feature_cache`` the cached backbone
+    features of K views of each (a function of the data and the seed, so a resumed run computes it
+    again to the same values)."""
+    images = ImagePairs(data.train, plan.augment, cfg.batch_size, cfg.seed, cfg.pipeline, cfg.workers, transform)
     if not cfg.feature_cache:
-        return None
+        return images
     started = time.time()
-    cache = feature_cache(cfg, model, data, plan.augment, cfg.feature_cache, transform)
+    cache = feature_cache(model, images, cfg.feature_cache, plan.device, plan.bf16)
     LOG.info("feature cache: %d views of each training image through the frozen backbone in %.1fs (%.0f MiB)",
              cfg.feature_cache, time.time() - started, cache.numel() * cache.element_size() / 2**20)
-    return cache
+    return CachedViewPairs(cache, cfg.batch_size, cfg.seed)
 
 
 def _accumulate(sums: dict, losses: dict[str, Tensor], epoch: int) -> None:

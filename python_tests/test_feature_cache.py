@@ -7,10 +7,10 @@ from torch import nn
 
 from cibhash_ext.config import TrainConfig
 from cibhash_ext.data import ImageSet, RetrievalData
-from cibhash_ext.feature_cache import cached_view_batches, check_cacheable, feature_cache, view_images
+from cibhash_ext.feature_cache import CachedViewPairs, check_cacheable, feature_cache
 from cibhash_ext.losses import CIBHashLoss, TrainingObjective
 from cibhash_ext.models import CIBHashModel, FrozenBackbone
-from cibhash_ext.pipeline import epoch_generator
+from cibhash_ext.pipeline import ImagePairs, epoch_generator
 from cibhash_ext.training import train, train_step
 
 
@@ -25,6 +25,10 @@ def _frozen_cnn() -> FrozenBackbone:
     torch.manual_seed(1)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 24))
     return FrozenBackbone(net, 24, train_mode=False)
+
+
+def _pairs(cfg: TrainConfig, data: RetrievalData, aug) -> ImagePairs:
+    return ImagePairs(data.train, aug, cfg.batch_size, cfg.seed, cfg.pipeline, cfg.workers)
 
 
 def _cfg(**changes) -> TrainConfig:
@@ -47,12 +51,12 @@ def test_a_cached_epoch_equals_the_live_backbone_on_the_same_views(neighbours):
                                       model.binary)
         optimizer = torch.optim.Adam(model.heads.parameters(), lr=1e-3)
         if cached:
-            source = feature_cache(cfg, model, data, aug, cfg.feature_cache)
+            source = feature_cache(model, _pairs(cfg, data, aug), cfg.feature_cache, bf16=cfg.bf16)
         else:  # the views themselves, [N, K, C, H, W]: the backbone runs at every step
-            source = torch.stack([torch.cat(list(view_images(cfg, data, aug, k))) for k in range(3)], dim=1)
+            source = torch.stack([torch.cat(list(_pairs(cfg, data, aug).views(k))) for k in range(3)], dim=1)
         model.train()
         gen = epoch_generator(cfg.seed, 0, salt=1)
-        for view1, view2 in cached_view_batches(cfg, source, 0, table):
+        for view1, view2 in CachedViewPairs(source, cfg.batch_size, cfg.seed).batches(0, table):
             optimizer.zero_grad()
             train_step(model, objective, view1, view2, gen, bf16=cfg.bf16, features=cached)
             optimizer.step()
@@ -63,7 +67,7 @@ def test_a_cached_epoch_equals_the_live_backbone_on_the_same_views(neighbours):
 
 def test_the_two_views_of_an_image_are_different_cached_views():
     cache = torch.arange(64 * 4).view(64, 4, 1).float()  # entry [i, k] = 4 i + k
-    for first, second in cached_view_batches(_cfg(feature_cache=4), cache, 3):
+    for first, second in CachedViewPairs(cache, 16, 0).batches(3):
         assert torch.equal(first // 4, second // 4)  # the same image
         assert (first != second).all()  # another view of it
 
@@ -71,11 +75,11 @@ def test_the_two_views_of_an_image_are_different_cached_views():
 def test_views_and_cache_are_seeded_by_seed_and_view():
     cfg, data = _cfg(), _data()
     aug = cfg.augment_config(1)
-    a = torch.cat(list(view_images(cfg, data, aug, 1)))
-    assert torch.equal(a, torch.cat(list(view_images(cfg, data, aug, 1))))
-    assert not torch.equal(a, torch.cat(list(view_images(cfg, data, aug, 2))))
+    a = torch.cat(list(_pairs(cfg, data, aug).views(1)))
+    assert torch.equal(a, torch.cat(list(_pairs(cfg, data, aug).views(1))))
+    assert not torch.equal(a, torch.cat(list(_pairs(cfg, data, aug).views(2))))
     model = CIBHashModel(_frozen_cnn(), (8,), 16)
-    cache = feature_cache(cfg, model, data, aug, 3)
+    cache = feature_cache(model, _pairs(cfg, data, aug), 3, bf16=cfg.bf16)
     assert cache.shape == (64, 3, 24) and cache.dtype == torch.bfloat16
     with torch.autocast("cpu", dtype=torch.bfloat16):
         live = model.backbone(a)
@@ -132,7 +136,7 @@ def test_views_of_image_files_are_repeatable_and_leave_the_global_generator_alon
     cfg = _cfg()
     aug = cfg.augment_config(1, in_memory=False)
     before = torch.get_rng_state()
-    first = torch.cat(list(view_images(cfg, data, aug, 1)))
+    first = torch.cat(list(_pairs(cfg, data, aug).views(1)))
     assert torch.equal(torch.get_rng_state(), before)
-    assert torch.equal(first, torch.cat(list(view_images(cfg, data, aug, 1))))
-    assert not torch.equal(first, torch.cat(list(view_images(cfg, data, aug, 0))))
+    assert torch.equal(first, torch.cat(list(_pairs(cfg, data, aug).views(1))))
+    assert not torch.equal(first, torch.cat(list(_pairs(cfg, data, aug).views(0))))

@@ -10,7 +10,7 @@ from PIL import Image
 from cibhash_ext.config import TrainConfig, load_config
 from cibhash_ext.data import ImageSet, RetrievalData
 from cibhash_ext.neighbours import THUMBNAIL_SIDE, draw_partners, image_neighbours, nearest_neighbours
-from cibhash_ext.pipeline import train_batches
+from cibhash_ext.pipeline import ImagePairs
 from cibhash_ext.transforms import AugmentConfig
 
 
@@ -87,7 +87,8 @@ def test_a_table_of_the_images_themselves_gives_the_papers_views_bit_for_bit():
     cfg = TrainConfig(dataset="tensor", batch_size=16, neighbours=0)
     aug = cfg.augment_config(1)
     own = torch.arange(64)[:, None]
-    for plain, paired in zip(train_batches(cfg, _data(images), aug, 2), train_batches(cfg, _data(images), aug, 2, None, own)):
+    source = ImagePairs(_data(images).train, aug, cfg.batch_size, cfg.seed)
+    for plain, paired in zip(source.batches(2), source.batches(2, own)):
         assert torch.equal(plain[0], paired[0]) and torch.equal(plain[1], paired[1])
 
 
@@ -101,7 +102,7 @@ def test_the_second_view_comes_from_the_partner():
     table = (torch.arange(64)[:, None] + torch.tensor([[1, 2]])) % 64
     mean, std = aug.mean[0], aug.std[0]
     level_of = lambda view: torch.round((view[:, 0, 0, 0] * std + mean) * 255).long() // 4  # noqa: E731
-    for first, second in train_batches(cfg, _data(images), aug, 0, None, table):
+    for first, second in ImagePairs(_data(images).train, aug, 16, cfg.seed).batches(0, table):
         assert torch.allclose(first.amax(dim=(1, 2, 3)), first.amin(dim=(1, 2, 3)))
         index, partner = level_of(first), level_of(second)
         assert (((partner - index) % 64 == 1) | ((partner - index) % 64 == 2)).all()
@@ -122,7 +123,7 @@ def test_the_pil_pipeline_takes_the_matching_view_of_a_two_view_transform(tmp_pa
 
     cfg = TrainConfig(dataset="tensor", batch_size=4, neighbours=0)
     table = ((torch.arange(16) + 5) % 16)[:, None]
-    for first, second in train_batches(cfg, data, cfg.augment_config(1, False), 0, two_views, table):
+    for first, second in ImagePairs(data.train, cfg.augment_config(1, False), 4, cfg.seed, transform=two_views).batches(0, table):
         assert (first[:, 1] == 0).all() and (second[:, 1] == 1).all()
         assert torch.equal((first[:, 0] / 16 + 5) % 16, second[:, 0] / 16)
 
