@@ -363,5 +363,16 @@ class TrainingObjective(nn.Module):
             total = total + terms["features"]
         return total, terms
 
+    def checkpoint_state(self) -> dict:
+        """What a checkpoint keeps of the objective: the memory banks (``criteria``), when there are."""
+        if not any(c.memory for c in self.criteria.values()):
+            return {}
+        return {"criteria": {length: c.state_dict() for length, c in self.criteria.items()}}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        """Restores what :meth:`checkpoint_state` kept (nothing when ``state`` has no ``criteria``)."""
+        for length, criterion_state in state.get("criteria", {}).items():
+            self.criteria[str(int(length))].load_state_dict(criterion_state)
+
     def extra_repr(self) -> str:
         return f"feature_loss={self.feature_loss}, feature_temperature={self.feature_temperature}"

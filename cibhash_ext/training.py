@@ -238,19 +238,13 @@ def _train(cfg: TrainConfig, plan: RunPlan, run_dir: str, resume: bool, data: Re
     for epoch in range(start_epoch, cfg.epochs):
         # Global RNG (dropout) seeded per epoch too, so an epoch is the same with or without a resume before it.
         torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7_919 * rank)
-        binarize_gen = epoch_generator(cfg.seed, epoch, salt=2 * rank + 1)
         model.train()
-        started, sums = time.time(), {}
+        started = time.time()
         pairing.before_epoch(epoch, model)
-        batches = source.batches(epoch, pairing.table)
-        for view1, view2 in progress(batches, f"epoch {epoch + 1}/{cfg.epochs}", steps, cfg.progress and rank == 0,
-                                     "batch"):
-            optimizer.zero_grad(set_to_none=True)
-            losses = train_step(net, objective, view1, view2, binarize_gen, device=plan.device, bf16=plan.bf16,
-                                channels_last=plan.channels_last, features=source.features)
-            optimizer.step()
-            scheduler.step()
-            _accumulate(sums, losses, epoch)
+        batches = progress(source.batches(epoch, pairing.table), f"epoch {epoch + 1}/{cfg.epochs}", steps,
+                           cfg.progress and rank == 0, "batch")
+        sums = _train_epoch(net, objective, optimizer, scheduler, batches, epoch_generator(cfg.seed, epoch, 2 * rank + 1),
+                            plan, source.features, epoch)
         record = _epoch_record(epoch, sums, steps, len(cfg.code_lengths), time.time() - started, scheduler)
         train_seconds += record["seconds"]
         history.append(record)
@@ -259,9 +253,7 @@ def _train(cfg: TrainConfig, plan: RunPlan, run_dir: str, resume: bool, data: Re
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng_cpu": torch.get_rng_state(), "epoch": epoch, "history": history, "train_seconds": train_seconds,
                 "config": cfg.to_dict(), "input_shape": list(plan.input_shape), "processes": plan.processes,
-                **({"criteria": {str(v): objective.criteria[str(v)].state_dict() for v in cfg.code_lengths}}
-                   if cfg.memory else {}),
-                **pairing.checkpoint_state(epoch),
+                **objective.checkpoint_state(), **pairing.checkpoint_state(epoch),
             })
         LOG.info("epoch %d/%d loss %.4f (mean per code length; %s) lr %.2e time %.1fs", epoch + 1, cfg.epochs,
                  record["loss"], ", ".join(f"{k} {v:.4f}" for k, v in record["losses"].items()), record["lr"],
@@ -279,6 +271,20 @@ def _train(cfg: TrainConfig, plan: RunPlan, run_dir: str, resume: bool, data: Re
     return finish_run(run_dir, metrics)
 
 
+def _train_epoch(net: nn.Module, objective: TrainingObjective, optimizer: torch.optim.Optimizer, scheduler,
+                 batches, binarize_gen: torch.Generator, plan: RunPlan, features: bool, epoch: int) -> dict[str, float]:
+    """One epoch's steps over ``batches`` of (view1, view2); returns the sums of its losses by name."""
+    sums: dict[str, float] = {}
+    for view1, view2 in batches:
+        optimizer.zero_grad(set_to_none=True)
+        losses = train_step(net, objective, view1, view2, binarize_gen, device=plan.device, bf16=plan.bf16,
+                            channels_last=plan.channels_last, features=features)
+        optimizer.step()
+        scheduler.step()
+        _accumulate(sums, losses, epoch)
+    return sums
+
+
 def _restore(state: dict, run_dir: str, model: CIBHashModel, optimizer, scheduler, objective: TrainingObjective,
              plan: RunPlan) -> tuple[int, list, float]:
     """Loads a checkpoint's states; returns (first epoch to train, history, training seconds so far)."""
@@ -286,8 +292,7 @@ def _restore(state: dict, run_dir: str, model: CIBHashModel, optimizer, schedule
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng_cpu"])
-    for v, criterion_state in state.get("criteria", {}).items():
-        objective.criteria[str(int(v))].load_state_dict(criterion_state)
+    objective.load_checkpoint_state(state)
     if int(state.get("processes", 1)) != plan.processes:
         raise ValueError(
             f"{run_dir} was trained by {state.get('processes', 1)} processes; resume it with as many "
