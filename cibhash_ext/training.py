@@ -197,7 +197,10 @@ def train_step(net: nn.Module, objective: TrainingObjective, view1: Tensor, view
 
 def _make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: int):
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=cfg.warmup)
+        # OneCycleLR divides by zero when the warm-up ends exactly at the first step (warmup x steps
+        # == 1, e.g. 10 steps at 0.1: a small folder); a hair less is that limit, where it does not.
+        warmup = cfg.warmup * (1 - 1e-9) if cfg.warmup * steps == 1 else cfg.warmup
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=warmup)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 

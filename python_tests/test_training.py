@@ -361,3 +361,15 @@ def test_a_ci_sized_run_beats_itq_on_the_same_data(tmp_path):
                     progress=False, threads=1, eval_curves=False, baselines=("itq",)).metrics
     margins = {v: metrics["cibhash"][v]["map"] - metrics["itq"][v]["map"] for v in ("16", "32")}
     assert margins["16"] > 0.014 and margins["32"] > 0.029, margins
+
+
+def test_a_run_whose_warm_up_is_exactly_one_step_trains(tmp_path):
+    # 80 training images in batches of 16 for 2 epochs: 10 steps, and the 0.1 warm-up is one step,
+    # where torch's OneCycleLR alone divides by zero.
+    images = torch.randint(0, 256, (96, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    _, metrics = train(data=images, run_dir=str(tmp_path / "run"), query_size=16, batch_size=16, epochs=2,
+                       backbone="mlp", mlp_widths=(16,), hidden=8, code_lengths=(8,), threads=1, progress=False,
+                       evaluate=False)
+    history = metrics["train"]["history"]
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+    assert history[0]["lr"] > history[1]["lr"] > 0  # past the peak at the first step, decaying
