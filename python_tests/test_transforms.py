@@ -162,6 +162,9 @@ def test_crop_areas_and_ratios_follow_the_configured_law():
     law itself and with torchvision's RandomResizedCrop.get_params sampled as many times."""
     from torchvision.transforms import RandomResizedCrop
 
+    # The measurement itself: the whole image (no crop) reads sides of exactly 1.
+    width, height = _measured_crops(identity_config(), 8)
+    np.testing.assert_allclose(np.concatenate([width, height]), 1.0, atol=1e-5)
     n, scale, ratio = 4000, (0.3, 0.6), (3 / 4, 4 / 3)  # small enough that no crop is clipped to the image
     width, height = _measured_crops(dataclasses.replace(identity_config(), crop_scale=scale, crop_ratio=ratio), n)
     area, log_ratio = width * height, np.log(width / height)
