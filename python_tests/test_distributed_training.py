@@ -1,5 +1,6 @@
 """Multi-process training on gloo: 2 processes x batch 32 give the loss, gradients and batch-norm
-statistics of 1 process x batch 64; torchrun trains end to end with only rank 0 writing the run."""
+statistics of 1 process x batch 64; the refreshed neighbour table on rank 1 is rank 0's; torchrun
+trains end to end with only rank 0 writing the run."""
 
 from __future__ import annotations
 
@@ -111,6 +112,66 @@ def test_global_batch_norm_is_batch_norm_in_one_process():
     assert set(converted.state_dict()) == set(plain[:2].state_dict())
 
 
+NEIGHBOURS = 5
+
+
+def _refresh_worker(rank: int, world: int, workdir: str) -> None:
+    """Neighbour positives on one rank: the pixel table, then the refresh before epoch 2 (every 2 epochs)."""
+    from cibhash_ext.data import ImageSet
+    from cibhash_ext.distributed import init_process_group
+    from cibhash_ext.models import build_model
+    from cibhash_ext.pairing import NeighbourPairs
+    from cibhash_ext.transforms import EvalTransform
+
+    init_process_group("gloo", timeout_s=30, rank=rank, world_size=world)
+    model = build_model(_config(), SHAPE)
+    # Rank 1 holds other weights than rank 0: the table it ends with must still be rank 0's.
+    model.load_state_dict(torch.load(os.path.join(workdir, f"model{min(rank, 1)}.pt")))
+    pairs = NeighbourPairs(ImageSet(None, images=torch.load(os.path.join(workdir, "images.pt"))), NEIGHBOURS, 2,
+                           EvalTransform(SHAPE, (0.5,), (0.25,)), "cpu", bf16=False, channels_last=False)
+    tables = {"pixels": pairs.table.clone()}
+    pairs.before_epoch(1, model)  # not a multiple of the refresh: the table stays
+    tables["epoch1"] = pairs.table.clone()
+    pairs.before_epoch(2, model)
+    tables["epoch2"] = pairs.table.clone()
+    torch.save(tables, os.path.join(workdir, f"tables{rank}.pt"))
+
+
+def _feature_table(model, images: torch.Tensor) -> np.ndarray:
+    """The neighbour table written out in NumPy: each image's most cosine-similar other images by the
+    backbone features of the eval-mode model (equal similarities by the lower index)."""
+    model.eval()
+    with torch.no_grad():
+        features = model.backbone((images.float() / 255 - 0.5) / 0.25).double().numpy()
+    x = features / np.linalg.norm(features, axis=1, keepdims=True)
+    similarity = x @ x.T
+    np.fill_diagonal(similarity, -np.inf)
+    return np.argsort(-similarity, axis=1, kind="stable")[:, :NEIGHBOURS]
+
+
+def test_refreshed_neighbours_on_the_second_rank_are_rank_0s_feature_table(tmp_path):
+    from cibhash_ext.models import build_model
+
+    torch.manual_seed(5)
+    models = [build_model(_config(), SHAPE) for _ in range(WORLD)]
+    for rank, model in enumerate(models):
+        torch.save(model.state_dict(), tmp_path / f"model{rank}.pt")
+    images = torch.randint(0, 256, (96, *SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
+    torch.save(images, tmp_path / "images.pt")
+    fork_ranks(_refresh_worker, WORLD, str(tmp_path), timeout_s=60)
+    tables = [torch.load(tmp_path / f"tables{rank}.pt") for rank in range(WORLD)]
+
+    expected = _feature_table(models[0], images)
+    for rank in range(WORLD):
+        assert torch.equal(tables[rank]["epoch1"], tables[rank]["pixels"])
+        # On every rank, rank 0's features' table, equal to the one computed here in one process.
+        np.testing.assert_array_equal(tables[rank]["epoch2"].numpy(), expected, err_msg=f"rank {rank}")
+    # The case exercises what it claims: the refresh changed the table, and rank 1's own weights
+    # would have given another one.
+    assert not np.array_equal(tables[1]["pixels"].numpy(), expected)
+    assert not np.array_equal(_feature_table(models[1], images), expected)
+
+
 @pytest.fixture(scope="module")
 def torchrun_run(tmp_path_factory):
     if not os.path.isdir(FASHION_MNIST_ROOT):
@@ -134,7 +195,8 @@ def test_torchrun_trains_and_only_rank_0_writes(torchrun_run):
                                            "retrieval.png", "train.log"]
     log = (run_dir / "train.log").read_text()
     assert log.count(" loss ") == 2, log  # one line per epoch: no second writer
-    # The neighbours found again from the features before epoch 2 (rank 0 computes, all receive them).
+    # The neighbours found again from the features before epoch 2 (rank 0 computes, all receive them:
+    # the tables' values are checked by test_refreshed_neighbours_on_the_second_rank_are_rank_0s_feature_table).
     assert log.count("space of the backbone's features after epoch 1") == 1, log
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train"]["processes"] == WORLD

@@ -124,3 +124,78 @@ def test_rotation_and_shift_are_drawn_only_when_asked_for():
     assert (shifted - disc).abs().sum(dim=(1, 2, 3)).max() > 10
     names = repr(build_pil_transform(dataclasses.replace(AugmentConfig.paper(), rotate=10.0, translate=0.1)))
     assert "RandomAffine" in names and "RandomAffine" not in repr(build_pil_transform(AugmentConfig.paper()))
+
+
+def _ks_distance(samples: np.ndarray, cdf) -> float:
+    """Kolmogorov-Smirnov distance between the samples' empirical law and ``cdf``."""
+    x = np.sort(samples)
+    f = cdf(x)
+    n = len(x)
+    return float(max((np.arange(1, n + 1) / n - f).max(), (f - np.arange(n) / n).max()))
+
+
+def _ks_two_sample(a: np.ndarray, b: np.ndarray) -> float:
+    grid = np.sort(np.concatenate([a, b]))
+    ecdf = lambda s: np.searchsorted(np.sort(s), grid, side="right") / len(s)  # noqa: E731
+    return float(np.abs(ecdf(a) - ecdf(b)).max())
+
+
+def _measured_crops(cfg: AugmentConfig, n: int, side: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Width and height (fractions of the image's) of the crop BatchAugment took of each of n images,
+    read off its output: channel 0 of the input is a horizontal ramp and channel 1 a vertical one, and
+    bilinear sampling of a ramp is exact, so the output's slope between two interior pixels is the
+    crop's side (the only other operation left on is the normalisation by mean 0 and std 1)."""
+    cfg = dataclasses.replace(cfg, size=0, hflip_p=0.0, jitter_p=0.0, erase_p=0.0, rotate=0.0, translate=0.0,
+                              mean=(0.0, 0.0), std=(1.0, 1.0))
+    ramp = torch.arange(side, dtype=torch.float32) / (side - 1)
+    images = torch.stack([ramp.expand(side, side), ramp[:, None].expand(side, side)])[None].expand(n, 2, side, side)
+    out = BatchAugment(cfg)(images, generator=torch.Generator().manual_seed(seed)).double().numpy()
+    first, last, middle = 4, side - 5, side // 2  # interior: never blended with the zero padding
+    width = (out[:, 0, middle, last] - out[:, 0, middle, first]) * (side - 1) / (last - first)
+    height = (out[:, 1, last, middle] - out[:, 1, first, middle]) * (side - 1) / (last - first)
+    return width, height
+
+
+def test_crop_areas_and_ratios_follow_the_configured_law():
+    """The crop of BatchAugment is RandomResizedCrop's: an area uniform in crop_scale (as a fraction of
+    the image) and a log-uniform aspect ratio in crop_ratio. Measured on the output, compared with the
+    law itself and with torchvision's RandomResizedCrop.get_params sampled as many times."""
+    from torchvision.transforms import RandomResizedCrop
+
+    # The measurement itself: the whole image (no crop) reads sides of exactly 1.
+    width, height = _measured_crops(identity_config(), 8)
+    np.testing.assert_allclose(np.concatenate([width, height]), 1.0, atol=1e-5)
+    n, scale, ratio = 4000, (0.3, 0.6), (3 / 4, 4 / 3)  # small enough that no crop is clipped to the image
+    width, height = _measured_crops(dataclasses.replace(identity_config(), crop_scale=scale, crop_ratio=ratio), n)
+    area, log_ratio = width * height, np.log(width / height)
+    # Every crop inside the configured bounds, and the bounds reached: a wrong scale moves one of them.
+    assert scale[0] - 1e-4 <= area.min() < scale[0] + 0.005 and scale[1] - 0.005 < area.max() <= scale[1] + 1e-4
+    lo, hi = np.log(ratio)
+    assert lo - 1e-4 <= log_ratio.min() < lo + 0.01 and hi - 0.01 < log_ratio.max() <= hi + 1e-4
+    # The law inside them: areas uniform (not sides uniform, nor areas squared), log-ratios uniform.
+    # 1.95 / sqrt(n) is the Kolmogorov-Smirnov critical distance at the 0.001 level (0.031 here).
+    critical = 1.95 / np.sqrt(n)
+    assert _ks_distance(area, lambda a: (a - scale[0]) / (scale[1] - scale[0])) < critical
+    assert _ks_distance(log_ratio, lambda r: (r - lo) / (hi - lo)) < critical
+    # And torchvision's sampler of the same scale and ratio (on a large image, so rounding is negligible).
+    big = torch.zeros(1, 1000, 1000)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        params = np.array([RandomResizedCrop.get_params(big, list(scale), list(ratio))[2:] for _ in range(n)])
+    reference_area = params[:, 0] * params[:, 1] / 1000**2
+    assert _ks_two_sample(area, reference_area) < 1.95 * np.sqrt(2 / n)
+
+
+def test_default_recipe_crops_stay_in_its_scale_range():
+    """The Fashion-MNIST recipe's crops (50-100 % of the area; 70-100 % with neighbour positives): a
+    crop wider than the image is clipped to it, so every area lies in the range and its lower end is hit."""
+    for neighbours, scale in ((False, (0.5, 1.0)), (True, (0.7, 1.0))):
+        cfg = AugmentConfig.small_grayscale(neighbours)
+        assert cfg.crop_scale == scale
+        width, height = _measured_crops(cfg, 2000, seed=1)
+        area = width * height
+        assert scale[0] - 1e-4 <= area.min() < scale[0] + 0.01 and area.max() <= 1 + 1e-4
+        assert width.max() <= 1 + 1e-4 and height.max() <= 1 + 1e-4
+    # The PIL pipeline hands the same range to torchvision's RandomResizedCrop.
+    crop = next(s for s in build_pil_transform(AugmentConfig.paper()).transforms if type(s).__name__ == "RandomResizedCrop")
+    assert (tuple(crop.scale), tuple(crop.ratio)) == (AugmentConfig.paper().crop_scale, AugmentConfig.paper().crop_ratio)
