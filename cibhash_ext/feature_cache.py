@@ -1,7 +1,7 @@
 """The feature cache of a frozen backbone: K augmented views of every training image passed through
 the backbone once, so that each epoch trains the hash heads alone on two cached views per image.
 
-A frozen backbone in eval mode (``efficientnet_lite0``) maps a view to the same features in every
+A frozen backbone in eval mode (``efficientnet_lite0``, a frozen torchvision or timm model) maps a view to the same features in every
 epoch, so training on cached features is training on those K views with the backbone run live; what
 changes is that each epoch draws its two views of an image among the same K instead of fresh ones.
 The paper's VGG-16 keeps its dropout active while training, so its features are not fixed and it
@@ -39,7 +39,8 @@ def check_cacheable(model: CIBHashModel) -> None:
     backbone = model.backbone
     if not isinstance(backbone, FrozenBackbone) or backbone.train_mode:
         kind = "keeps its dropout active while training" if isinstance(backbone, FrozenBackbone) else "trains"
-        raise ValueError(f"feature_cache needs a frozen backbone in eval mode (efficientnet_lite0); this backbone "
+        raise ValueError(f"feature_cache needs a frozen backbone in eval mode (a FrozenBackbone with train_mode "
+                         f"False, as efficientnet_lite0 or a frozen torchvision:NAME); this backbone "
                          f"({type(backbone.module if isinstance(backbone, FrozenBackbone) else backbone).__name__}) "
                          f"{kind}, so its features change from epoch to epoch")
 
@@ -83,16 +84,16 @@ def feature_cache(cfg: TrainConfig, model: CIBHashModel, data: RetrievalData, au
     return torch.stack(rows, dim=1)
 
 
-def cached_view_batches(cfg: TrainConfig, cache: Tensor, epoch: int,
-                        neighbours: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+def cached_view_batches(cfg: TrainConfig, cache: Tensor, epoch: int, neighbours: Tensor | None = None,
+                        batch_size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """This process's (features of view 1, features of view 2) batches of one epoch: two different
     cached views of each image (the second of its partner with neighbour positives), in the order
     and with the partners that :func:`cibhash_ext.pipeline.train_batches` uses for the same epoch
-    (:func:`cibhash_ext.pipeline.epoch_order`)."""
+    (:func:`cibhash_ext.pipeline.epoch_order`), of ``batch_size`` images (default ``cfg.batch_size``)."""
     n, k = cache.shape[:2]
     g = epoch_generator(cfg.seed, epoch, salt=2 * distributed.rank())
     partners = epoch_partners(cfg.seed, neighbours, epoch)
-    for index in epoch_order(cfg.seed, n, epoch, cfg.batch_size):
+    for index in epoch_order(cfg.seed, n, epoch, cfg.batch_size if batch_size is None else batch_size):
         first = torch.randint(k, (len(index),), generator=g)
         second = (first + 1 + torch.randint(k - 1, (len(index),), generator=g)) % k
         yield cache[index, first], cache[index if partners is None else partners[index], second]

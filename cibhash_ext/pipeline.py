@@ -25,12 +25,14 @@ from cibhash_ext.transforms import (
     EvalTransform,
     TwoViews,
     build_pil_transform,
+    resize,
 )
 
 __all__ = [
     "ImageViews",
     "NeighbourViews",
     "autocast",
+    "capped_batch",
     "epoch_generator",
     "epoch_order",
     "epoch_partners",
@@ -160,6 +162,21 @@ def epoch_partners(seed: int, neighbours: Tensor | None, epoch: int) -> Tensor |
     return None if neighbours is None else draw_partners(neighbours, epoch_generator(seed, epoch, salt=-1))
 
 
+def capped_batch(batch_size: int, images: int) -> int:
+    """The batch per process of a run on ``images`` training images: ``batch_size``, capped at each
+    process's share of the training set, so that a set smaller than one global batch trains in one
+    step per epoch.
+
+    Raises:
+        ValueError: a process would get fewer than 2 images (NT-Xent needs a negative).
+    """
+    processes = distributed.world_size()
+    if images // processes < 2:
+        raise ValueError(f"the training set ({images} images) is too small: each of the {processes} processes needs "
+                         f"at least 2 images per batch")
+    return min(batch_size, images // processes)
+
+
 def n_batches(batch_size: int, images: int) -> int:
     """Steps per epoch over ``images`` training images: global batches of world_size x batch_size images."""
     global_batch = batch_size * distributed.world_size()
@@ -173,12 +190,12 @@ def n_batches(batch_size: int, images: int) -> int:
 
 
 def train_batches(cfg: TrainConfig, data: RetrievalData, aug: AugmentConfig, epoch: int,
-                  transform: Callable | None = None,
-                  neighbours: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+                  transform: Callable | None = None, neighbours: Tensor | None = None,
+                  batch_size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """Yields this process's (view1, view2) batches of one epoch, seeded by (seed, epoch, rank).
 
     Args:
-        cfg (TrainConfig): batch size, pipeline, workers, seed.
+        cfg (TrainConfig): pipeline, workers, seed (and the batch size unless ``batch_size`` is given).
         data (RetrievalData): the training images are ``data.train``.
         aug (AugmentConfig): the built-in augmentation.
         epoch (int): the epoch (0-based).
@@ -187,17 +204,19 @@ def train_batches(cfg: TrainConfig, data: RetrievalData, aug: AugmentConfig, epo
         neighbours (Tensor[N, k], int64, optional): neighbour positives
             (:func:`cibhash_ext.neighbours.image_neighbours`): the second view of each image is a view
             of one of its neighbours, drawn per epoch from (seed, epoch) alone.
+        batch_size (int, optional): images per batch and process (a run's plan), else ``cfg.batch_size``.
     """
     images = data.train
+    batch_size = cfg.batch_size if batch_size is None else batch_size
     g = epoch_generator(cfg.seed, epoch, salt=2 * distributed.rank())
-    batches = epoch_order(cfg.seed, len(images), epoch, cfg.batch_size)
+    batches = epoch_order(cfg.seed, len(images), epoch, batch_size)
     partners = epoch_partners(cfg.seed, neighbours, epoch)
     if use_batch_pipeline(cfg, images, aug, transform):
         augment = BatchAugment(aug)
         for index in batches:
             second = index if partners is None else partners[index]
             views = augment(torch.cat([images.images[index], images.images[second]]), generator=g)
-            yield views[: cfg.batch_size], views[cfg.batch_size :]
+            yield views[: len(index)], views[len(index) :]
         return
     mode = "RGB" if len(aug.mean) == 3 else "L"
     two_views = transform if transform is not None else TwoViews(pil_augmentation(aug, images))
@@ -216,8 +235,7 @@ def eval_batches(images: ImageSet, transform: EvalTransform, batch_size: int, wo
         for i in range(0, len(images), batch_size):
             x = normalize(images.images[i : i + batch_size])
             if tuple(x.shape[-2:]) != (height, width):
-                x = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", align_corners=False,
-                                                    antialias=True)
+                x = resize(x, (height, width), transform.interpolation)
             yield x
         return
     yield from torch.utils.data.DataLoader(ImageViews(images, transform, transform.mode), batch_size=batch_size,

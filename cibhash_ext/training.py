@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from typing import Callable, NamedTuple
 
 import torch
@@ -29,7 +30,7 @@ from cibhash_ext import distributed, run_dir as runs
 from cibhash_ext.config import TrainConfig, check_device, load_config
 from cibhash_ext.data import DATASETS, RetrievalData, as_retrieval_data, load_dataset
 from cibhash_ext.encode import Encoder
-from cibhash_ext.feature_cache import cached_view_batches, feature_cache
+from cibhash_ext.feature_cache import cached_view_batches, check_cacheable, feature_cache
 from cibhash_ext.losses import CIBHashLoss, TrainingObjective
 from cibhash_ext.models import CUSTOM_BACKBONE, CIBHashModel, build_model
 from cibhash_ext.pairing import NeighbourPairs, SameImage
@@ -133,8 +134,14 @@ def train(
         torch.set_num_threads(cfg.threads)
     data = _load_data(cfg, data)
     plan = RunPlan.resolve(cfg, data)
+    if plan.batch_size < cfg.batch_size and distributed.rank() == 0:
+        processes = "1 process" if plan.processes == 1 else f"{plan.processes} processes"
+        warnings.warn(f"batch size capped at {plan.batch_size}: the training set ({len(data.train)} images) is smaller "
+                      f"than one global batch ({processes} x batch {cfg.batch_size})", stacklevel=2)
     torch.manual_seed(cfg.seed)  # the model's initial weights
     hashing_model = build_model(cfg, plan.input_shape, backbone=model)
+    if cfg.feature_cache:
+        check_cacheable(hashing_model)
     if distributed.rank() != 0:
         _train(cfg, plan, run_dir, resume, data, hashing_model, transform, on_epoch_end)
         return TrainResult(run_dir, None)
@@ -205,7 +212,7 @@ def _pairing(cfg: TrainConfig, plan: RunPlan, data: RetrievalData) -> SameImage 
     if not cfg.neighbours:
         return SameImage()
     return NeighbourPairs(data.train, cfg.neighbours, cfg.neighbour_refresh,
-                          EvalTransform(plan.input_shape, plan.augment.mean, plan.augment.std), plan.device, plan.bf16,
+                          EvalTransform(plan.input_shape, plan.augment.mean, plan.augment.std, plan.augment.interpolation), plan.device, plan.bf16,
                           plan.channels_last, cfg.workers)
 
 
@@ -227,7 +234,7 @@ def _train(cfg: TrainConfig, plan: RunPlan, run_dir: str, resume: bool, data: Re
     LOG.info(
         "training CIBHash on %s (%d images), backbone %s, codes %s bits, %d epochs of %d batches of %d x %d images, "
         "%d threads", data.name, len(data.train), cfg.backbone, "/".join(map(str, cfg.code_lengths)), cfg.epochs,
-        steps, plan.processes, cfg.batch_size, torch.get_num_threads(),
+        steps, plan.processes, plan.batch_size, torch.get_num_threads(),
     )
     prepared = time.time()
     pairing = _pairing(cfg, plan, data)
@@ -241,8 +248,8 @@ def _train(cfg: TrainConfig, plan: RunPlan, run_dir: str, resume: bool, data: Re
         model.train()
         started, sums = time.time(), {}
         pairing.before_epoch(epoch, model)
-        batches = (train_batches(cfg, data, plan.augment, epoch, transform, pairing.table) if cache is None
-                   else cached_view_batches(cfg, cache, epoch, pairing.table))
+        batches = (train_batches(cfg, data, plan.augment, epoch, transform, pairing.table, plan.batch_size)
+                   if cache is None else cached_view_batches(cfg, cache, epoch, pairing.table, plan.batch_size))
         for view1, view2 in progress(batches, f"epoch {epoch + 1}/{cfg.epochs}", steps, cfg.progress and rank == 0,
                                      "batch"):
             optimizer.zero_grad(set_to_none=True)

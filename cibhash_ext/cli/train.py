@@ -23,7 +23,7 @@ _ALIASES = {"stochastic": "--deterministic-binary", "eval_curves": "--no-curves"
 _GROUPS = {
     "data": ("dataset", "data_root", "train_size", "query_size", "database_size", "query_per_class", "train_per_class",
              "validation"),
-    "model": ("backbone", "backbone_weights", "convnet_widths", "convnet_fc", "mlp_widths", "code_lengths", "hidden",
+    "model": ("backbone", "backbone_weights", "backbone_frozen", "convnet_widths", "convnet_fc", "mlp_widths", "code_lengths", "hidden",
               "stochastic"),
     "evaluation and machine": ("topk", "baselines", "eval_curves", "evaluate", "device", "threads", "workers",
                                "progress"),
@@ -92,6 +92,8 @@ def _argument(field: dataclasses.Field, hint) -> tuple[list[str], dict]:
     if field.name == "dataset":  # Python data ("tensor", "dataset") cannot be named on a command line
         return [flag], {"type": str, "choices": DATASETS}
     closed = [c for c in choices(field.name) if c != CUSTOM_BACKBONE]  # a custom backbone is a Python module
+    if field.name == "backbone":  # the named models are open: TrainConfig.validate checks them
+        return [flag], {"type": str, "metavar": "{" + ",".join(closed) + ",torchvision:NAME,timm:NAME}"}
     return [flag], {"type": str, "choices": closed} if closed else {"type": base}
 
 
