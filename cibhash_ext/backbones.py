@@ -57,7 +57,8 @@ def _timm():
     try:
         import timm
     except ImportError:
-        raise ValueError("backbone timm:NAME needs the timm package, which is not installed (pip install timm)") from None
+        raise ValueError("backbone timm:NAME needs the timm package, which is not installed "
+                         "(pip install timm, or cibhash_ext[timm])") from None
     return timm
 
 

@@ -77,7 +77,8 @@ class TrainConfig:
         epochs (int, optional): schedule length; None is the dataset's default: on Fashion-MNIST
             what fits the 20-minute budget on 2 CPU threads, 40 with the convnet and 80 with the mlp
             (benchmarks/QUALITY.md), 20 elsewhere.
-        batch_size (int): images per batch and process (each gives two views).
+        batch_size (int): images per batch and process (each gives two views); capped at each
+            process's share of a smaller training set, with a warning.
         lr, weight_decay (float): AdamW settings (weight_decay 0 is Adam, as the paper).
         schedule (str): "onecycle" (warm-up then cosine decay) or "constant" (the paper).
         warmup (float): one-cycle warm-up fraction.

@@ -126,6 +126,15 @@ def test_a_frozen_named_backbone_trains_on_its_feature_cache(photos, resnet18_we
     assert np.isfinite(metrics["train"]["history"][0]["loss"])
 
 
+def test_a_timm_backbone_without_timm_installed_is_a_one_line_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
+    with pytest.raises(ValueError, match=r"backbone timm:NAME needs the timm package, which is not installed "
+                       r"\(pip install timm"):
+        TrainConfig(backbone="timm:resnet18")
+
+
 def test_a_timm_backbone_by_name():
     timm = pytest.importorskip("timm", reason="timm is optional and not installed")
     assert preprocessing("timm:test_resnet") == Preprocessing(160, (0.5,) * 3, (0.5,) * 3, "bilinear")
