@@ -16,6 +16,7 @@ import torch
 
 from cibhash_ext import encode, load_model
 from cibhash_ext.baselines import ITQ
+from cibhash_ext.config import TrainConfig
 from cibhash_ext.data import FASHION_MNIST_FILES, FASHION_MNIST_ROOT, load_fashion_mnist
 from cibhash_ext.evaluation import evaluate_codes
 from cibhash_ext.run_dir import load_run_config
@@ -84,7 +85,10 @@ def test_an_old_killed_run_resumes_to_the_weights_of_the_complete_run(tmp_path, 
     train(cfg, run_dir=run, resume=True)
     resumed = torch.load(os.path.join(run, "model.pt"), weights_only=True)
     complete = torch.load(FIXTURE / "complete" / "model.pt", weights_only=True)
-    assert resumed["config"] == complete["config"] and resumed["input_shape"] == complete["input_shape"]
+    # The same configuration, plus the settings added since the fixture was written, at their defaults.
+    added = {k: v for k, v in TrainConfig().to_dict().items() if k not in complete["config"]}
+    assert added == {"backbone_frozen": None}
+    assert resumed["config"] == {**complete["config"], **added} and resumed["input_shape"] == complete["input_shape"]
     assert set(resumed["state_dict"]) == set(complete["state_dict"])
     for name, weights in complete["state_dict"].items():
         assert torch.equal(resumed["state_dict"][name], weights), name

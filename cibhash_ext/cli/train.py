@@ -9,6 +9,7 @@ import os
 import re
 import typing
 
+from cibhash_ext.backbones import is_hub_backbone
 from cibhash_ext.cli.common import positive_list, set_threads
 from cibhash_ext.config import TrainConfig, choices, load_config
 from cibhash_ext.data import DATASETS
@@ -73,6 +74,13 @@ def _baselines(text: str) -> tuple[str, ...]:
     return names
 
 
+class _BackboneChoices(tuple):
+    """The closed backbone names, and any "torchvision:NAME" or "timm:NAME" (TrainConfig.validate checks NAME)."""
+
+    def __contains__(self, value) -> bool:
+        return is_hub_backbone(value) or super().__contains__(value)
+
+
 def _argument(field: dataclasses.Field, hint) -> tuple[list[str], dict]:
     """The add_argument flags and keywords of one TrainConfig field."""
     flag = "--" + field.name.replace("_", "-")
@@ -92,8 +100,9 @@ def _argument(field: dataclasses.Field, hint) -> tuple[list[str], dict]:
     if field.name == "dataset":  # Python data ("tensor", "dataset") cannot be named on a command line
         return [flag], {"type": str, "choices": DATASETS}
     closed = [c for c in choices(field.name) if c != CUSTOM_BACKBONE]  # a custom backbone is a Python module
-    if field.name == "backbone":  # the named models are open: TrainConfig.validate checks them
-        return [flag], {"type": str, "metavar": "{" + ",".join(closed) + ",torchvision:NAME,timm:NAME}"}
+    if field.name == "backbone":
+        return [flag], {"type": str, "choices": _BackboneChoices(closed),
+                        "metavar": "{" + ",".join(closed) + ",torchvision:NAME,timm:NAME}"}
     return [flag], {"type": str, "choices": closed} if closed else {"type": base}
 
 
