@@ -46,3 +46,25 @@ def test_a_plan_is_resolved_from_the_data_and_fails_before_the_run_starts():
     with pytest.raises(ValueError, match=r"the training set \(1 images\) is too small: each of the 1 processes needs "
                        "at least 2 images"):
         RunPlan.resolve(TrainConfig(dataset="tensor"), as_retrieval_data(images[:2], query_size=1))
+
+
+def test_under_several_processes_the_batch_is_capped_per_process(monkeypatch):
+    from cibhash_ext import pipeline
+
+    monkeypatch.setattr(pipeline.distributed, "world_size", lambda: 2)
+    assert (pipeline.capped_batch(256, 45), pipeline.capped_batch(16, 45), pipeline.n_batches(22, 45)) == (22, 16, 1)
+    with pytest.raises(ValueError, match="the training set \\(3 images\\) is too small: each of the 2 processes"):
+        pipeline.capped_batch(256, 3)
+
+
+def test_a_named_backbone_resolves_to_its_own_preprocessing():
+    import torch
+
+    from cibhash_ext.data import as_retrieval_data
+
+    data = as_retrieval_data(torch.zeros(20, 1, 16, 16, dtype=torch.uint8), query_size=4)
+    plan = RunPlan.resolve(TrainConfig(dataset="tensor", backbone="torchvision:efficientnet_b3"), data)
+    assert plan.input_shape == (3, 300, 300) and plan.augment.interpolation == "bicubic"
+    assert plan.resolved()["augment"]["interpolation"] == "bicubic" and plan.resolved()["batch_size"] == 16
+    bilinear = RunPlan.resolve(TrainConfig(dataset="tensor", backbone="torchvision:resnet18"), data)
+    assert bilinear.augment.interpolation == "bilinear" and "interpolation" not in bilinear.resolved()["augment"]
