@@ -261,7 +261,7 @@ class TrainConfig:
             raise ValueError(f"feature_cache must be 0 or at least 2 views with a frozen backbone in eval mode "
                              f"(efficientnet_lite0, a frozen torchvision:NAME or timm:NAME), got {self.feature_cache} "
                              f"with backbone {self.backbone}"
-                             + (" (not frozen)" if hub else ""))
+                             + (" (not frozen)" if hub and not cacheable else ""))
         for name in ("schedule", "augment_preset", "pipeline"):
             if getattr(self, name) not in choices(name):
                 raise ValueError(f"{name} must be one of {', '.join(choices(name))}, got {getattr(self, name)!r}")

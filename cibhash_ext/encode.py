@@ -58,8 +58,9 @@ class Encoder:
         shape = tuple(int(v) for v in input_shape)
         aug = cfg.augment_config(shape[0])
         module.eval()
-        return cls(module, EvalTransform(shape, aug.mean, aug.std, aug.interpolation), shape, tuple(module.code_lengths), cfg,
-                   str(cfg.device), cfg.bf16, cfg.channels_last and cfg.backbone == "convnet")
+        view = EvalTransform(shape, aug.mean, aug.std, aug.interpolation)
+        return cls(module, view, shape, tuple(module.code_lengths), cfg, str(cfg.device), cfg.bf16,
+                   cfg.channels_last and cfg.backbone == "convnet")
 
 
 def load_model(run_dir: str | os.PathLike, device: str | torch.device | None = None,

@@ -136,8 +136,8 @@ def train(
     plan = RunPlan.resolve(cfg, data)
     if plan.batch_size < cfg.batch_size and distributed.rank() == 0:
         processes = "1 process" if plan.processes == 1 else f"{plan.processes} processes"
-        warnings.warn(f"batch size capped at {plan.batch_size}: the training set ({len(data.train)} images) is smaller "
-                      f"than one global batch ({processes} x batch {cfg.batch_size})", stacklevel=2)
+        warnings.warn(f"batch size capped at {plan.batch_size}: the training set ({len(data.train)} images) is "
+                      f"smaller than one global batch ({processes} x batch {cfg.batch_size})", stacklevel=2)
     torch.manual_seed(cfg.seed)  # the model's initial weights
     hashing_model = build_model(cfg, plan.input_shape, backbone=model)
     if cfg.feature_cache:
@@ -211,8 +211,8 @@ def _pairing(cfg: TrainConfig, plan: RunPlan, data: RetrievalData) -> SameImage 
     """The pairing strategy: neighbour positives when on, else the two views of one image."""
     if not cfg.neighbours:
         return SameImage()
-    return NeighbourPairs(data.train, cfg.neighbours, cfg.neighbour_refresh,
-                          EvalTransform(plan.input_shape, plan.augment.mean, plan.augment.std, plan.augment.interpolation), plan.device, plan.bf16,
+    view = EvalTransform(plan.input_shape, plan.augment.mean, plan.augment.std, plan.augment.interpolation)
+    return NeighbourPairs(data.train, cfg.neighbours, cfg.neighbour_refresh, view, plan.device, plan.bf16,
                           plan.channels_last, cfg.workers)
 
 
