@@ -136,3 +136,15 @@ def test_views_of_image_files_are_repeatable_and_leave_the_global_generator_alon
     assert torch.equal(torch.get_rng_state(), before)
     assert torch.equal(first, torch.cat(list(view_images(cfg, data, aug, 1))))
     assert not torch.equal(first, torch.cat(list(view_images(cfg, data, aug, 0))))
+
+
+def test_a_frozen_module_from_python_trains_on_its_cache_and_a_training_one_is_refused_before_the_run(tmp_path):
+    images = torch.randint(0, 256, (40, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    settings = dict(epochs=1, batch_size=8, code_lengths=(8,), hidden=16, feature_cache=2, progress=False, threads=1,
+                    evaluate=False, augment={"size": 16})
+    train(data=images, model=_frozen_cnn(), run_dir=tmp_path / "frozen", **settings)
+    assert "feature cache: 2 views" in (tmp_path / "frozen" / "train.log").read_text()
+    trains = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 8))
+    with pytest.raises(ValueError, match="feature_cache needs a frozen backbone in eval mode.*Sequential\\) trains"):
+        train(data=images, model=trains, run_dir=tmp_path / "trains", **settings)
+    assert not (tmp_path / "trains").exists()
