@@ -24,6 +24,7 @@ import typing
 import warnings
 from typing import Any, Literal
 
+from cibhash_ext.backbones import check_hub_name, hub_frozen, is_hub_backbone, preprocessing
 from cibhash_ext.data import DATASET_REGISTRY
 from cibhash_ext.files import read_json
 from cibhash_ext.models import BACKBONES, CUSTOM_BACKBONE, Backbone, missing_packages
@@ -33,6 +34,7 @@ __all__ = ["TrainConfig", "load_config", "stored_config", "check_device", "choic
            "with_recipes", "AUGMENT_PRESETS", "AugmentPreset", "BackboneChoice", "Baseline", "Pipeline", "Schedule"]
 
 # The closed choices of the settings, declared once: the checks and the command line read them.
+# A backbone is one of these names, or "torchvision:NAME" / "timm:NAME" (cibhash_ext.backbones).
 BackboneChoice = Literal["auto", Backbone, "custom"]
 Schedule = Literal["onecycle", "constant"]
 AugmentPreset = Literal["auto", "paper", "small_grayscale"]
@@ -70,8 +72,16 @@ class TrainConfig:
             Fashion-MNIST its features and codes beat the pixel mlp's at equal time once the
             neighbours are refreshed; benchmarks/QUALITY.md). The trained-from-scratch backbones
             (and a module passed from Python, "custom") see in-memory images at their size and image
-            files at 64x64 unless ``augment`` sets ``size``.
-        backbone_weights (str, optional): local weights file (vgg16: required).
+            files at 64x64 unless ``augment`` sets ``size``. "torchvision:NAME" (any classification
+            model of torchvision.models) or "timm:NAME" (with timm installed): that model without its
+            classifier (pooled features), its input size, mean, std and interpolation from its own
+            meta (``augment`` overrides them).
+        backbone_weights (str, optional): local weights file (vgg16: required; torchvision:NAME and
+            timm:NAME: a state dict of the whole model, else random weights with a warning). Nothing is
+            downloaded; a trained run reloads without it (its model.pt holds the weights).
+        backbone_frozen (bool, optional): torchvision:NAME and timm:NAME only: frozen (always in eval
+            mode, as the paper's VGG-16) or fine-tuned. None: frozen with a weights file, fine-tuned
+            from random weights without one.
         convnet_widths (tuple[int, ...]): channels of the convnet backbone's three conv blocks.
         convnet_fc (int): width of the convnet's fully connected feature layer.
         mlp_widths (tuple[int, ...]): hidden widths of the mlp backbone.
@@ -79,7 +89,8 @@ class TrainConfig:
         hidden (int): hash-head hidden width.
         epochs (int): schedule length. Fashion-MNIST's recipe: what fits the 20-minute budget on 2 CPU
             threads, 40 with the convnet and 80 with the mlp (benchmarks/QUALITY.md).
-        batch_size (int): images per batch and process (each gives two views).
+        batch_size (int): images per batch and process (each gives two views); capped at each
+            process's share of a smaller training set, with a warning.
         lr, weight_decay (float): AdamW settings (weight_decay 0 is Adam, as the paper).
         schedule (str): "onecycle" (warm-up then cosine decay) or "constant" (the paper).
         warmup (float): one-cycle warm-up fraction.
@@ -115,7 +126,8 @@ class TrainConfig:
             backbone a gradient that does not pass through the binary layer. 0: off, the paper's.
             Fashion-MNIST's recipe: 1 (measured on the validation split; benchmarks/QUALITY.md).
         feature_temperature (float): the temperature of that loss (0.1 beat 0.2 on Fashion-MNIST).
-        feature_cache (int): frozen backbones in eval mode (efficientnet_lite0): pass this many
+        feature_cache (int): frozen backbones in eval mode (efficientnet_lite0, a frozen torchvision:NAME
+            or timm:NAME, a frozen module from Python): pass this many
             augmented views of every training image through the backbone once, before training, and
             train the hash heads on two of them per image and epoch (:mod:`cibhash_ext.feature_cache`).
             0: off, fresh views through the backbone at every step.
@@ -150,6 +162,7 @@ class TrainConfig:
     validation: bool = False
     backbone: BackboneChoice = "auto"
     backbone_weights: str | None = None
+    backbone_frozen: bool | None = None
     convnet_widths: tuple[int, ...] = (32, 64, 64)
     convnet_fc: int = 512
     mlp_widths: tuple[int, ...] = (1024, 1024)
@@ -216,8 +229,15 @@ class TrainConfig:
             raise ValueError(
                 f"temperature must be one value > 0 or one per code length {self.code_lengths}, got {self.temperature}"
             )
-        if self.backbone not in (*BACKBONES, CUSTOM_BACKBONE):
-            raise ValueError(f"backbone must be one of auto, {', '.join(BACKBONES)}, got {self.backbone!r}")
+        hub = is_hub_backbone(self.backbone)
+        if hub:
+            check_hub_name(self.backbone)
+        elif self.backbone not in (*BACKBONES, CUSTOM_BACKBONE):
+            raise ValueError(f"backbone must be one of auto, {', '.join(BACKBONES)}, torchvision:NAME or timm:NAME, "
+                             f"got {self.backbone!r}")
+        if self.backbone_frozen is not None and not hub:
+            raise ValueError(f"backbone_frozen applies to torchvision:NAME and timm:NAME backbones only, got "
+                             f"backbone_frozen {self.backbone_frozen} with backbone {self.backbone}")
         if not self.code_lengths or any(v <= 0 for v in self.code_lengths):
             raise ValueError(f"code_lengths must be positive integers, got {self.code_lengths}")
         for name in ("epochs", "hidden", "convnet_fc"):
@@ -244,9 +264,14 @@ class TrainConfig:
         if self.feature_loss < 0 or not self.feature_temperature > 0:
             raise ValueError(f"expected feature_loss >= 0 and feature_temperature > 0, got feature_loss "
                              f"{self.feature_loss} and feature_temperature {self.feature_temperature}")
-        if self.feature_cache and (self.feature_cache < 2 or self.backbone != "efficientnet_lite0"):
-            raise ValueError(f"feature_cache must be 0 or at least 2 views with backbone efficientnet_lite0 (a frozen "
-                             f"backbone in eval mode), got {self.feature_cache} with backbone {self.backbone}")
+        # A module from Python ("custom") is checked when the run starts (feature_cache.check_cacheable).
+        cacheable = self.backbone in ("efficientnet_lite0", CUSTOM_BACKBONE) or (
+            hub and hub_frozen(self.backbone_weights, self.backbone_frozen))
+        if self.feature_cache and (self.feature_cache < 2 or not cacheable):
+            raise ValueError(f"feature_cache must be 0 or at least 2 views with a frozen backbone in eval mode "
+                             f"(efficientnet_lite0, a frozen torchvision:NAME or timm:NAME), got {self.feature_cache} "
+                             f"with backbone {self.backbone}"
+                             + (" (not frozen)" if hub and not cacheable else ""))
         for name in ("schedule", "augment_preset", "pipeline"):
             if getattr(self, name) not in choices(name):
                 raise ValueError(f"{name} must be one of {', '.join(choices(name))}, got {getattr(self, name)!r}")
@@ -312,6 +337,10 @@ class TrainConfig:
         base = AugmentConfig.small_grayscale(self.neighbours > 0) if preset == "small_grayscale" else AugmentConfig.paper()
         if preset == "paper" and self.backbone in ("convnet", "mlp", CUSTOM_BACKBONE) and "size" not in self.augment:
             base = dataclasses.replace(base, size=0 if in_memory else FILE_INPUT_SIZE)
+        if is_hub_backbone(self.backbone):
+            meta = preprocessing(self.backbone)
+            base = dataclasses.replace(base, size=meta.size, mean=meta.mean, std=meta.std,
+                                       interpolation=meta.interpolation)
         return dataclasses.replace(base, **self.augment)
 
 

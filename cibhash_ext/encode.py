@@ -58,8 +58,9 @@ class Encoder:
         shape = tuple(int(v) for v in input_shape)
         aug = cfg.augment_config(shape[0])
         module.eval()
-        return cls(module, EvalTransform(shape, aug.mean, aug.std), shape, tuple(module.code_lengths), cfg,
-                   str(cfg.device), cfg.bf16, cfg.channels_last and cfg.backbone == "convnet")
+        view = EvalTransform(shape, aug.mean, aug.std, aug.interpolation)
+        return cls(module, view, shape, tuple(module.code_lengths), cfg, str(cfg.device), cfg.bf16,
+                   cfg.channels_last and cfg.backbone == "convnet")
 
 
 def load_model(run_dir: str | os.PathLike, device: str | torch.device | None = None,
@@ -92,7 +93,7 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device | None = N
         device = cfg.device if not cfg.device.startswith("cuda") or torch.cuda.is_available() else "cpu"
     check_device(device)
     cfg = dataclasses.replace(cfg, device=str(device))
-    model = build_model(cfg, shape, backbone=backbone)
+    model = build_model(cfg, shape, backbone=backbone, load_weights=False)  # the state dict holds the weights
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:

@@ -1,11 +1,11 @@
 """The feature cache of a frozen backbone: K augmented views of every training image passed through
 the backbone once, so that each epoch trains the hash heads alone on two cached views per image.
 
-A frozen backbone in eval mode (``efficientnet_lite0``) maps a view to the same features in every
-epoch, so training on cached features is training on those K views with the backbone run live; what
-changes is that each epoch draws its two views of an image among the same K instead of fresh ones.
-The paper's VGG-16 keeps its dropout active while training, so its features are not fixed and it
-cannot be cached.
+A frozen backbone in eval mode (``efficientnet_lite0``, a frozen torchvision or timm model) maps a
+view to the same features in every epoch, so training on cached features is training on those K
+views with the backbone run live; what changes is that each epoch draws its two views of an image
+among the same K instead of fresh ones. The paper's VGG-16 keeps its dropout active while training,
+so its features are not fixed and it cannot be cached.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def check_cacheable(model: CIBHashModel) -> None:
     backbone = model.backbone
     if not isinstance(backbone, FrozenBackbone) or backbone.train_mode:
         kind = "keeps its dropout active while training" if isinstance(backbone, FrozenBackbone) else "trains"
-        raise ValueError(f"feature_cache needs a frozen backbone in eval mode (efficientnet_lite0); this backbone "
+        raise ValueError(f"feature_cache needs a frozen backbone in eval mode (a FrozenBackbone with train_mode "
+                         f"False, as efficientnet_lite0 or a frozen torchvision:NAME); this backbone "
                          f"({type(backbone.module if isinstance(backbone, FrozenBackbone) else backbone).__name__}) "
                          f"{kind}, so its features change from epoch to epoch")
 

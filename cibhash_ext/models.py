@@ -1,4 +1,5 @@
-"""CIBHash networks: backbones (small CNN, pixel MLP, frozen VGG-16, frozen EfficientNet-Lite0) and hash heads.
+"""CIBHash networks: backbones (small CNN, pixel MLP, frozen VGG-16, frozen EfficientNet-Lite0, any
+torchvision or timm model by name: :mod:`cibhash_ext.backbones`) and hash heads.
 
 :class:`CIBHashModel` puts one backbone under one hash head per code length, so several code lengths
 train jointly for the price of one backbone pass (Qiu et al. 2021 train one model per length).
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from cibhash_ext import ops
+from cibhash_ext.backbones import hub_backbone, hub_frozen, is_hub_backbone
 from cibhash_ext.layers import StochasticBinaryLayer
 
 __all__ = [
@@ -31,7 +33,8 @@ __all__ = [
     "efficientnet_lite0_backbone",
 ]
 
-# The backbones built by name; BACKBONES lists them for checks and messages.
+# The backbones built by name; BACKBONES lists them for checks and messages ("torchvision:NAME" and
+# "timm:NAME" name the others).
 Backbone = Literal["convnet", "mlp", "vgg16", "efficientnet_lite0"]
 BACKBONES: tuple[str, ...] = typing.get_args(Backbone)
 # Width of the linear projection of the backbone features that the auxiliary feature loss contrasts
@@ -253,12 +256,21 @@ def build_backbone(
     fc: int = 512,
     input_size: int = 28,
     mlp_widths: Sequence[int] = (1024, 1024),
+    frozen: bool | None = None,
+    load_weights: bool = True,
 ) -> nn.Module:
-    """Builds a backbone by name (one of :data:`BACKBONES`); it has an ``out_features`` attribute.
+    """Builds a backbone by name (one of :data:`BACKBONES`, or "torchvision:NAME" / "timm:NAME");
+    it has an ``out_features`` attribute.
 
     ``in_channels`` and ``input_size`` configure the trained-from-scratch backbones, ``widths`` and
-    ``fc`` the convnet, ``mlp_widths`` the mlp.
+    ``fc`` the convnet, ``mlp_widths`` the mlp. A torchvision or timm model is frozen (always in eval
+    mode) or fine-tuned as ``frozen`` says (None: frozen with a weights file, fine-tuned without);
+    ``load_weights`` False builds it without reading ``weights_path`` (its weights then come from a
+    run's state dict).
     """
+    if is_hub_backbone(name):
+        net = hub_backbone(name, weights_path, load_weights)
+        return FrozenBackbone(net, net.out_features, train_mode=False) if hub_frozen(weights_path, frozen) else net
     if name == "convnet":
         return ConvNet(in_channels, widths, fc, input_size)
     if name == "mlp":
@@ -267,7 +279,7 @@ def build_backbone(
         return vgg16_backbone(weights_path)
     if name == "efficientnet_lite0":
         return efficientnet_lite0_backbone(weights_path)
-    raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {name!r}")
+    raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, torchvision:NAME or timm:NAME, got {name!r}")
 
 
 class HashHead(nn.Module):
@@ -314,10 +326,13 @@ def feature_dim(backbone: nn.Module, input_shape: Sequence[int] | None = None) -
     return int(out.shape[1])
 
 
-def build_model(cfg, input_shape: Sequence[int], backbone: nn.Module | None = None) -> "CIBHashModel":
+def build_model(cfg, input_shape: Sequence[int], backbone: nn.Module | None = None,
+                load_weights: bool = True) -> "CIBHashModel":
     """The model a :class:`~cibhash_ext.config.TrainConfig` describes for images of ``input_shape``
     [C, H, W], on ``cfg.device``; ``backbone`` replaces the configured one (any module mapping
-    images to features). Backbone weights load from local files only."""
+    images to features). Backbone weights load from local files only; with ``load_weights`` False a
+    torchvision or timm backbone is built without its weights file (a trained run's state dict
+    holds them)."""
     channels, height, width = (int(v) for v in input_shape)
     if backbone is None:
         if cfg.backbone == CUSTOM_BACKBONE:
@@ -325,7 +340,7 @@ def build_model(cfg, input_shape: Sequence[int], backbone: nn.Module | None = No
         if cfg.backbone in ("convnet", "mlp") and height != width:
             raise ValueError(f"the {cfg.backbone} backbone needs square images, got {height}x{width}; set --aug size=S")
         backbone = build_backbone(cfg.backbone, channels, cfg.backbone_weights, cfg.convnet_widths, cfg.convnet_fc,
-                                  height, cfg.mlp_widths)
+                                  height, cfg.mlp_widths, cfg.backbone_frozen, load_weights)
     elif not isinstance(backbone, nn.Module):
         raise TypeError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}")
     dim = feature_dim(backbone, input_shape)

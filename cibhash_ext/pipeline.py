@@ -27,6 +27,7 @@ from cibhash_ext.transforms import (
     EvalTransform,
     TwoViews,
     build_pil_transform,
+    resize,
 )
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "ImageViews",
     "NeighbourViews",
     "autocast",
+    "capped_batch",
     "epoch_generator",
     "epoch_order",
     "epoch_partners",
@@ -164,6 +166,21 @@ def epoch_partners(seed: int, neighbours: Tensor | None, epoch: int) -> Tensor |
     return None if neighbours is None else draw_partners(neighbours, epoch_generator(seed, epoch, salt=-1))
 
 
+def capped_batch(batch_size: int, images: int) -> int:
+    """The batch per process of a run on ``images`` training images: ``batch_size``, capped at each
+    process's share of the training set, so that a set smaller than one global batch trains in one
+    step per epoch.
+
+    Raises:
+        ValueError: a process would get fewer than 2 images (NT-Xent needs a negative).
+    """
+    processes = distributed.world_size()
+    if images // processes < 2:
+        raise ValueError(f"the training set ({images} images) is too small: each of the {processes} processes needs "
+                         f"at least 2 images per batch")
+    return min(batch_size, images // processes)
+
+
 def n_batches(batch_size: int, images: int) -> int:
     """Steps per epoch over ``images`` training images: global batches of world_size x batch_size images."""
     global_batch = batch_size * distributed.world_size()
@@ -249,8 +266,7 @@ def eval_batches(images: ImageSet, transform: EvalTransform, batch_size: int, wo
         for i in range(0, len(images), batch_size):
             x = normalize(images.images[i : i + batch_size])
             if tuple(x.shape[-2:]) != (height, width):
-                x = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", align_corners=False,
-                                                    antialias=True)
+                x = resize(x, (height, width), transform.interpolation)
             yield x
         return
     yield from torch.utils.data.DataLoader(ImageViews(images, transform, transform.mode), batch_size=batch_size,

@@ -46,19 +46,24 @@ def pixel_features(images: ImageSet, size: int = 32) -> Tensor:
     return torch.stack(rows) if rows else torch.zeros(0, 3 * size * size, dtype=torch.uint8)
 
 
-def _to_uint8(views: Tensor, aug: AugmentConfig) -> Tensor:
-    """Normalised views back to uint8 pixels [N, C, H, W]."""
+def _to_uint8(views: Tensor, aug: AugmentConfig, channels: int | None = None) -> Tensor:
+    """Normalised views back to uint8 pixels [N, C, H, W]; RGB views of grayscale images (an RGB
+    model's input) back to ``channels`` = 1 (their channels are equal: the mean is exact)."""
     mean = torch.tensor(aug.mean).view(1, -1, 1, 1)
     std = torch.tensor(aug.std).view(1, -1, 1, 1)
-    return ((views * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+    pixels = (views * std + mean).clamp(0, 1)
+    if channels == 1 and pixels.shape[1] == 3:
+        pixels = pixels.mean(dim=1, keepdim=True)
+    return (pixels * 255).round().to(torch.uint8)
 
 
 def augmented_copies(images: ImageSet, aug: AugmentConfig, seed: int) -> ImageSet:
     """One augmented copy of each image with the built-in training augmentation (fixed seed), as
-    uint8 pixels: in memory for in-memory images, PIL images otherwise."""
+    uint8 pixels: in memory for in-memory images (with their own channels, as the database the
+    copies are searched in and the baselines' pixels), PIL images otherwise."""
     if images.in_memory and aug.hue == 0:
         views = BatchAugment(aug)(images.images, generator=torch.Generator().manual_seed(seed))
-        return ImageSet(None, images=_to_uint8(views, aug))
+        return ImageSet(None, images=_to_uint8(views, aug, images.images.shape[1]))
     from torchvision.transforms.functional import to_pil_image
 
     mode = "RGB" if len(aug.mean) == 3 else "L"
@@ -66,7 +71,8 @@ def augmented_copies(images: ImageSet, aug: AugmentConfig, seed: int) -> ImageSe
     state = torch.get_rng_state()
     torch.manual_seed(seed)  # torchvision's PIL transforms draw from the global generator
     try:
-        pixels = [_to_uint8(transform(images.pil(i, mode))[None], aug)[0] for i in range(len(images))]
+        channels = images.images.shape[1] if images.in_memory else None
+        pixels = [_to_uint8(transform(images.pil(i, mode))[None], aug, channels)[0] for i in range(len(images))]
     finally:
         torch.set_rng_state(state)
     if images.in_memory:

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from typing import Callable, NamedTuple
 
 import torch
@@ -29,7 +30,7 @@ from cibhash_ext import distributed, run_dir as runs
 from cibhash_ext.config import TrainConfig, check_device, load_config
 from cibhash_ext.data import DATASETS, RetrievalData, as_retrieval_data, load_dataset
 from cibhash_ext.encode import Encoder
-from cibhash_ext.feature_cache import CachedViewPairs, feature_cache
+from cibhash_ext.feature_cache import CachedViewPairs, check_cacheable, feature_cache
 from cibhash_ext.losses import CIBHashLoss, TrainingObjective
 from cibhash_ext.models import CUSTOM_BACKBONE, CIBHashModel, build_model
 from cibhash_ext.pairing import NeighbourPairs, SameImage
@@ -134,8 +135,14 @@ def train(
         torch.set_num_threads(cfg.threads)
     data = _load_data(cfg, data)
     plan = RunPlan.resolve(cfg, data)
+    if plan.batch_size < cfg.batch_size and distributed.rank() == 0:
+        processes = "1 process" if plan.processes == 1 else f"{plan.processes} processes"
+        warnings.warn(f"batch size capped at {plan.batch_size}: the training set ({len(data.train)} images) is "
+                      f"smaller than one global batch ({processes} x batch {cfg.batch_size})", stacklevel=2)
     torch.manual_seed(cfg.seed)  # the model's initial weights
     hashing_model = build_model(cfg, plan.input_shape, backbone=model)
+    if cfg.feature_cache:
+        check_cacheable(hashing_model)
     if distributed.rank() != 0:
         _train(cfg, plan, run_dir, resume, data, hashing_model, transform, on_epoch_end)
         return TrainResult(run_dir, None)
@@ -208,8 +215,8 @@ def _pairing(cfg: TrainConfig, plan: RunPlan, data: RetrievalData) -> SameImage 
     """The pairing strategy: neighbour positives when on, else the two views of one image."""
     if not cfg.neighbours:
         return SameImage()
-    return NeighbourPairs(data.train, cfg.neighbours, cfg.neighbour_refresh,
-                          EvalTransform(plan.input_shape, plan.augment.mean, plan.augment.std), plan.device, plan.bf16,
+    view = EvalTransform(plan.input_shape, plan.augment.mean, plan.augment.std, plan.augment.interpolation)
+    return NeighbourPairs(data.train, cfg.neighbours, cfg.neighbour_refresh, view, plan.device, plan.bf16,
                           plan.channels_last, cfg.workers)
 
 
@@ -231,7 +238,7 @@ def _train(cfg: TrainConfig, plan: RunPlan, run_dir: str, resume: bool, data: Re
     LOG.info(
         "training CIBHash on %s (%d images), backbone %s, codes %s bits, %d epochs of %d batches of %d x %d images, "
         "%d threads", data.name, len(data.train), cfg.backbone, "/".join(map(str, cfg.code_lengths)), cfg.epochs,
-        steps, plan.processes, cfg.batch_size, torch.get_num_threads(),
+        steps, plan.processes, plan.batch_size, torch.get_num_threads(),
     )
     prepared = time.time()
     pairing = _pairing(cfg, plan, data)
@@ -309,14 +316,14 @@ def _view_source(cfg: TrainConfig, plan: RunPlan, model: CIBHashModel, data: Ret
     """Where the views come from: the training images, or with ``feature_cache`` the cached backbone
     features of K views of each (a function of the data and the seed, so a resumed run computes it
     again to the same values)."""
-    images = ImagePairs(data.train, plan.augment, cfg.batch_size, cfg.seed, cfg.pipeline, cfg.workers, transform)
+    images = ImagePairs(data.train, plan.augment, plan.batch_size, cfg.seed, cfg.pipeline, cfg.workers, transform)
     if not cfg.feature_cache:
         return images
     started = time.time()
     cache = feature_cache(model, images, cfg.feature_cache, plan.device, plan.bf16)
     LOG.info("feature cache: %d views of each training image through the frozen backbone in %.1fs (%.0f MiB)",
              cfg.feature_cache, time.time() - started, cache.numel() * cache.element_size() / 2**20)
-    return CachedViewPairs(cache, cfg.batch_size, cfg.seed)
+    return CachedViewPairs(cache, plan.batch_size, cfg.seed)
 
 
 def _accumulate(sums: dict, losses: dict[str, Tensor], epoch: int) -> None:

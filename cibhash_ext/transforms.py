@@ -27,12 +27,14 @@ __all__ = [
     "TwoViews",
     "BatchAugment",
     "BatchNormalize",
+    "resize",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
 @dataclasses.dataclass
@@ -58,6 +60,8 @@ class AugmentConfig:
         translate (float): largest shift as a fraction of the side, per axis (0: none, the paper's).
         mean (tuple[float, ...]): per-channel normalisation mean.
         std (tuple[float, ...]): per-channel normalisation standard deviation.
+        interpolation (str): resampling of the crops and resizes: "bilinear", "bicubic" or "nearest"
+            (a pretrained model's own, :mod:`cibhash_ext.backbones`).
     """
 
     size: int = 224
@@ -80,6 +84,7 @@ class AugmentConfig:
     translate: float = 0.0
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         for name in ("crop_scale", "crop_ratio", "blur_sigma", "erase_scale", "erase_ratio", "mean", "std"):
@@ -97,6 +102,8 @@ class AugmentConfig:
             raise ValueError(f"expected 0 <= rotate <= 180 and 0 <= translate <= 1, got {self.rotate} and {self.translate}")
         if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
             raise ValueError(f"mean and std must have the same length and std > 0, got {self.mean} and {self.std}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
 
     @classmethod
     def paper(cls) -> "AugmentConfig":
@@ -147,7 +154,8 @@ def build_pil_transform(cfg: AugmentConfig) -> Callable:
     steps: list = []
     if cfg.rotate > 0 or cfg.translate > 0:
         steps.append(T.RandomAffine(cfg.rotate, translate=(cfg.translate, cfg.translate) if cfg.translate else None))
-    steps.append(T.RandomResizedCrop(cfg.size, scale=cfg.crop_scale, ratio=cfg.crop_ratio))
+    steps.append(T.RandomResizedCrop(cfg.size, scale=cfg.crop_scale, ratio=cfg.crop_ratio,
+                                     interpolation=T.InterpolationMode(cfg.interpolation)))
     if cfg.hflip_p > 0:
         steps.append(T.RandomHorizontalFlip(cfg.hflip_p))
     if cfg.jitter_p > 0:
@@ -165,21 +173,24 @@ def build_pil_transform(cfg: AugmentConfig) -> Callable:
 
 class EvalTransform:
     """The deterministic view of one image for a trained model: convert to its mode ("L"/"RGB"),
-    resize to its input size (bilinear), scale to [0, 1] and normalise. PIL image -> Tensor[C, H, W].
+    resize to its input size, scale to [0, 1] and normalise. PIL image -> Tensor[C, H, W].
 
     Args:
         input_shape (Sequence[int]): the model's input [C, H, W].
         mean, std (Sequence[float]): per-channel normalisation.
+        interpolation (str): "bilinear", "bicubic" or "nearest".
     """
 
-    def __init__(self, input_shape: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, input_shape: Sequence[int], mean: Sequence[float], std: Sequence[float],
+                 interpolation: str = "bilinear") -> None:
         from torchvision import transforms as T
 
         channels, height, width = (int(v) for v in input_shape)
         self.mode = "L" if channels == 1 else "RGB"
         self.input_shape = [channels, height, width]
-        self.mean, self.std = tuple(mean), tuple(std)
-        self._steps = T.Compose([T.Resize((height, width)), T.ToTensor(), T.Normalize(self.mean, self.std)])
+        self.mean, self.std, self.interpolation = tuple(mean), tuple(std), interpolation
+        self._steps = T.Compose([T.Resize((height, width), interpolation=T.InterpolationMode(interpolation)),
+                                 T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def __call__(self, image) -> Tensor:
         return self._steps(image.convert(self.mode))
@@ -267,7 +278,7 @@ class BatchAugment(nn.Module):
         if cfg.translate > 0:
             theta[:, :, 2] += _uniform(2 * n, -2 * cfg.translate, 2 * cfg.translate, generator).view(n, 2)
         grid = F.affine_grid(theta.to(x.device), [n, c, out_h, out_w], align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        x = F.grid_sample(x, grid, mode=cfg.interpolation, padding_mode="zeros", align_corners=False)
 
         if cfg.jitter_p > 0:
             apply = (torch.rand(n, generator=generator) < cfg.jitter_p).float()
@@ -323,7 +334,7 @@ class BatchNormalize(nn.Module):
 
     def __init__(self, cfg: AugmentConfig) -> None:
         super().__init__()
-        self.size = cfg.size
+        self.size, self.interpolation = cfg.size, cfg.interpolation
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, -1, 1, 1), persistent=False)
 
@@ -331,11 +342,18 @@ class BatchNormalize(nn.Module):
         """Tensor[N, C, H, W] (uint8 or float in [0, 1]) -> normalised float32 Tensor[N, C', S, S]."""
         x = _to_float(images, self.mean.shape[1])
         if self.size > 0 and tuple(x.shape[-2:]) != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+            x = resize(x, (self.size, self.size), self.interpolation)
         return (x - self.mean) / self.std
 
     def extra_repr(self) -> str:
         return f"size={self.size}"
+
+
+def resize(x: Tensor, size: tuple[int, int], interpolation: str = "bilinear") -> Tensor:
+    """A float batch [N, C, H, W] resized to ``size`` (antialiased, as PIL resizes, where the mode allows)."""
+    if interpolation == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode=interpolation, align_corners=False, antialias=True)
 
 
 def _to_float(images: Tensor, channels: int) -> Tensor:

@@ -145,6 +145,20 @@ def test_tensor_data_with_a_custom_backbone(tmp_path):
         load_model(run_dir)
 
 
+def test_grayscale_tensor_data_with_a_custom_backbone_evaluates_with_the_pixel_baselines(tmp_path):
+    """1-channel images under a custom backbone get the RGB (paper) augmentation by default; the
+    augmented copies of the held-out images keep the images' one channel, so LSH and ITQ on pixels
+    encode the copies as they were fitted (784 values each), and CIBHash finds the originals."""
+    images = torch.from_numpy(_planted_images(60, 28)[..., :1]).permute(0, 3, 1, 2).contiguous()
+    backbone = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(48, 16))
+    run_dir, metrics = train(data=images, model=backbone, run_dir=tmp_path / "run",
+                             **{**TINY, "augment": {}, "epochs": 1, "code_lengths": (16,), "baselines": ("lsh", "itq")})
+    assert metrics["labels"] is False and metrics["queries"] == 6 and metrics["database"] == 60
+    assert {"cibhash", "lsh", "itq"} <= set(metrics) and 0 <= metrics["itq"]["16"]["copy_recall"]["1"] <= 1
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["resolved"]["input_shape"] == [3, 28, 28]
+
+
 class _Labelled(torch.utils.data.Dataset):
     def __init__(self) -> None:
         self.images = _planted_images(60, 20)

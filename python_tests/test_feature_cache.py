@@ -87,7 +87,7 @@ def test_views_and_cache_are_seeded_by_seed_and_view():
 
 
 def test_backbones_that_train_or_keep_dropout_cannot_be_cached():
-    with pytest.raises(ValueError, match="feature_cache must be 0 or at least 2 views with backbone efficientnet_lite0"):
+    with pytest.raises(ValueError, match="feature_cache must be 0 or at least 2 views with a frozen backbone in eval mode.*got 4 with backbone mlp"):
         TrainConfig(backbone="mlp", feature_cache=4)
     with pytest.raises(ValueError, match="at least 2 views.*got 1"):
         TrainConfig(backbone="efficientnet_lite0", feature_cache=1)
@@ -140,3 +140,15 @@ def test_views_of_image_files_are_repeatable_and_leave_the_global_generator_alon
     assert torch.equal(torch.get_rng_state(), before)
     assert torch.equal(first, torch.cat(list(_pairs(cfg, data, aug).views(1))))
     assert not torch.equal(first, torch.cat(list(_pairs(cfg, data, aug).views(0))))
+
+
+def test_a_frozen_module_from_python_trains_on_its_cache_and_a_training_one_is_refused_before_the_run(tmp_path):
+    images = torch.randint(0, 256, (40, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    settings = dict(epochs=1, batch_size=8, code_lengths=(8,), hidden=16, feature_cache=2, progress=False, threads=1,
+                    evaluate=False, augment={"size": 16})
+    train(data=images, model=_frozen_cnn(), run_dir=tmp_path / "frozen", **settings)
+    assert "feature cache: 2 views" in (tmp_path / "frozen" / "train.log").read_text()
+    trains = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 8))
+    with pytest.raises(ValueError, match="feature_cache needs a frozen backbone in eval mode.*Sequential\\) trains"):
+        train(data=images, model=trains, run_dir=tmp_path / "trains", **settings)
+    assert not (tmp_path / "trains").exists()

@@ -16,6 +16,7 @@ import torch
 
 from cibhash_ext import encode, load_model
 from cibhash_ext.baselines import ITQ
+from cibhash_ext.config import TrainConfig
 from cibhash_ext.data import FASHION_MNIST_FILES, FASHION_MNIST_ROOT, load_fashion_mnist
 from cibhash_ext.evaluation import evaluate_codes
 from cibhash_ext.run_dir import load_run_config
@@ -84,9 +85,11 @@ def test_an_old_killed_run_resumes_to_the_weights_of_the_complete_run(tmp_path, 
     train(cfg, run_dir=run, resume=True)
     resumed = torch.load(os.path.join(run, "model.pt"), weights_only=True)
     complete = torch.load(FIXTURE / "complete" / "model.pt", weights_only=True)
-    # The resumed run records no recipe: it was written before recipes, with every setting explicit.
-    assert resumed["config"] == {**complete["config"], "recipe": None}
-    assert resumed["input_shape"] == complete["input_shape"]
+    # The same configuration, plus the settings added since the fixture was written, at their defaults
+    # (the recipe among them: a run written before recipes records none).
+    added = {k: v for k, v in TrainConfig().to_dict().items() if k not in complete["config"]}
+    assert added["backbone_frozen"] is None and added["recipe"] is None
+    assert resumed["config"] == {**complete["config"], **added} and resumed["input_shape"] == complete["input_shape"]
     assert set(resumed["state_dict"]) == set(complete["state_dict"])
     for name, weights in complete["state_dict"].items():
         assert torch.equal(resumed["state_dict"][name], weights), name

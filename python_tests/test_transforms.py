@@ -94,11 +94,31 @@ def test_paper_pil_pipeline():
 
 @pytest.mark.parametrize(
     "changes,match",
-    [({"hflip_p": 1.5}, "hflip_p"), ({"crop_scale": (0.0, 1.0)}, "crop_scale"), ({"std": (0.0,), "mean": (0.5,)}, "std")],
+    [({"hflip_p": 1.5}, "hflip_p"), ({"crop_scale": (0.0, 1.0)}, "crop_scale"), ({"std": (0.0,), "mean": (0.5,)}, "std"),
+     ({"interpolation": "lanczos"}, "interpolation must be one of bilinear, bicubic, nearest, got 'lanczos'")],
 )
 def test_config_errors(changes, match):
     with pytest.raises(ValueError, match=match):
         AugmentConfig(**changes)
+
+
+def test_the_interpolation_reaches_every_resize():
+    """A pretrained model's interpolation (bicubic) in the PIL crop, the eval transform, the batch
+    augmentation and the batch resize; bilinear stays what every earlier run used."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import pil_to_tensor
+
+    bicubic = AugmentConfig(size=12, hue=0.0, interpolation="bicubic")
+    crop = next(t for t in build_pil_transform(bicubic).transforms if type(t).__name__ == "RandomResizedCrop")
+    assert crop.interpolation == InterpolationMode.BICUBIC
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 30, 3), dtype=np.uint8))
+    view = EvalTransform((3, 12, 12), bicubic.mean, bicubic.std, "bicubic")(image)
+    pixels = pil_to_tensor(image.resize((12, 12), Image.BICUBIC))[None]
+    torch.testing.assert_close(view, BatchNormalize(dataclasses.replace(bicubic, size=0))(pixels)[0], rtol=0, atol=0)
+    batch, bilinear = pil_to_tensor(image)[None], dataclasses.replace(bicubic, interpolation="bilinear")
+    assert not torch.equal(BatchNormalize(bicubic)(batch), BatchNormalize(bilinear)(batch))
+    seeded = [BatchAugment(c)(batch, generator=torch.Generator().manual_seed(0)) for c in (bicubic, bilinear)]
+    assert not torch.equal(*seeded)
 
 
 def test_rotation_and_shift_are_drawn_only_when_asked_for():

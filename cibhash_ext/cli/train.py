@@ -9,6 +9,7 @@ import os
 import re
 import typing
 
+from cibhash_ext.backbones import is_hub_backbone
 from cibhash_ext.cli.common import positive_list, set_threads
 from cibhash_ext.config import TrainConfig, choices, load_config
 from cibhash_ext.data import DATASETS
@@ -24,8 +25,8 @@ _ALIASES = {"stochastic": "--deterministic-binary", "eval_curves": "--no-curves"
 _GROUPS = {
     "data": ("dataset", "data_root", "train_size", "query_size", "database_size", "query_per_class", "train_per_class",
              "validation"),
-    "model": ("backbone", "backbone_weights", "convnet_widths", "convnet_fc", "mlp_widths", "code_lengths", "hidden",
-              "stochastic"),
+    "model": ("backbone", "backbone_weights", "backbone_frozen", "convnet_widths", "convnet_fc", "mlp_widths",
+              "code_lengths", "hidden", "stochastic"),
     "recipe": ("recipe",),
     "evaluation and machine": ("topk", "baselines", "eval_curves", "evaluate", "device", "threads", "workers",
                                "progress"),
@@ -86,6 +87,13 @@ def _baselines(text: str) -> tuple[str, ...]:
     return names
 
 
+class _BackboneChoices(tuple):
+    """The closed backbone names, and any "torchvision:NAME" or "timm:NAME" (TrainConfig.validate checks NAME)."""
+
+    def __contains__(self, value) -> bool:
+        return is_hub_backbone(value) or super().__contains__(value)
+
+
 def _argument(field: dataclasses.Field, hint) -> tuple[list[str], dict]:
     """The add_argument flags and keywords of one TrainConfig field."""
     flag = "--" + field.name.replace("_", "-")
@@ -107,6 +115,9 @@ def _argument(field: dataclasses.Field, hint) -> tuple[list[str], dict]:
     if field.name == "dataset":  # Python data ("tensor", "dataset") cannot be named on a command line
         return [flag], {"type": str, "choices": DATASETS}
     closed = [c for c in choices(field.name) if c != CUSTOM_BACKBONE]  # a custom backbone is a Python module
+    if field.name == "backbone":
+        return [flag], {"type": str, "choices": _BackboneChoices(closed),
+                        "metavar": "{" + ",".join(closed) + ",torchvision:NAME,timm:NAME}"}
     return [flag], {"type": str, "choices": closed} if closed else {"type": base}
 
 
