@@ -28,11 +28,46 @@ from cibhash_ext.pipeline import pil_augmentation
 from cibhash_ext.report import draw_run_grid, write_report
 from cibhash_ext.transforms import AugmentConfig, BatchAugment
 
-__all__ = ["evaluate", "evaluate_model", "finish_run", "pixel_features", "augmented_copies"]
+__all__ = ["Evaluation", "evaluate", "evaluate_model", "finish_run", "pixel_features", "augmented_copies"]
 
 LOG = logging.getLogger("cibhash_ext")
 COPY_PROTOCOL = ("augmented copies of the {q} held-out images (the training augmentation, fixed seed) searched "
                  "against the {n} database images that hold their originals")
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """How a run is evaluated: what :func:`evaluate_model` reads, resolved once from the run's
+    configuration and data (:meth:`of`).
+
+    Attributes:
+        code_lengths (tuple[int, ...]): the code lengths measured.
+        topk (int): K of mAP@K (labelled data).
+        baselines (tuple[str, ...]): the classical baselines fitted on pixels ("lsh", "itq").
+        curves (bool): also precision@N and precision-recall curves (labelled data).
+        seed (int): the baselines' seed; the held-out copies' is seed + 1.
+        augment (AugmentConfig): the training augmentation, which makes the held-out copies.
+        workers (int): DataLoader workers of the encoding.
+        progress (bool): show progress bars.
+    """
+
+    code_lengths: tuple[int, ...]
+    topk: int
+    baselines: tuple[str, ...]
+    curves: bool
+    seed: int
+    augment: AugmentConfig
+    workers: int = 0
+    progress: bool = False
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, data: RetrievalData, augment: AugmentConfig | None = None) -> "Evaluation":
+        """The evaluation of a run of ``cfg`` on ``data``; ``augment`` is the run's (its plan's),
+        else resolved from ``cfg`` and ``data`` as the plan does."""
+        if augment is None:
+            augment = cfg.augment_config(data.channels, data.train.in_memory)
+        return cls(tuple(cfg.code_lengths), cfg.topk or data.topk, tuple(cfg.baselines), cfg.eval_curves, cfg.seed,
+                   augment, cfg.workers, cfg.progress)
 
 
 def pixel_features(images: ImageSet, size: int = 32) -> Tensor:
@@ -81,47 +116,46 @@ def augmented_copies(images: ImageSet, aug: AugmentConfig, seed: int) -> ImageSe
     return ImageSet(None, items=(copies, list(range(len(copies)))))
 
 
-def _baseline_hashers(cfg: TrainConfig, train_x: Tensor):
+def _baseline_hashers(how: Evaluation, train_x: Tensor):
     """(name, length, fitted hasher) of each baseline; ITQ is left out where the training pixels
     have fewer rows or columns than bits (its PCA has too few components)."""
-    for name in cfg.baselines:
-        for v in cfg.code_lengths:
+    for name in how.baselines:
+        for v in how.code_lengths:
             if name == "itq" and v > min(train_x.shape):
                 LOG.info("ITQ at %d bits left out: it needs at least %d training images and pixels", v, v)
                 continue
-            yield name, v, (ITQ(v, seed=cfg.seed) if name == "itq" else LSH(v, seed=cfg.seed)).fit(train_x)
+            yield name, v, (ITQ(v, seed=how.seed) if name == "itq" else LSH(v, seed=how.seed)).fit(train_x)
 
 
-def _evaluate_labelled(cfg, model, data, topk, results, started) -> tuple[Tensor, Tensor, RetrievalData]:
-    query_codes = encode_images(model, data.query, 1024, cfg.workers, cfg.progress, "encode queries")
-    database_codes = encode_images(model, data.database, 1024, cfg.workers, cfg.progress, "encode database")
+def _evaluate_labelled(how: Evaluation, model, data, results, started) -> tuple[Tensor, Tensor, RetrievalData]:
+    query_codes = encode_images(model, data.query, 1024, how.workers, how.progress, "encode queries")
+    database_codes = encode_images(model, data.database, 1024, how.workers, how.progress, "encode database")
     results["encode_seconds"] = time.time() - started
-    for v in cfg.code_lengths:
+    for v in how.code_lengths:
         results["cibhash"][str(v)] = evaluate_codes(
-            query_codes[v], database_codes[v], data.query.labels, data.database.labels, v, topk, cfg.eval_curves
+            query_codes[v], database_codes[v], data.query.labels, data.database.labels, v, how.topk, how.curves
         )
-    if cfg.baselines:
+    if how.baselines:
         train_x = pixel_features(data.train).float()
         query_x, database_x = pixel_features(data.query).float(), pixel_features(data.database).float()
-        for name, v, hasher in _baseline_hashers(cfg, train_x):
+        for name, v, hasher in _baseline_hashers(how, train_x):
             results.setdefault(name, {})[str(v)] = evaluate_codes(
                 hasher.encode(query_x), hasher.encode(database_x), data.query.labels, data.database.labels, v,
-                topk, cfg.eval_curves,
+                how.topk, how.curves,
             )
     return query_codes, database_codes, data
 
 
-def _evaluate_unlabelled(cfg, model, data, results, started) -> tuple[Tensor, Tensor, RetrievalData]:
-    aug = cfg.augment_config(data.channels, data.train.in_memory)
-    copies = augmented_copies(data.query, aug, cfg.seed + 1)
+def _evaluate_unlabelled(how: Evaluation, model, data, results, started) -> tuple[Tensor, Tensor, RetrievalData]:
+    copies = augmented_copies(data.query, how.augment, how.seed + 1)
     targets = data.copy_targets
-    query_codes = encode_images(model, copies, 1024, cfg.workers, cfg.progress, "encode copies")
-    database_codes = encode_images(model, data.database, 1024, cfg.workers, cfg.progress, "encode database")
+    query_codes = encode_images(model, copies, 1024, how.workers, how.progress, "encode copies")
+    database_codes = encode_images(model, data.database, 1024, how.workers, how.progress, "encode database")
     results["encode_seconds"] = time.time() - started
     results.update(labels=False, protocol=COPY_PROTOCOL.format(q=len(copies), n=len(data.database)))
-    for v in cfg.code_lengths:
+    for v in how.code_lengths:
         results["cibhash"][str(v)] = evaluate_unlabelled(query_codes[v], database_codes[v], targets, v)
-    if cfg.baselines:
+    if how.baselines:
         database_x = pixel_features(data.database).float()
         if len(data.train) == len(data.database) - len(targets):
             # The database holds every image: the training images are the rows that are not held out
@@ -132,7 +166,7 @@ def _evaluate_unlabelled(cfg, model, data, results, started) -> tuple[Tensor, Te
         else:
             train_x = pixel_features(data.train).float()
         copies_x = _pixels_like(copies, data.database).float()
-        for name, v, hasher in _baseline_hashers(cfg, train_x):
+        for name, v, hasher in _baseline_hashers(how, train_x):
             results.setdefault(name, {})[str(v)] = evaluate_unlabelled(
                 hasher.encode(copies_x), hasher.encode(database_x), targets, v)
     return query_codes, database_codes, dataclasses.replace(data, query=copies)
@@ -148,38 +182,37 @@ def _pixels_like(copies: ImageSet, database: ImageSet) -> Tensor:
     return pixel_features(copies)
 
 
-def evaluate_model(cfg: TrainConfig, model: Encoder, data: RetrievalData, run_dir: str | None = None) -> dict:
+def evaluate_model(how: Evaluation, model: Encoder, data: RetrievalData, run_dir: str | None = None) -> dict:
     """Encodes the evaluation images and measures CIBHash and the baselines at every code length;
     draws the retrieval grid into ``run_dir``.
 
     Returns:
         dict: the metrics (see :mod:`cibhash_ext.evaluation` and :mod:`cibhash_ext.diagnostics`).
     """
-    topk = cfg.topk or data.topk
     started = time.time()
     results: dict = {"cibhash": {}, "dataset": data.name, "queries": len(data.query), "database": len(data.database)}
     if data.labelled:
-        results["topk"] = topk
-        query_codes, database_codes, shown = _evaluate_labelled(cfg, model, data, topk, results, started)
+        results["topk"] = how.topk
+        query_codes, database_codes, shown = _evaluate_labelled(how, model, data, results, started)
     else:
-        query_codes, database_codes, shown = _evaluate_unlabelled(cfg, model, data, results, started)
+        query_codes, database_codes, shown = _evaluate_unlabelled(how, model, data, results, started)
     if run_dir is not None and len(data.query) and len(data.database):
-        longest = max(cfg.code_lengths)
+        longest = max(how.code_lengths)
         draw_run_grid(shown, query_codes[longest], database_codes[longest], os.path.join(run_dir, runs.GRID_FILE))
     results["eval_seconds"] = time.time() - started
-    LOG.info("%s  (evaluation %.1fs)", _summary(cfg, results), results["eval_seconds"])
+    LOG.info("%s  (evaluation %.1fs)", _summary(how, results), results["eval_seconds"])
     return results
 
 
-def _summary(cfg: TrainConfig, results: dict) -> str:
-    methods = ("cibhash", *cfg.baselines)
+def _summary(how: Evaluation, results: dict) -> str:
+    methods = ("cibhash", *how.baselines)
     if results.get("labels", True):
         head, value = f"mAP@{results['topk']}", lambda e: e["map"]
     else:
         head, value = "copy recall@1", lambda e: e["copy_recall"]["1"]
     cells = "  ".join(
         f"{v} bits: " + " ".join(f"{m} {value(results[m][str(v)]):.4f}" for m in methods if str(v) in results.get(m, {}))
-        for v in cfg.code_lengths
+        for v in how.code_lengths
     )
     return f"{head}  {cells}"
 
@@ -205,7 +238,7 @@ def evaluate(run_dir: str, threads: int | None = None, progress_bars: bool = Tru
     data = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options())
     handler = runs.log_to_file(run_dir)
     try:
-        metrics = evaluate_model(cfg, model, data, run_dir)
+        metrics = evaluate_model(Evaluation.of(cfg, data), model, data, run_dir)
         metrics["train"] = {"seconds": float(state["train_seconds"]), "history": list(state["history"]),
                             "epochs_done": int(state["epoch"]) + 1}
         return finish_run(run_dir, metrics)

@@ -222,7 +222,7 @@ def _pairing(cfg: TrainConfig, plan: RunPlan, data: RetrievalData) -> SameImage 
 
 def _train(cfg: TrainConfig, plan: RunPlan, run_dir: str, resume: bool, data: RetrievalData, model: CIBHashModel,
            transform: Callable | None, on_epoch_end: Callable[[int, dict], None] | None) -> dict | None:
-    from cibhash_ext.run_eval import evaluate_model, finish_run
+    from cibhash_ext.run_eval import Evaluation, evaluate_model, finish_run
 
     objective = build_objective(cfg, plan.temperatures, model)
     rank, steps = distributed.rank(), plan.steps_per_epoch
@@ -274,7 +274,8 @@ def _train(cfg: TrainConfig, plan: RunPlan, run_dir: str, resume: bool, data: Re
     if rank != 0:
         return None
     runs.save_weights(run_dir, model, cfg, plan.input_shape)
-    metrics = evaluate_model(cfg, Encoder.of(model, cfg, plan.input_shape), data, run_dir) if cfg.evaluate else {}
+    metrics = (evaluate_model(Evaluation.of(cfg, data, plan.augment), Encoder.of(model, cfg, plan.input_shape), data,
+                              run_dir) if cfg.evaluate else {})
     # seconds: the epochs; prepare_seconds: the neighbour table and feature cache (of the last start).
     metrics["train"] = {"seconds": train_seconds, "prepare_seconds": prepare_seconds, "history": history,
                         "threads": torch.get_num_threads(), "processes": plan.processes}
