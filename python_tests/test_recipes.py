@@ -46,10 +46,10 @@ def test_the_defaults_are_neutral_and_the_fashion_mnist_recipe_is_merged_under_t
     assert changed == {"epochs", "neighbours", "neighbour_refresh", "feature_loss", "recipe"}
     # by_backbone: the faster pixel MLP gets 80 epochs, any other backbone than the convnet too.
     assert load_config(backbone="mlp").epochs == 80 and load_config(backbone="convnet").epochs == 40
-    # Other datasets have no recipe: the neutral defaults.
-    folder = load_config(dataset="folder", data_root="x")
-    assert folder.recipe == () and folder.to_dict() == {**neutral.to_dict(), "dataset": "folder", "data_root": "x",
-                                                        "recipe": ()}
+    # A dataset without a recipe: the neutral defaults.
+    cifar = load_config(dataset="cifar10", data_root="x")
+    assert cifar.recipe == () and cifar.to_dict() == {**neutral.to_dict(), "dataset": "cifar10", "data_root": "x",
+                                                      "recipe": ()}
 
 
 def test_a_user_file_overrides_the_recipe_and_flags_override_the_file(tmp_path):

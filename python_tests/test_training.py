@@ -157,8 +157,9 @@ def test_image_files_train_through_the_pil_pipeline(tmp_path):
 
 
 def test_a_folder_smaller_than_one_batch_trains_with_a_capped_batch_and_evaluates(tmp_path):
-    """50 images at the default batch size (256): 5 held out as queries, 45 trained on in one batch of
-    45 per epoch (the plan's batch, in config.json), with one note; the held-out evaluation runs."""
+    """50 photos on the default route (the photos recipe: batch 64): 5 held out as queries, 45 trained
+    on in one batch of 45 per epoch (the plan's batch, in config.json), with one note; the held-out
+    evaluation runs."""
     import warnings
 
     rng = np.random.default_rng(0)
@@ -167,13 +168,13 @@ def test_a_folder_smaller_than_one_batch_trains_with_a_capped_batch_and_evaluate
         Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "photos" / f"{i}.png")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        metrics = train(data=str(tmp_path / "photos"), run_dir=str(tmp_path / "run"), epochs=2, augment={"size": 16},
-                        convnet_widths=(8, 8, 8), convnet_fc=32, hidden=32, progress=False, threads=1).metrics
+        metrics = train(data=str(tmp_path / "photos"), run_dir=str(tmp_path / "run"), epochs=2, augment={"size": 32},
+                        hidden=32, progress=False, threads=1).metrics
     notes = [str(w.message) for w in caught if "batch size" in str(w.message)]
     assert notes == ["batch size capped at 45: the training set (45 images) is smaller than one global batch "
-                     "(1 process x batch 256)"]
+                     "(1 process x batch 64)"]
     stored = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert (stored["batch_size"], stored["resolved"]["batch_size"]) == (256, 45)
+    assert (stored["batch_size"], stored["resolved"]["batch_size"]) == (64, 45)
     assert (metrics["labels"], metrics["queries"], metrics["database"]) == (False, 5, 50)
     assert [h["epoch"] for h in metrics["train"]["history"]] == [1, 2]
     # ITQ needs as many training images as bits: left out at 64 bits only.
