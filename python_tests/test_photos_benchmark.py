@@ -149,3 +149,31 @@ def test_tiny_run_end_to_end(photos_module, tmp_path, capsys):
         photos_module.main(["--out", out, "--sources", "nothing"])
     with pytest.raises(SystemExit, match="only 6 photos"):
         photos_module.main(["--out", str(tmp_path / "other"), "--sources", "", "--extra", src, "--photos", "9"])
+
+
+def test_the_recipe_search_trains_on_one_stored_cache_and_scores_like_the_benchmark(tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch", reason="efficientnet-lite-pytorch not installed")
+    recipe_module = load_benchmark("photos_recipe")
+    photos = recipe_module.bench
+    out = str(tmp_path / "bench")
+    photos.main(["--out", out, "--sources", "", "--extra", _fake_photos(str(tmp_path / "src"), count=6), "--copies",
+                 "12", "--queries-per-photo", "2", "--side", "48", "--backbones", "", "--pixel-size", "8",
+                 "--threads", "1"])
+    small = {"augment": {"size": 32}, "epochs": 2, "batch_size": 16, "code_lengths": [16, 32, 64]}
+    recipe_module.main(["--out", out, "--threads", "1", "a=" + json.dumps(small),
+                        "b=" + json.dumps({**small, "feature_cache": 2})])
+    results = json.loads((tmp_path / "bench" / "recipe" / "results.json").read_text())
+    assert [results[n]["feature_cache"] for n in ("a", "b")] == [4, 2]
+    caches = [n for n in os.listdir(tmp_path / "bench" / "recipe") if n.startswith("cache-")]
+    assert len(caches) == 1  # one cache of 4 views served both runs
+    # The score of run "a" is what the benchmark's own scoring gives for its encoded files.
+    from cibhash_ext import encode, load_model
+
+    truth = json.loads((tmp_path / "bench" / "truth.json").read_text())
+    database_paths, database_photo = photos.ordered_truth(out, truth, "database")
+    query_paths, query_photo = photos.ordered_truth(out, truth, "queries")
+    model = load_model(str(tmp_path / "bench" / "recipe" / "runs" / "a"))
+    db, q = encode(model, database_paths), encode(model, query_paths)
+    for v in (16, 32, 64):
+        expected = photos.ranking_scores(photos.hamming_ranking(q[v], db[v], v), query_photo, database_photo)
+        assert results["a"]["scores"][str(v)] == pytest.approx(expected, abs=1e-12)
