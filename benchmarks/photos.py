@@ -371,7 +371,7 @@ def run(args: argparse.Namespace) -> dict:
     times: dict[str, float] = {}
     started = time.time()
     if args.reuse:
-        truth = read_json(os.path.join(args.out, "truth.json"))
+        truth = read_json(os.path.join(args.out, "truth.json"), "benchmark truth")
         print(f"reusing {args.out} ({len(truth['photos'])} photos)", flush=True)
     else:
         photos, notes = find_photos(tuple(args.extra), args.sources)

@@ -144,6 +144,11 @@ def test_tiny_run_end_to_end(photos_module, tmp_path, capsys):
     assert results["methods"]["ITQ, pixels"]["64"]["map"] > 0.5
     shown = capsys.readouterr().out
     assert shown.startswith("python ") and "| ITQ, pixels |" in shown and "train convnet" in shown
+    # --reuse scores the folder built before (here without training: the pixel baselines alone).
+    photos_module.main(["--out", out, "--reuse", "--backbones", "", "--pixel-size", "8", "--threads", "1"])
+    reused = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert reused["methods"]["ITQ, pixels"] == results["methods"]["ITQ, pixels"]
+    assert "reusing" in capsys.readouterr().out
 
     with pytest.raises(SystemExit, match="unknown"):
         photos_module.main(["--out", out, "--sources", "nothing"])
