@@ -27,7 +27,7 @@ from typing import Any, Literal
 from cibhash_ext.backbones import check_hub_name, hub_frozen, is_hub_backbone, preprocessing
 from cibhash_ext.data import DATASET_REGISTRY
 from cibhash_ext.files import read_json
-from cibhash_ext.models import BACKBONES, CUSTOM_BACKBONE, Backbone, missing_packages
+from cibhash_ext.models import BACKBONES, CUSTOM_BACKBONE, Backbone, ConvnetHead, missing_packages
 from cibhash_ext.transforms import AugmentConfig
 
 __all__ = ["TrainConfig", "load_config", "stored_config", "check_device", "choices", "read_recipe", "recipe_names",
@@ -84,6 +84,9 @@ class TrainConfig:
             from random weights without one.
         convnet_widths (tuple[int, ...]): channels of the convnet backbone's three conv blocks.
         convnet_fc (int): width of the convnet's fully connected feature layer.
+        convnet_head (str): how the convnet's last feature map reaches that layer: "flatten" (every
+            position, the default) or "pool" (global average pooling); benchmarks/QUALITY.md, "The
+            convnet head", compares them.
         mlp_widths (tuple[int, ...]): hidden widths of the mlp backbone.
         code_lengths (tuple[int, ...]): code lengths trained jointly on one backbone.
         hidden (int): hash-head hidden width.
@@ -165,6 +168,7 @@ class TrainConfig:
     backbone_frozen: bool | None = None
     convnet_widths: tuple[int, ...] = (32, 64, 64)
     convnet_fc: int = 512
+    convnet_head: ConvnetHead = "flatten"
     mlp_widths: tuple[int, ...] = (1024, 1024)
     code_lengths: tuple[int, ...] = (16, 32, 64)
     hidden: int = 1024
@@ -272,7 +276,7 @@ class TrainConfig:
                              f"(efficientnet_lite0, a frozen torchvision:NAME or timm:NAME), got {self.feature_cache} "
                              f"with backbone {self.backbone}"
                              + (" (not frozen)" if hub and not cacheable else ""))
-        for name in ("schedule", "augment_preset", "pipeline"):
+        for name in ("schedule", "augment_preset", "pipeline", "convnet_head"):
             if getattr(self, name) not in choices(name):
                 raise ValueError(f"{name} must be one of {', '.join(choices(name))}, got {getattr(self, name)!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -39,6 +39,8 @@ __all__ = [
 # "timm:NAME" name the others).
 Backbone = Literal["convnet", "mlp", "vgg16", "efficientnet_lite0"]
 BACKBONES: tuple[str, ...] = typing.get_args(Backbone)
+# How the convnet turns its last feature map into the feature vector (ConvNet).
+ConvnetHead = Literal["flatten", "pool"]
 # Width of the linear projection of the backbone features that the auxiliary feature loss contrasts
 # (SimCLR's 128).
 PROJECTION_DIM = 128
@@ -55,37 +57,43 @@ def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
 class ConvNet(nn.Module):
     """Small CNN trained from scratch, sized for 28x28 to 64x64 images on a CPU.
 
-    conv-BN-ReLU blocks (3x3; the first and the last with stride 2), then the feature map is
-    flattened into a fully connected layer (+ BN, ReLU) rather than average-pooled: the position of
-    a part in a centred object carries class information, and keeping it gained 0.06 mAP@1000 on
-    Fashion-MNIST over global pooling (benchmarks/QUALITY.md).
+    conv-BN-ReLU blocks (3x3; the first and the last with stride 2), then a fully connected layer
+    (+ BN, ReLU) on the last feature map: flattened (``head="flatten"``, the default), which keeps
+    where a part sits in the image, or averaged over its positions first (``head="pool"``, global
+    average pooling); benchmarks/QUALITY.md, "The convnet head", compares them.
 
     Args:
         in_channels (int): image channels (1 for grayscale).
         widths (Sequence[int]): channels of the three conv blocks.
         fc (int): width of the fully connected layer, the feature dimension.
         input_size (int): image side in pixels (fixes the flattened size).
+        head (str): "flatten" or "pool", as above.
     """
 
-    def __init__(self, in_channels: int = 1, widths: Sequence[int] = (32, 64, 64), fc: int = 512, input_size: int = 28) -> None:
+    def __init__(self, in_channels: int = 1, widths: Sequence[int] = (32, 64, 64), fc: int = 512, input_size: int = 28,
+                 head: ConvnetHead = "flatten") -> None:
         super().__init__()
         if len(widths) != 3 or any(int(w) <= 0 for w in widths):
             raise ValueError(f"widths must be 3 positive channel counts, got {tuple(widths)}")
         if fc <= 0 or input_size <= 0:
             raise ValueError(f"fc and input_size must be > 0, got {fc} and {input_size}")
+        if head not in typing.get_args(ConvnetHead):
+            raise ValueError(f"head must be one of {', '.join(typing.get_args(ConvnetHead))}, got {head!r}")
         w = [int(v) for v in widths]
-        self.in_channels, self.widths, self.input_size = in_channels, tuple(w), input_size
+        self.in_channels, self.widths, self.input_size, self.head = in_channels, tuple(w), input_size, head
         self.features = nn.Sequential(_conv_bn(in_channels, w[0], 2), _conv_bn(w[0], w[1]), _conv_bn(w[1], w[2], 2))
         side = (input_size + 1) // 2
         side = (side + 1) // 2
-        self.fc = nn.Sequential(nn.Linear(w[2] * side * side, fc), nn.BatchNorm1d(fc), nn.ReLU(inplace=True))
+        flat = w[2] * side * side if head == "flatten" else w[2]
+        self.fc = nn.Sequential(nn.Linear(flat, fc), nn.BatchNorm1d(fc), nn.ReLU(inplace=True))
         self.out_features = fc
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.features(x).flatten(1))
+        maps = self.features(x)
+        return self.fc(maps.flatten(1) if self.head == "flatten" else maps.mean(dim=(2, 3)))
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, widths={self.widths}, input_size={self.input_size}"
+        return f"in_channels={self.in_channels}, widths={self.widths}, input_size={self.input_size}, head={self.head}"
 
 
 class PixelMLP(nn.Module):
@@ -262,12 +270,13 @@ def build_backbone(
     mlp_widths: Sequence[int] = (1024, 1024),
     frozen: bool | None = None,
     load_weights: bool = True,
+    convnet_head: ConvnetHead = "flatten",
 ) -> nn.Module:
     """Builds a backbone by name (one of :data:`BACKBONES`, or "torchvision:NAME" / "timm:NAME");
     it has an ``out_features`` attribute.
 
-    ``in_channels`` and ``input_size`` configure the trained-from-scratch backbones, ``widths`` and
-    ``fc`` the convnet, ``mlp_widths`` the mlp. A torchvision or timm model is frozen (always in eval
+    ``in_channels`` and ``input_size`` configure the trained-from-scratch backbones, ``widths``,
+    ``fc`` and ``convnet_head`` the convnet, ``mlp_widths`` the mlp. A torchvision or timm model is frozen (always in eval
     mode) or fine-tuned as ``frozen`` says (None: frozen with a weights file, fine-tuned without);
     ``load_weights`` False builds it without reading ``weights_path`` (its weights then come from a
     run's state dict).
@@ -276,7 +285,7 @@ def build_backbone(
         net = hub_backbone(name, weights_path, load_weights)
         return FrozenBackbone(net, net.out_features, train_mode=False) if hub_frozen(weights_path, frozen) else net
     if name == "convnet":
-        return ConvNet(in_channels, widths, fc, input_size)
+        return ConvNet(in_channels, widths, fc, input_size, convnet_head)
     if name == "mlp":
         return PixelMLP(in_channels, input_size, mlp_widths)
     if name == "vgg16":
@@ -344,7 +353,7 @@ def build_model(cfg, input_shape: Sequence[int], backbone: nn.Module | None = No
         if cfg.backbone in ("convnet", "mlp") and height != width:
             raise ValueError(f"the {cfg.backbone} backbone needs square images, got {height}x{width}; set --aug size=S")
         backbone = build_backbone(cfg.backbone, channels, cfg.backbone_weights, cfg.convnet_widths, cfg.convnet_fc,
-                                  height, cfg.mlp_widths, cfg.backbone_frozen, load_weights)
+                                  height, cfg.mlp_widths, cfg.backbone_frozen, load_weights, cfg.convnet_head)
     elif not isinstance(backbone, nn.Module):
         raise TypeError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}")
     dim = feature_dim(backbone, input_shape)

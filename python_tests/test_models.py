@@ -20,6 +20,34 @@ def test_convnet_model_logits_and_packed_codes():
     assert "widths=(32, 64, 64), input_size=28" in repr(model)
 
 
+def test_convnet_heads_flatten_keeps_position_pool_averages_it():
+    torch.manual_seed(0)
+    flat, pooled = ConvNet(1, head="flatten"), ConvNet(1, head="pool")
+    assert (flat.fc[0].in_features, pooled.fc[0].in_features) == (64 * 7 * 7, 64)
+    assert "head=pool" in repr(pooled)
+    # The pool head reads the mean of the last feature map over its positions, the flatten head all of them.
+    pooled.eval()
+    x = torch.randn(3, 1, 28, 28)
+    maps = pooled.features(x)
+    assert torch.allclose(pooled(x), pooled.fc(maps.mean(dim=(2, 3))))
+    assert torch.allclose(flat.eval()(x), flat.fc(flat.features(x).reshape(3, -1)))
+    with pytest.raises(ValueError, match="head must be one of flatten, pool, got 'max'"):
+        ConvNet(1, head="max")
+
+
+def test_convnet_head_setting_builds_that_head_and_old_runs_read_flatten():
+    from cibhash_ext.config import TrainConfig, stored_config
+    from cibhash_ext.models import build_model
+
+    model = build_model(TrainConfig(convnet_head="pool", code_lengths=(16,), hidden=8), (1, 28, 28))
+    assert model.backbone.head == "pool" and model.backbone.fc[0].in_features == 64
+    stored = TrainConfig(code_lengths=(16,)).to_dict()
+    del stored["convnet_head"]  # a run written before the setting existed
+    assert stored_config(stored).convnet_head == "flatten"
+    with pytest.raises(ValueError, match="convnet_head must be one of flatten, pool, got 'max'"):
+        TrainConfig(convnet_head="max")
+
+
 def test_pixel_mlp_backbone():
     torch.manual_seed(0)
     mlp = build_backbone("mlp", in_channels=1, input_size=28, mlp_widths=(64, 32))

@@ -25,8 +25,8 @@ _ALIASES = {"stochastic": "--deterministic-binary", "eval_curves": "--no-curves"
 _GROUPS = {
     "data": ("dataset", "data_root", "train_size", "query_size", "database_size", "query_per_class", "train_per_class",
              "validation"),
-    "model": ("backbone", "backbone_weights", "backbone_frozen", "convnet_widths", "convnet_fc", "mlp_widths",
-              "code_lengths", "hidden", "stochastic"),
+    "model": ("backbone", "backbone_weights", "backbone_frozen", "convnet_widths", "convnet_fc", "convnet_head",
+              "mlp_widths", "code_lengths", "hidden", "stochastic"),
     "recipe": ("recipe",),
     "evaluation and machine": ("topk", "baselines", "eval_curves", "evaluate", "device", "threads", "workers",
                                "progress"),
