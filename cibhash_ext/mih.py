@@ -35,10 +35,11 @@ __all__ = ["MIHIndex", "choose_tables"]
 _MAX_DIR_BITS = 24
 MAX_MIH_CODES = (1 << 31) - 1  # table positions are int32
 # Work (bucket probes + candidate checks) one query may spend in the tables before it is handed to the
-# scan, per code in the index. A unit costs about 25 ns (a random read; measured at 1M codes), the
-# scan about 0.5 ns per code for one query alone and 0.05 ns in a batch (it holds 8 queries per
-# loaded code), so these bound the work wasted on a query the tables cannot answer cheaply to
-# about a tenth of its scan (benchmarks/RESULTS.md, "MIHIndex").
+# scan, per code in the index. A unit costs about 25 ns at 1M codes and 25-38 ns at 10M (a random
+# read; the kernel prefetches 16 buckets at a time), the scan about 0.5 ns per code for one query
+# alone and 0.05 ns in a batch (it holds 8 queries per loaded code), so these bound the work wasted
+# on a query the tables cannot answer cheaply to about a tenth of its scan (benchmarks/RESULTS.md,
+# "MIHIndex").
 BUDGET_PER_CODE_SINGLE = 1 / 512
 BUDGET_PER_CODE_BATCH = 1 / 8192
 _MIN_BUDGET = 64
@@ -110,8 +111,10 @@ class MIHIndex:
     The choice between the tables and the scan is automatic and per query: a query whose search would
     spend more than n/512 bucket probes and candidate checks (n/8192 in a batch of more than 16
     queries) is handed to the scan instead, and a batch whose first 16 queries mostly run out of
-    budget is scanned whole. Uniform random codes (near neighbours far away) or a filter that
-    excludes most near codes thus cost a few percent more than :class:`~cibhash_ext.index.HammingIndex`. Tables are rebuilt on ``add`` and
+    budget is scanned whole; a search gives up before the budget is spent once the probes it still
+    needs exceed what is left. Uniform random codes (near neighbours far away) or a filter that
+    excludes most near codes thus cost up to about a tenth more than
+    :class:`~cibhash_ext.index.HammingIndex` (benchmarks/RESULTS.md). Tables are rebuilt on ``add`` and
     ``remove_ids`` (linear time, a counting sort). Each change builds a new state object and swaps it
     in under a lock, so a search running in another thread sees either the old or the new index, whole.
 

@@ -3,6 +3,7 @@ ties, save/load/mmap, 1 and 2 threads), its table choice, the scan fall-back and
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -117,6 +118,56 @@ def test_uniform_codes_fall_back_to_the_scan_with_the_same_results():
     assert_same_range(mih, scan, queries, 20)
 
 
+def budget_spent(codes: torch.Tensor, specs, query: torch.Tensor, k: int | None = None, radius: int | None = None):
+    """The budget units a search of the tables spends (one per bucket probe and one per code in a
+    probed bucket), from the definition: step (r, i) probes table i's ring of radius r; after it
+    every code within distance m * r + i is found, and the search stops at the first step after which
+    the k-th distance found (or the radius) is covered."""
+    m = len(specs)
+    bits = np.unpackbits(codes.numpy(), axis=1, bitorder="little").astype(np.int64)
+    qbits = np.unpackbits(query.numpy(), axis=1, bitorder="little").astype(np.int64)[0]
+    distance = (bits != qbits).sum(1)
+    sub = np.stack([(bits != qbits)[:, s.bit_start : s.bit_start + s.bit_count].sum(1) for s in specs], 1)
+    steps = sub * m + np.arange(m)  # the step at which table i enumerates each code
+    found_at = steps.min(1)
+    total_bits = sum(s.bit_count for s in specs)
+    for step in range(total_bits + m):
+        if step >= total_bits:
+            break
+        if radius is not None and step >= radius:
+            break
+        if k is not None:
+            found = np.sort(distance[found_at <= step])
+            if len(found) >= k and found[k - 1] <= step:
+                break
+    probes = sum(math.comb(specs[s % m].bit_count, s // m) for s in range(step + 1))
+    return probes + int((steps <= step).sum())
+
+
+@pytest.mark.parametrize("kind", ["uniform", "clustered"])
+def test_a_query_is_answered_by_the_tables_exactly_when_its_search_fits_the_budget(kind):
+    """The tables answer a query when the search spends at most the budget; a search that would
+    spend more is handed to the scan (however early the kernel gives up on it)."""
+    codes = (random_codes(3000, 8, torch.Generator().manual_seed(5)) if kind == "uniform"
+             else clustered_codes(3000, 64, centres=30, flip=0.08, seed=6))
+    mih = MIHIndex(64)
+    mih.add(codes)
+    state = mih._state
+    queries = (random_codes(8, 8, torch.Generator().manual_seed(7)) if kind == "uniform"
+               else clustered_codes(8, 64, centres=30, flip=0.08, seed=6, draw=1))
+    for q in queries.split(1):
+        for k, radius in ((1, None), (10, None), (None, 6), (None, 14)):
+            spent = budget_spent(codes, state.specs, q, k, radius)
+            for budget in (spent - 1, spent, 2 * spent):
+                if k is not None:
+                    _, _, done = torch.ops.cibhash_ext.mih_search(
+                        q, state.scan.codes, state.layout, list(state.tables), k, None, budget)
+                else:
+                    *_, done = torch.ops.cibhash_ext.mih_range_search(
+                        q, state.scan.codes, state.layout, list(state.tables), radius, None, budget)
+                assert bool(done) == (spent <= budget), (k, radius, spent, budget)
+
+
 def test_removals_and_adds_keep_insertion_order():
     codes = clustered_codes(2000, 64, centres=20, flip=0.05, seed=5)
     ids = torch.arange(2000) * 2
@@ -219,6 +270,36 @@ def test_searches_during_adds_see_whole_states():
         mih.add(codes[start : start + 1000])
     thread.join()
     assert not errors and len(mih) == 6000
+
+
+def reference_table(codes: torch.Tensor, bit_start: int, bit_count: int, dir_bits: int):
+    """One table as NumPy builds it: positions stably sorted by their substring key, the directory of
+    offsets by the key's top dir_bits bits, and the key's low bits beside each position."""
+    bits = np.unpackbits(codes.numpy(), axis=1, bitorder="little")[:, bit_start : bit_start + bit_count]
+    keys = (bits.astype(np.int64) << np.arange(bit_count)).sum(axis=1)
+    pos = np.argsort(keys, kind="stable")
+    low_bits = bit_count - dir_bits
+    top = keys[pos] >> low_bits
+    directory = np.searchsorted(top, np.arange((1 << dir_bits) + 1), side="left")
+    low = keys[pos] & ((1 << low_bits) - 1) if low_bits else np.empty(0, np.int64)
+    return directory, low, pos
+
+
+@pytest.mark.parametrize("layout", [
+    [(0, 32, 24), (32, 32, 24)],  # 100M codes' tables: 8 low bits beside each position
+    [(0, 22, 22), (22, 21, 21), (43, 21, 21)],  # 10M codes': the directory holds every bit
+    [(3, 29, 5), (40, 24, 1)],  # 24 and 23 low bits: several sorting passes
+    [(0, 1, 1), (1, 11, 6), (12, 13, 13)],
+])
+@pytest.mark.parametrize("kind", ["uniform", "clustered"])
+def test_built_tables_are_the_stable_sort_by_substring(layout, kind):
+    nbits = 64
+    codes = (random_codes(5000, 8, torch.Generator().manual_seed(3), duplicates=500) if kind == "uniform"
+             else clustered_codes(5000, nbits, centres=20, flip=0.05, seed=4))
+    tables = torch.ops.cibhash_ext.mih_build(codes, [v for spec in layout for v in spec])
+    for i, spec in enumerate(layout):
+        for got, want in zip(tables[3 * i : 3 * i + 3], reference_table(codes, *spec)):
+            np.testing.assert_array_equal(got.numpy(), want)
 
 
 def test_choose_tables_follows_the_paper_rule():

@@ -70,33 +70,56 @@ bool first_visit(const Index& index, const uint32_t* qkeys, const uint8_t* code,
 // (the pigeonhole bound of the paper, refined per table).
 inline int64_t covered(const Index& index, int32_t r, int32_t i) { return int64_t{index.m} * r + i; }
 
+// Buckets of a ring looked up together: their directory entries, positions and codes are
+// prefetched a stage ahead of use, so the cache misses of up to this many buckets overlap instead of
+// running one after another (a probe and a candidate each cost a miss in tables of millions of codes).
+constexpr int kProbeBatch = 16;
+constexpr int kPrefetchCodes = 32;  // codes prefetched per bucket (a large one is read in order anyway)
+
 // Calls visit(position) for every code of table t whose key is at distance exactly r from qkey
-// (the keys are enumerated as qkey ^ mask over the masks with r bits set, in Gosper's order).
-// Each probe and each visited code costs one unit of budget; returns false when it runs out.
+// (the keys are enumerated as qkey ^ mask over the masks with r bits set, in Gosper's order), the
+// codes of a bucket in position order. Each probe and each visited code costs one unit of budget,
+// charged before the bucket is visited; returns false when it runs out.
 template <typename Visit>
-bool probe_ring(const Table& t, uint32_t qkey, int32_t r, int64_t& budget, Visit&& visit) {
+bool probe_ring(const Table& t, const Index& index, uint32_t qkey, int32_t r, int64_t& budget, Visit&& visit) {
   if (r > t.bit_count) return true;
   const int32_t low_bits = t.bit_count - t.dir_bits;
   const uint32_t low_mask = (uint32_t{1} << low_bits) - 1;
   const uint64_t end = uint64_t{1} << t.bit_count;
   uint64_t mask = (uint64_t{1} << r) - 1;
-  while (mask < end) {
-    const uint32_t key = qkey ^ static_cast<uint32_t>(mask);
-    const uint32_t top = key >> low_bits;
-    const int32_t* first = t.pos + t.dir[top];
-    const int32_t* last = t.pos + t.dir[top + 1];
-    if (t.low != nullptr && first != last) {
-      // Within a directory bucket the entries are sorted by their low bits.
-      const auto range = std::equal_range(t.low + t.dir[top], t.low + t.dir[top + 1], static_cast<int32_t>(key & low_mask));
-      first = t.pos + (range.first - t.low);
-      last = t.pos + (range.second - t.low);
+  uint32_t keys[kProbeBatch];
+  const int32_t* first[kProbeBatch];
+  const int32_t* last[kProbeBatch];
+  for (bool more = true; more;) {
+    int count = 0;
+    while (count < kProbeBatch && more) {
+      keys[count++] = qkey ^ static_cast<uint32_t>(mask);
+      const uint64_t lowest = mask & (~mask + 1), next = mask + lowest;
+      more = mask != 0 && (mask = (((next ^ mask) >> 2) / lowest) | next) < end;
     }
-    budget -= 1 + (last - first);
-    if (budget < 0) return false;
-    for (const int32_t* p = first; p != last; ++p) visit(*p);
-    if (mask == 0) break;
-    const uint64_t lowest = mask & (~mask + 1), next = mask + lowest;
-    mask = (((next ^ mask) >> 2) / lowest) | next;
+    for (int c = 0; c < count; ++c) __builtin_prefetch(t.dir + (keys[c] >> low_bits));
+    for (int c = 0; c < count; ++c) {
+      const uint32_t top = keys[c] >> low_bits;
+      first[c] = t.pos + t.dir[top];
+      last[c] = t.pos + t.dir[top + 1];
+      if (t.low != nullptr && first[c] != last[c]) {
+        // Within a directory bucket the entries are sorted by their low bits.
+        const auto range = std::equal_range(t.low + t.dir[top], t.low + t.dir[top + 1],
+                                            static_cast<int32_t>(keys[c] & low_mask));
+        first[c] = t.pos + (range.first - t.low);
+        last[c] = t.pos + (range.second - t.low);
+      }
+      if (first[c] != last[c]) __builtin_prefetch(first[c]);
+    }
+    for (int c = 0; c < count; ++c) {
+      const int32_t* stop = std::min(last[c], first[c] + kPrefetchCodes);
+      for (const int32_t* p = first[c]; p != stop; ++p) __builtin_prefetch(index.codes + int64_t{*p} * index.code_size);
+    }
+    for (int c = 0; c < count; ++c) {
+      budget -= 1 + (last[c] - first[c]);
+      if (budget < 0) return false;
+      for (const int32_t* p = first[c]; p != last[c]; ++p) visit(*p);
+    }
   }
   return true;
 }
@@ -153,16 +176,44 @@ void build_table(const uint8_t* codes, int64_t n, int64_t code_size, int32_t bit
 
 namespace {
 
+// The bucket probes of step (r, i): a ring of radius r has C(bit_count, r) keys. Each costs at least
+// one unit of budget (a probe and the codes its bucket holds), so this is a lower bound of the step's
+// cost, whatever the codes.
+double step_probes(const Index& index, int32_t r, int32_t i) {
+  const int32_t bits = index.tables[i].bit_count;
+  double keys = r <= bits ? 1 : 0;
+  for (int32_t j = 0; j < r && j < bits; ++j) keys = keys * (bits - j) / (j + 1);
+  return keys;
+}
+
+// The probes of the steps from (r, i) on, through the first one after which a radius of at least
+// target is covered; counting stops once it passes limit.
+double probes_to_cover(const Index& index, int32_t r, int32_t i, int64_t target, double limit) {
+  for (double probes = 0;; ++i) {
+    if (i == index.m) i = 0, ++r;
+    probes += step_probes(index, r, i);
+    if (probes > limit || covered(index, r, i) >= target) return probes;
+  }
+}
+
 // Runs the steps (r, i) in order, calling visit(position, code, distance, i, r) for every allowed code
-// probed, until stop(radius covered) holds or every code is covered. Returns false when the budget
-// ran out first.
+// probed, until stop(radius covered) holds or every code is covered. target is the radius a radius
+// search must cover (-1 for k-NN, whose radius is known only at the end). Returns false when the
+// budget ran out first, or before it would: when the probes of the next step, or those that cover
+// target, exceed the budget left (each probe costs at least one unit), with nothing spent on them.
 template <typename Visit, typename Stop>
 bool progressive_search(const Index& index, const uint8_t* query, const std::vector<uint32_t>& qkeys,
-                        const uint8_t* allow, int64_t budget, Visit&& visit, Stop&& stop) {
+                        const uint8_t* allow, int64_t budget, int64_t target, Visit&& visit, Stop&& stop) {
   const int64_t bits = total_bits(index);
+  target = std::min(target, bits);  // the search ends once every bit is covered
+  const auto affordable = [&](int32_t r, int32_t i) {
+    const double left = static_cast<double>(budget);
+    return step_probes(index, r, i) <= left && (target < 0 || probes_to_cover(index, r, i, target, left) <= left);
+  };
+  if (!affordable(0, 0)) return false;
   for (int32_t r = 0;; ++r) {
     for (int32_t i = 0; i < index.m; ++i) {
-      const bool within_budget = probe_ring(index.tables[i], qkeys[i], r, budget, [&](int32_t p) {
+      const bool within_budget = probe_ring(index.tables[i], index, qkeys[i], r, budget, [&](int32_t p) {
         if (excluded(allow, p)) return;
         const uint8_t* code = index.codes + int64_t{p} * index.code_size;
         visit(p, code, distance(code, query, index.code_size), i, r);
@@ -170,6 +221,7 @@ bool progressive_search(const Index& index, const uint8_t* query, const std::vec
       if (!within_budget) return false;
       const int64_t radius = covered(index, r, i);
       if (radius >= bits || stop(radius)) return true;
+      if (!affordable(i + 1 == index.m ? r + 1 : r, i + 1 == index.m ? 0 : i + 1)) return false;
     }
   }
 }
@@ -183,7 +235,7 @@ int64_t knn(const Index& index, const uint8_t* query, int64_t k, const uint8_t* 
   std::vector<uint64_t> heap;
   heap.reserve(static_cast<size_t>(k));
   const bool finished = progressive_search(
-      index, query, qkeys, allow, budget,
+      index, query, qkeys, allow, budget, -1,
       [&](int32_t p, const uint8_t* code, int32_t d, int32_t i, int32_t r) {
         const uint64_t key = (uint64_t(d) << 32) | static_cast<uint32_t>(p);
         if (static_cast<int64_t>(heap.size()) == k && key >= heap.front()) return;
@@ -212,7 +264,7 @@ bool radius_search(const Index& index, const uint8_t* query, int32_t radius, con
   const std::vector<uint32_t> qkeys = query_keys(index, query);
   const size_t first = out.size();
   const bool finished = progressive_search(
-      index, query, qkeys, allow, budget,
+      index, query, qkeys, allow, budget, radius,
       [&](int32_t p, const uint8_t* code, int32_t d, int32_t i, int32_t r) {
         if (d <= radius && first_visit(index, qkeys.data(), code, i, r)) out.emplace_back(d, p);
       },

@@ -41,12 +41,14 @@ void build_table(const uint8_t* codes, int64_t n, int64_t code_size, int32_t bit
 // k-th distance is within the radius every table has covered. allow: nullptr or a bitmap (bit i of
 // byte i / 8) of the positions that may be returned, with at least k set. budget: the most bucket
 // probes plus candidate checks to spend. Returns the number of results written to dist/pos (k), or
-// -1 when the budget ran out first (the caller then scans).
+// -1 when the budget ran out first, or would run out before the rings that hold the k-th distance
+// found so far are probed (the caller then scans).
 int64_t knn(const Index& index, const uint8_t* query, int64_t k, const uint8_t* allow, int64_t budget, int32_t* dist,
             int64_t* pos);
 
 // Every code within distance <= radius of one query, appended to out as (distance, position)
-// ordered by (distance, position). Returns false (out unchanged) when the budget ran out first.
+// ordered by (distance, position). Returns false (out unchanged) when the budget ran out first or
+// would run out before the radius is covered (then nothing is probed).
 bool radius_search(const Index& index, const uint8_t* query, int32_t radius, const uint8_t* allow, int64_t budget,
                    std::vector<std::pair<int32_t, int64_t>>& out);
 
