@@ -254,9 +254,10 @@ def test_large_database_split_paths(q, nbits, threads):
 @pytest.mark.parametrize("nbits", [8, 12, 16, 24, 32])
 def test_narrow_codes_across_tiles_and_blocks(nbits, threads):
     # On AVX-512, codes of up to 32 bits scan in 32-bit lanes (16 per vector, tiles of 4096 codes,
-    # 8 queries per block). Sizes chosen to cross tiles, end on a ragged group and leave a partial
-    # query block; the many queries split by query, the few by database.
-    for q in (19, 2):
+    # 8 queries per block; a partial block in blocks of 4, 2 and 1). Sizes chosen to cross tiles,
+    # end on a ragged group and leave partial query blocks; the many queries split by query, the
+    # few by database.
+    for q in (19, 7, 2):
         queries, database = codes_pair(q, 2 * 4096 + 13, nbits, seed=nbits + q)
         database[4096 + 3] = queries[-1]  # an exact match in the second tile
         for k in (1, 7, 300, len(database)):
