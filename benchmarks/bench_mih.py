@@ -1,10 +1,13 @@
 """MIHIndex (multi-index hashing) against the scan (HammingIndex) and faiss (IndexBinaryFlat, and
-IndexBinaryMultiHash with its recall) on 64-bit codes of two kinds:
+IndexBinaryMultiHash with its recall) on 64-bit codes of three kinds:
 
 * uniform: every bit a fair coin (the worst case for hashing: near neighbours are far);
 * clustered: ``--centres`` random centres, each code a centre with every bit flipped with
   probability ``--flip`` (like learned codes: near neighbours share substrings). Queries are drawn
-  the same way (fresh flips of random centres), so they are not database members.
+  the same way (fresh flips of random centres), so they are not database members;
+* run: the real 64-bit codes of a trained run (``--run RUN``, e.g. the main job's Fashion-MNIST run):
+  its dataset's database split encoded as the index, its query split as the queries (``--n`` does
+  not apply).
 
 Every result of MIHIndex is checked against the scan (identical distances and ids) before timing;
 faiss IndexBinaryFlat distances are checked too. Times are medians of interleaved rounds; 1-query
@@ -12,6 +15,7 @@ rows time ``--single`` different queries one at a time and report the median per
 
     python benchmarks/bench_mih.py --n 1000000 10000000 --threads 2
     python benchmarks/bench_mih.py --n 100000000 --kind clustered --queries 1 --k 10 --radius --no-faiss
+    python benchmarks/bench_mih.py --kind run --run runs/fashion_mnist-RUN
 """
 
 from __future__ import annotations
@@ -44,6 +48,19 @@ def make_codes(kind: str, n: int, centres: np.ndarray, flip: float, rng: np.rand
         flips = np.packbits(rng.random((rows, NBITS), dtype=np.float32) < flip, axis=1, bitorder="little")
         out[start : start + rows] = base ^ flips
     return out
+
+
+def run_codes(run: str) -> tuple[np.ndarray, np.ndarray]:
+    """The 64-bit codes of a trained run's database and query splits."""
+    from cibhash_ext.encode import encode_run
+
+    splits = []
+    for split in ("database", "query"):
+        _, codes = encode_run(run, split=split, show_progress=False)
+        if NBITS not in codes:
+            raise SystemExit(f"{run} has no {NBITS}-bit codes (it has {sorted(codes)})")
+        splits.append(codes[NBITS].numpy())
+    return splits[0], splits[1]
 
 
 def rss_mb() -> float:
@@ -89,7 +106,8 @@ def distance_recall(got_d: np.ndarray, want_d: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    parser.add_argument("--kind", nargs="+", choices=("uniform", "clustered"), default=["uniform", "clustered"])
+    parser.add_argument("--kind", nargs="+", choices=("uniform", "clustered", "run"), default=["uniform", "clustered"])
+    parser.add_argument("--run", help="a trained run with 64-bit codes (for --kind run)")
     parser.add_argument("--queries", type=int, nargs="+", default=[1, 1000])
     parser.add_argument("--k", type=int, nargs="*", default=[1, 10, 100])
     parser.add_argument("--radius", type=int, nargs="*", default=[2, 4, 8])
@@ -114,66 +132,74 @@ def main() -> None:
     print(f"# bench_mih {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | {cpu} | {os.cpu_count()} CPUs | "
           f"python {platform.python_version()} | torch {torch.__version__} | cibhash_ext {cibhash_ext.__version__} | "
           f"faiss {faiss.__version__ if faiss else '-'} | threads {args.threads} | rounds {args.rounds}")
+    if "run" in args.kind and not args.run:
+        parser.error("--kind run needs --run RUN")
     print(f"# clustered: {args.centres} centres, bit flip probability {args.flip}; {NBITS}-bit codes; times in ms")
     print("| n | codes | Q | search | scan | MIH | scan/MIH | faiss Flat | Flat/MIH | faiss MultiHash | MH recall |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for n in args.n:
-        for kind in args.kind:
+    cases = [(n, kind) for n in args.n for kind in args.kind if kind != "run"]
+    cases += [(None, "run")] if "run" in args.kind else []
+    for n, kind in cases:
+        if kind == "run":
+            database, queries = run_codes(args.run)
+            n = len(database)
+            print(f"# run {args.run}: {n} database codes, {len(queries)} queries (its dataset's splits)")
+        else:
             rng = np.random.default_rng(SEED)
             centres = rng.integers(0, 256, size=(args.centres, NBITS // 8), dtype=np.uint8)
             database = make_codes(kind, n, centres, args.flip, rng)
             queries = make_codes(kind, max(args.queries + [args.single]), centres, args.flip, rng)
-            rss0 = rss_mb()
-            scan = HammingIndex(NBITS)
-            scan.add(database)
-            mih = MIHIndex(NBITS, m=args.m)
-            _, build_s = timed(lambda: mih.add(database))
-            specs = ", ".join(f"{s.bit_count}b/dir {s.dir_bits}" for s in mih.specs)
-            print(f"# n={n} {kind}: MIH build {build_s:.2f} s, m={len(mih.specs)} ({specs}), tables "
-                  f"{mih.tables_nbytes / 2**20:.0f} MiB, codes {database.nbytes / 2**20:.0f} MiB, "
-                  f"RSS after both indexes {rss_mb() - rss0:.0f} MiB more")
-            flat = multihash = None
-            if faiss is not None:
-                flat = faiss.IndexBinaryFlat(NBITS)
-                flat.add(database)
-                if n <= args.multihash_max_n:
-                    nhash = len(mih.specs)
-                    multihash = faiss.IndexBinaryMultiHash(NBITS, nhash, NBITS // nhash)
-                    multihash.nflip = 2
-                    _, mh_build = timed(lambda: multihash.add(database))
-                    print(f"# faiss IndexBinaryMultiHash(nhash={nhash}, b={NBITS // nhash}, nflip=2): build {mh_build:.2f} s")
-            for q_count in args.queries:
-                if q_count == 1:
-                    calls = [(torch.from_numpy(queries[i : i + 1]),) for i in range(args.single)]
-                else:
-                    calls = [(torch.from_numpy(queries[:q_count]),)]
-                all_q = torch.cat([c[0] for c in calls])
-                for k in args.k:
-                    want = scan.search(all_q, k)
-                    check_same(mih.search(all_q, k), want, f"n={n} {kind} k={k}")
-                    contenders = {"scan": lambda q: scan.search(q, k), "mih": lambda q: mih.search(q, k)}
-                    recall = "-"
-                    if flat is not None:
-                        fd, _ = flat.search(all_q.numpy(), k)
-                        assert np.array_equal(fd, want[0].numpy()), "faiss Flat distances differ"
-                        contenders["flat"] = lambda q: flat.search(q.numpy(), k)
-                    if multihash is not None:
-                        md, _ = multihash.search(all_q.numpy(), k)
-                        recall = f"{distance_recall(md, want[0].numpy()):.3f}"
-                        contenders["multihash"] = lambda q: multihash.search(q.numpy(), k)
-                    t = interleaved(contenders, args.rounds, calls)
-                    row(n, kind, q_count, f"k={k}", t, recall)
-                for radius in args.radius:
-                    want = scan.range_search(all_q, radius)
-                    check_same(mih.range_search(all_q, radius), want, f"n={n} {kind} radius={radius}")
-                    contenders = {"scan": lambda q: scan.range_search(q, radius),
-                                  "mih": lambda q: mih.range_search(q, radius)}
-                    if flat is not None:
-                        # faiss's binary range_search is strict (< radius); ours is inclusive.
-                        contenders["flat"] = lambda q: flat.range_search(q.numpy(), radius + 1)
-                    t = interleaved(contenders, args.rounds, calls)
-                    row(n, kind, q_count, f"radius {radius} ({int(want[0][-1]) / len(all_q):.1f}/query)", t, "-")
-            del scan, mih, flat, multihash
+        rss0 = rss_mb()
+        scan = HammingIndex(NBITS)
+        scan.add(database)
+        mih = MIHIndex(NBITS, m=args.m)
+        _, build_s = timed(lambda: mih.add(database))
+        specs = ", ".join(f"{s.bit_count}b/dir {s.dir_bits}" for s in mih.specs)
+        print(f"# n={n} {kind}: MIH build {build_s:.2f} s, m={len(mih.specs)} ({specs}), tables "
+              f"{mih.tables_nbytes / 2**20:.0f} MiB, codes {database.nbytes / 2**20:.0f} MiB, "
+              f"RSS after both indexes {rss_mb() - rss0:.0f} MiB more")
+        flat = multihash = None
+        if faiss is not None:
+            flat = faiss.IndexBinaryFlat(NBITS)
+            flat.add(database)
+            if n <= args.multihash_max_n:
+                nhash = len(mih.specs)
+                multihash = faiss.IndexBinaryMultiHash(NBITS, nhash, NBITS // nhash)
+                multihash.nflip = 2
+                _, mh_build = timed(lambda: multihash.add(database))
+                print(f"# faiss IndexBinaryMultiHash(nhash={nhash}, b={NBITS // nhash}, nflip=2): build {mh_build:.2f} s")
+        for q_count in args.queries:
+            if q_count == 1:
+                calls = [(torch.from_numpy(queries[i : i + 1]),) for i in range(args.single)]
+            else:
+                calls = [(torch.from_numpy(queries[:q_count]),)]
+            all_q = torch.cat([c[0] for c in calls])
+            for k in args.k:
+                want = scan.search(all_q, k)
+                check_same(mih.search(all_q, k), want, f"n={n} {kind} k={k}")
+                contenders = {"scan": lambda q: scan.search(q, k), "mih": lambda q: mih.search(q, k)}
+                recall = "-"
+                if flat is not None:
+                    fd, _ = flat.search(all_q.numpy(), k)
+                    assert np.array_equal(fd, want[0].numpy()), "faiss Flat distances differ"
+                    contenders["flat"] = lambda q: flat.search(q.numpy(), k)
+                if multihash is not None:
+                    md, _ = multihash.search(all_q.numpy(), k)
+                    recall = f"{distance_recall(md, want[0].numpy()):.3f}"
+                    contenders["multihash"] = lambda q: multihash.search(q.numpy(), k)
+                t = interleaved(contenders, args.rounds, calls)
+                row(n, kind, q_count, f"k={k}", t, recall)
+            for radius in args.radius:
+                want = scan.range_search(all_q, radius)
+                check_same(mih.range_search(all_q, radius), want, f"n={n} {kind} radius={radius}")
+                contenders = {"scan": lambda q: scan.range_search(q, radius),
+                              "mih": lambda q: mih.range_search(q, radius)}
+                if flat is not None:
+                    # faiss's binary range_search is strict (< radius); ours is inclusive.
+                    contenders["flat"] = lambda q: flat.range_search(q.numpy(), radius + 1)
+                t = interleaved(contenders, args.rounds, calls)
+                row(n, kind, q_count, f"radius {radius} ({int(want[0][-1]) / len(all_q):.1f}/query)", t, "-")
+        del scan, mih, flat, multihash
 
 
 def row(n, kind, q_count, what, t, recall) -> None:

@@ -9,6 +9,7 @@ import dataclasses
 import math
 import os
 import threading
+import time
 
 import numpy as np
 import torch
@@ -84,14 +85,49 @@ def choose_tables(nbits: int, n: int, m: int | None = None) -> list[TableSpec]:
     return specs
 
 
+# A search of at most _PROBE queries takes the path (the tables, or the scan alone) that has been
+# faster per query on the same state for the same kind of search; one in _EXPLORE such searches takes
+# the other path, so that a change in the queries is noticed.
+_EXPLORE = 16
+_SMOOTHING = 0.25  # weight of the newest time in a path's running mean
+_clock = time.perf_counter
+
+
+class _PathChoice:
+    """Running means of the seconds per query of the two paths of small searches, per kind of search
+    (k-NN with its k, or radius search with its radius; filtered or not). The tables' mean includes
+    the scans of the queries they hand over. Updated by every thread without a lock: a lost update
+    only skews a mean, never a result (both paths return the same results)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple, list] = {}  # key -> [tables mean or None, scan mean or None, searches]
+
+    def use_tables(self, key: tuple) -> bool:
+        """The first search of a kind tries the tables, the second the scan; later ones take the
+        faster, except one in _EXPLORE that takes the other."""
+        entry = self._seen.setdefault(key, [None, None, 0])
+        entry[2] += 1
+        tables, scan, searches = entry
+        if tables is None or scan is None:
+            return tables is None
+        return (tables <= scan) != (searches % _EXPLORE == 0)
+
+    def record(self, key: tuple, tables: bool, seconds: float) -> None:
+        entry = self._seen[key]
+        i = 0 if tables else 1
+        entry[i] = seconds if entry[i] is None else entry[i] + _SMOOTHING * (seconds - entry[i])
+
+
 @dataclasses.dataclass(frozen=True)
 class _State:
     """One state of an :class:`MIHIndex`: the scan index's state (codes, ids, map) and the tables
-    built from exactly those codes. A search reads the reference once and uses only it."""
+    built from exactly those codes, with the path choice of small searches on them. A search reads
+    the reference once and uses only it."""
 
     scan: _ScanState
     specs: tuple[TableSpec, ...] = ()
     tables: tuple[Tensor, ...] = ()  # (dir, low, pos) int32 per spec
+    choice: _PathChoice = dataclasses.field(default_factory=_PathChoice, compare=False, repr=False)
 
     @property
     def layout(self) -> list[int]:
@@ -108,13 +144,21 @@ class MIHIndex:
     identical to :class:`~cibhash_ext.index.HammingIndex` on the same codes: the same distances and
     ids, equal distances ordered by position in the index (the code added first).
 
-    The choice between the tables and the scan is automatic and per query: a query whose search would
-    spend more than n/512 bucket probes and candidate checks (n/8192 in a batch of more than 16
-    queries) is handed to the scan instead, and a batch whose first 16 queries mostly run out of
-    budget is scanned whole; a search gives up before the budget is spent once the probes it still
-    needs exceed what is left. Uniform random codes (near neighbours far away) or a filter that
-    excludes most near codes thus cost up to about a tenth more than
-    :class:`~cibhash_ext.index.HammingIndex` (benchmarks/RESULTS.md). Tables are rebuilt on ``add`` and
+    The choice between the tables and the scan is automatic, and results are the same either way:
+
+    * per query: a query whose search would spend more than n/512 bucket probes and candidate checks
+      (n/8192 in a batch of more than 16 queries) is handed to the scan; the search gives up as soon
+      as the probes it still needs exceed what is left of that budget;
+    * per batch: a batch whose first 16 queries mostly run out of budget is scanned whole;
+    * per kind of small search (at most 16 queries; k-NN with its k or radius search with its
+      radius, filtered or not): the path, tables or scan alone, that has taken less time per query
+      on this index (running means, the tables' including the scans of the queries they hand over).
+      The first such search tries the tables, the second the scan; after that one in 16 takes the
+      other path, so the choice follows the queries. Uniform random codes (near neighbours far
+      away), small indexes or a filter that excludes most near codes thus cost about what
+      :class:`~cibhash_ext.index.HammingIndex` costs (benchmarks/RESULTS.md, "MIHIndex").
+
+    Tables are rebuilt on ``add`` and
     ``remove_ids`` (linear time, a counting sort). Each change builds a new state object and swaps it
     in under a lock, so a search running in another thread sees either the old or the new index, whole.
 
@@ -275,14 +319,35 @@ class MIHIndex:
         if not state.tables or width == 0 or sel.positions is not None or q.shape[0] == 0:
             dist, pos = scan.search_positions(q, k, self.chunk_bytes, sel)
             return scan.finish_topk(dist, pos, k)
-        bitmap, budget = self._bitmap(state, sel), self._budget(len(scan), q.shape[0])
+        bitmap = self._bitmap(state, sel)
+        return self._timed(state, ("knn", width, bitmap is not None), q.shape[0],
+                           lambda: self._search_tables(state, q, k, width, sel, bitmap),
+                           lambda: scan.finish_topk(*scan.search_positions(q, k, self.chunk_bytes, sel), k))
+
+    @staticmethod
+    def _timed(state: _State, key: tuple, queries: int, tables, scan):
+        """A search of more than _PROBE queries through ``tables``; a smaller one through the path
+        that state.choice picks for its kind, timed for it."""
+        if queries > _PROBE:
+            return tables()
+        use_tables = state.choice.use_tables(key)
+        start = _clock()
+        out = tables() if use_tables else scan()
+        state.choice.record(key, use_tables, (_clock() - start) / queries)
+        return out
+
+    def _search_tables(self, state: _State, q: Tensor, k: int, width: int, sel: Selection, bitmap: Tensor | None):
+        scan = state.scan
+        budget = self._budget(len(scan), q.shape[0])
         parts = self._through_tables(q, lambda part: _search_op(
             part, scan.codes_tensor(), state.layout, list(state.tables), width, bitmap, budget))
         if parts is None:
             dist, pos = scan.search_positions(q, k, self.chunk_bytes, sel)
             return scan.finish_topk(dist, pos, k)
-        dist, pos, done = (torch.cat(t) for t in zip(*parts))
-        if not bool(done.all()):
+        dist, pos, done = parts[0] if len(parts) == 1 else (torch.cat(t) for t in zip(*parts))
+        if not bool(done.any()):
+            dist, pos = scan.search_positions(q, k, self.chunk_bytes, sel)
+        elif not bool(done.all()):
             # Only the queries left over are indexed: on a loaded machine each parallel torch op
             # costs a thread wake-up, measured at tens of ms for [1000, 10] index copies.
             rest = torch.nonzero(~done).reshape(-1)
@@ -304,17 +369,29 @@ class MIHIndex:
         if not state.tables or sel.positions is not None or q.shape[0] == 0 or sel.count == 0:
             lims, dist, pos = scan.range_positions(q, radius, self.chunk_bytes, sel)
             return lims, dist, scan.ids_at(pos)
-        bitmap, budget = self._bitmap(state, sel), self._budget(len(scan), q.shape[0])
+        bitmap = self._bitmap(state, sel)
+
+        def by_scan():
+            lims, dist, pos = scan.range_positions(q, radius, self.chunk_bytes, sel)
+            return lims, dist, scan.ids_at(pos)
+
+        return self._timed(state, ("radius", radius, bitmap is not None), q.shape[0],
+                           lambda: self._range_tables(state, q, radius, sel, bitmap, by_scan), by_scan)
+
+    def _range_tables(self, state: _State, q: Tensor, radius: int, sel: Selection, bitmap: Tensor | None, by_scan):
+        scan = state.scan
+        budget = self._budget(len(scan), q.shape[0])
         parts = self._through_tables(q, lambda part: _range_op(
             part, scan.codes_tensor(), state.layout, list(state.tables), radius, bitmap, budget))
         if parts is None:
-            lims, dist, pos = scan.range_positions(q, radius, self.chunk_bytes, sel)
-            return lims, dist, scan.ids_at(pos)
+            return by_scan()
         lims, dist, pos, done = parts[0]
         if len(parts) == 2:
             more = parts[1]
             lims = torch.cat([lims[:-1], more[0] + lims[-1]])
             dist, pos, done = torch.cat([dist, more[1]]), torch.cat([pos, more[2]]), torch.cat([done, more[3]])
+        if not bool(done.any()):
+            return by_scan()
         if not bool(done.all()):
             rest = torch.nonzero(~done).reshape(-1)
             lims2, dist2, pos2 = scan.range_positions(q[rest], radius, self.chunk_bytes, sel)

@@ -89,6 +89,56 @@ def test_the_tables_answer_clustered_queries_without_the_scan(monkeypatch):
     assert all(torch.equal(g, w) for g, w in zip(got, want_range)) and want_range[0][-1] > 0
 
 
+@pytest.mark.parametrize("tables_cost, expected_table_searches", [(10.0, [1, 16, 32]), (0.1, "all but 2, 16, 32")])
+def test_small_searches_take_the_path_that_has_been_faster(monkeypatch, tables_cost, expected_table_searches):
+    """Single queries take the tables or the scan, whichever has taken less time per query on this
+    state for this kind of search: the first tries the tables, the second the scan, then the faster
+    one, with one search in 16 taking the other. Results are the scan's on every path."""
+    codes = clustered_codes(20_000, 64, centres=50, flip=0.03, seed=8)
+    mih, scan = pair(codes, 64)
+    queries = codes[:40]
+    clock = [0.0]
+    table_searches = []
+    real_op, real_scan = mih_module._search_op, index_module._State.search_positions
+
+    def tables(q, *args):
+        clock[0] += tables_cost
+        table_searches.append(search_number)
+        return real_op(q, *args)
+
+    def scanned(self, *args, **kwargs):
+        clock[0] += 1.0
+        return real_scan(self, *args, **kwargs)
+
+    monkeypatch.setattr(mih_module, "BUDGET_PER_CODE_SINGLE", 1.0)  # the tables answer every query
+    monkeypatch.setattr(mih_module, "_clock", lambda: clock[0])
+    monkeypatch.setattr(mih_module, "_search_op", tables)
+    monkeypatch.setattr(index_module._State, "search_positions", scanned)
+    want = scan.search(queries, 5)
+    for search_number in range(1, 41):
+        got = mih.search(queries[search_number - 1 : search_number], 5)
+        assert torch.equal(got[0], want[0][search_number - 1 : search_number])
+        assert torch.equal(got[1], want[1][search_number - 1 : search_number])
+    if expected_table_searches == "all but 2, 16, 32":
+        expected_table_searches = [n for n in range(1, 41) if n not in (2, 16, 32)]
+    assert table_searches == expected_table_searches
+    # Another kind of search (k) and a new state (an add) start over: tables first.
+    table_searches.clear()
+    search_number = 0
+    mih.search(queries[:1], 7)
+    mih.add(codes[:10])
+    mih.search(queries[:1], 5)
+    assert table_searches == [0, 0]
+
+
+def test_small_range_searches_equal_the_scan_on_either_path():
+    codes = clustered_codes(20_000, 64, centres=50, flip=0.03, seed=9)
+    mih, scan = pair(codes, 64)
+    for i in range(40):  # the path choice settles and explores along the way
+        assert_same_range(mih, scan, codes[i : i + 1], 3)
+        assert_same_range(mih, scan, codes[i : i + 2], 3, allow=IDSelectorRange(100, 15_000))
+
+
 def test_a_batch_whose_probe_fails_is_scanned_whole(monkeypatch):
     codes = random_codes(5000, 8, torch.Generator().manual_seed(3))
     mih, scan = pair(codes, 64, m=1)
