@@ -48,9 +48,23 @@ def _extension():
     return cpp_extension.CppExtension("cibhash_ext._C", sources, extra_compile_args=extra, **kwargs)
 
 
+class BuildExtension(cpp_extension.BuildExtension):
+    """torch's build, plus ``cibhash_ext/_C.built-with``: the torch the library was compiled against,
+    which the package names when the library does not load under another torch (_extension.py)."""
+
+    def run(self) -> None:
+        super().run()
+        package = os.path.join(HERE if self.inplace else self.build_lib, "cibhash_ext")
+        os.makedirs(package, exist_ok=True)
+        with open(os.path.join(package, BUILT_WITH), "w") as fh:
+            fh.write(torch.__version__ + "\n")
+
+
+BUILT_WITH = "_C.built-with"
+
 setup(
     packages=find_packages(include=["cibhash_ext", "cibhash_ext.*"]),
     package_data={"cibhash_ext": ["recipes/*.json"]},
     ext_modules=[_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -4,8 +4,10 @@ imports, warns once with the reason, and the public API gives the compiled resul
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 import torch
@@ -55,3 +57,26 @@ def test_the_extension_is_loaded_in_this_process():
     if LOAD_ERROR is not None:
         pytest.fail(f"the compiled library did not load here: {LOAD_ERROR}")
     assert ch.hamming_topk is not None
+
+
+def test_a_library_built_for_another_torch_is_named_in_the_warning(tmp_path):
+    """A library that does not load under this torch (here an unloadable file beside a record of
+    torch 1.0.0) makes the package warn with both versions, and its ops still run."""
+    package = tmp_path / "cibhash_ext"
+    shutil.copytree(os.path.dirname(ch.__file__), package,
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__", "_C.built-with"))
+    (package / ("_C" + sysconfig.get_config_var("EXT_SUFFIX"))).write_bytes(b"not a shared library")
+    (package / "_C.built-with").write_text("1.0.0\n")
+    script = ("import warnings\n"
+              "with warnings.catch_warnings(record=True) as caught:\n"
+              "    warnings.simplefilter('always')\n"
+              "    import cibhash_ext, torch\n"
+              "print([str(w.message) for w in caught if 'compiled library' in str(w.message)])\n"
+              "print(cibhash_ext.hamming_distance(torch.zeros(1, 2, dtype=torch.uint8), torch.ones(1, 2, dtype=torch.uint8)))")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env.pop("CIBHASH_NO_EXTENSION", None)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"it was built for torch 1.0.0 and this is torch {torch.__version__}" in result.stdout
+    assert "rebuild it under this torch" in result.stdout and "tensor([[2]]" in result.stdout
