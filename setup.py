@@ -54,7 +54,8 @@ class BuildExtension(cpp_extension.BuildExtension):
 
     def run(self) -> None:
         super().run()
-        package = os.path.join(HERE if self.inplace else self.build_lib, "cibhash_ext")
+        in_source = self.inplace or getattr(self, "editable_mode", False)  # pip install -e: beside the sources
+        package = os.path.join(HERE if in_source else self.build_lib, "cibhash_ext")
         os.makedirs(package, exist_ok=True)
         with open(os.path.join(package, BUILT_WITH), "w") as fh:
             fh.write(torch.__version__ + "\n")
