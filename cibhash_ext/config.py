@@ -85,8 +85,8 @@ class TrainConfig:
         convnet_widths (tuple[int, ...]): channels of the convnet backbone's three conv blocks.
         convnet_fc (int): width of the convnet's fully connected feature layer.
         convnet_head (str): how the convnet's last feature map reaches that layer: "flatten" (every
-            position, the default) or "pool" (global average pooling); benchmarks/QUALITY.md, "The
-            convnet head", compares them.
+            position, the default: 0.045-0.051 mAP@1000 above "pool" on the validation split,
+            benchmarks/QUALITY.md, "The convnet head") or "pool" (global average pooling).
         mlp_widths (tuple[int, ...]): hidden widths of the mlp backbone.
         code_lengths (tuple[int, ...]): code lengths trained jointly on one backbone.
         hidden (int): hash-head hidden width.

@@ -95,7 +95,8 @@ _clock = time.perf_counter
 
 class _PathChoice:
     """Running means of the seconds per query of the two paths of small searches, per kind of search
-    (k-NN with its k, or radius search with its radius; filtered or not). The tables' mean includes
+    (k-NN with its k, or radius search with its radius; filtered or not; the number of queries).
+    The tables' mean includes
     the scans of the queries they hand over. Updated by every thread without a lock: a lost update
     only skews a mean, never a result (both paths return the same results)."""
 
@@ -151,8 +152,9 @@ class MIHIndex:
       as the probes it still needs exceed what is left of that budget;
     * per batch: a batch whose first 16 queries mostly run out of budget is scanned whole;
     * per kind of small search (at most 16 queries; k-NN with its k or radius search with its
-      radius, filtered or not): the path, tables or scan alone, that has taken less time per query
-      on this index (running means, the tables' including the scans of the queries they hand over).
+      radius, filtered or not, and its number of queries): the path, tables or scan alone, that has
+      taken less time per query on this index (running means, the tables' including the scans of
+      the queries they hand over).
       The first such search tries the tables, the second the scan; after that one in 16 takes the
       other path, so the choice follows the queries. Uniform random codes (near neighbours far
       away), small indexes or a filter that excludes most near codes thus cost about what
@@ -330,6 +332,7 @@ class MIHIndex:
         that state.choice picks for its kind, timed for it."""
         if queries > _PROBE:
             return tables()
+        key = (*key, queries)  # a batch's time per query is not a single query's
         use_tables = state.choice.use_tables(key)
         start = _clock()
         out = tables() if use_tables else scan()

@@ -60,7 +60,9 @@ class ConvNet(nn.Module):
     conv-BN-ReLU blocks (3x3; the first and the last with stride 2), then a fully connected layer
     (+ BN, ReLU) on the last feature map: flattened (``head="flatten"``, the default), which keeps
     where a part sits in the image, or averaged over its positions first (``head="pool"``, global
-    average pooling); benchmarks/QUALITY.md, "The convnet head", compares them.
+    average pooling). On Fashion-MNIST's validation split the flatten head scored 0.045-0.051
+    mAP@1000 higher at every code length (benchmarks/QUALITY.md, "The convnet head"): where a part
+    sits in a centred object carries class information.
 
     Args:
         in_channels (int): image channels (1 for grayscale).

@@ -122,13 +122,15 @@ def test_small_searches_take_the_path_that_has_been_faster(monkeypatch, tables_c
     if expected_table_searches == "all but 2, 16, 32":
         expected_table_searches = [n for n in range(1, 41) if n not in (2, 16, 32)]
     assert table_searches == expected_table_searches
-    # Another kind of search (k) and a new state (an add) start over: tables first.
+    # Another kind of search (k, or the number of queries) and a new state (an add) start over:
+    # tables first.
     table_searches.clear()
     search_number = 0
     mih.search(queries[:1], 7)
+    mih.search(queries[:2], 5)
     mih.add(codes[:10])
     mih.search(queries[:1], 5)
-    assert table_searches == [0, 0]
+    assert table_searches == [0, 0, 0]
 
 
 def test_small_range_searches_equal_the_scan_on_either_path():
