@@ -12,6 +12,8 @@ benchmarks/read_bandwidth.c measures with the same number of threads and a buffe
 
 Every result is checked against faiss (k-NN distances; range counts, distances and ids) before
 timing. Times are per call, medians of --rounds interleaved rounds (ours, faiss, ours, faiss, ...).
+faiss scans its own copy of the codes, so each contender may find its database partly evicted from
+the cache by the other: --no-faiss times ours alone, against the floor.
 """
 
 from __future__ import annotations
