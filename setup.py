@@ -48,6 +48,9 @@ def _extension():
     return cpp_extension.CppExtension("cibhash_ext._C", sources, extra_compile_args=extra, **kwargs)
 
 
+BUILT_WITH = "_C.built-with"
+
+
 class BuildExtension(cpp_extension.BuildExtension):
     """torch's build, plus ``cibhash_ext/_C.built-with``: the torch the library was compiled against,
     which the package names when the library does not load under another torch (_extension.py)."""
@@ -60,8 +63,6 @@ class BuildExtension(cpp_extension.BuildExtension):
         with open(os.path.join(package, BUILT_WITH), "w") as fh:
             fh.write(torch.__version__ + "\n")
 
-
-BUILT_WITH = "_C.built-with"
 
 setup(
     packages=find_packages(include=["cibhash_ext", "cibhash_ext.*"]),

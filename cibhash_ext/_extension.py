@@ -15,6 +15,7 @@ else:
     except ImportError as error:
         LOAD_ERROR = error
 
+
 def built_with() -> str | None:
     """The torch version the compiled library was built against (setup.py writes it beside the
     library), or None where no build left it."""

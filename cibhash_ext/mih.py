@@ -96,9 +96,9 @@ _clock = time.perf_counter
 class _PathChoice:
     """Running means of the seconds per query of the two paths of small searches, per kind of search
     (k-NN with its k, or radius search with its radius; filtered or not; the number of queries).
-    The tables' mean includes
-    the scans of the queries they hand over. Updated by every thread without a lock: a lost update
-    only skews a mean, never a result (both paths return the same results)."""
+    The tables' mean includes the scans of the queries they hand over. Updated by every thread
+    without a lock: a lost update only skews a mean, never a result (both paths return the same
+    results)."""
 
     def __init__(self) -> None:
         self._seen: dict[tuple, list] = {}  # key -> [tables mean or None, scan mean or None, searches]
@@ -154,15 +154,15 @@ class MIHIndex:
     * per kind of small search (at most 16 queries; k-NN with its k or radius search with its
       radius, filtered or not, and its number of queries): the path, tables or scan alone, that has
       taken less time per query on this index (running means, the tables' including the scans of
-      the queries they hand over).
-      The first such search tries the tables, the second the scan; after that one in 16 takes the
-      other path, so the choice follows the queries. Uniform random codes (near neighbours far
-      away), small indexes or a filter that excludes most near codes thus cost about what
-      :class:`~cibhash_ext.index.HammingIndex` costs (benchmarks/RESULTS.md, "MIHIndex").
+      the queries they hand over). The first such search tries the tables, the second the scan;
+      after that one in 16 takes the other path, so the choice follows the queries. Uniform random
+      codes (near neighbours far away), small indexes or a filter that excludes most near codes
+      thus cost about what :class:`~cibhash_ext.index.HammingIndex` costs (benchmarks/RESULTS.md,
+      "MIHIndex").
 
-    Tables are rebuilt on ``add`` and
-    ``remove_ids`` (linear time, a counting sort). Each change builds a new state object and swaps it
-    in under a lock, so a search running in another thread sees either the old or the new index, whole.
+    Tables are rebuilt on ``add`` and ``remove_ids`` (linear time, a counting sort). Each change
+    builds a new state object and swaps it in under a lock, so a search running in another thread
+    sees either the old or the new index, whole.
 
     Args:
         nbits (int): bits per code, 1 <= nbits <= 2^20.

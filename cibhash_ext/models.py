@@ -278,10 +278,10 @@ def build_backbone(
     it has an ``out_features`` attribute.
 
     ``in_channels`` and ``input_size`` configure the trained-from-scratch backbones, ``widths``,
-    ``fc`` and ``convnet_head`` the convnet, ``mlp_widths`` the mlp. A torchvision or timm model is frozen (always in eval
-    mode) or fine-tuned as ``frozen`` says (None: frozen with a weights file, fine-tuned without);
-    ``load_weights`` False builds it without reading ``weights_path`` (its weights then come from a
-    run's state dict).
+    ``fc`` and ``convnet_head`` the convnet, ``mlp_widths`` the mlp. A torchvision or timm model is
+    frozen (always in eval mode) or fine-tuned as ``frozen`` says (None: frozen with a weights file,
+    fine-tuned without); ``load_weights`` False builds it without reading ``weights_path`` (its
+    weights then come from a run's state dict).
     """
     if is_hub_backbone(name):
         net = hub_backbone(name, weights_path, load_weights)

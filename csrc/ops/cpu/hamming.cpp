@@ -531,21 +531,24 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) void scan_tile_narrow(const u
 template <typename Sink>
 constexpr bool kNarrowSink = std::is_same_v<Sink, TopkSink> || std::is_same_v<Sink, RadiusSink>;
 
+// Queries [0, R) of a block, R <= kQueryBlock, in register blocks: a full block whole, a partial one
+// (a small batch, or the last block) in blocks of 4, 2 and 1, so that each block passes over the
+// tile once instead of once per query. Calls run(std::integral_constant<int, RB>, first query).
+template <typename Run>
+void in_query_blocks(int R, Run&& run) {
+  if (R == kQueryBlock) return run(std::integral_constant<int, kQueryBlock>{}, 0);
+  int r = 0;
+  if (R - r >= 4) run(std::integral_constant<int, 4>{}, r), r += 4;
+  if (R - r >= 2) run(std::integral_constant<int, 2>{}, r), r += 2;
+  if (R - r >= 1) run(std::integral_constant<int, 1>{}, r);
+}
+
 template <typename Sink>
 void scan_tile_narrow_block(const uint32_t* tile, int64_t n, int64_t base, const uint64_t* qwords, int64_t W,
                             int64_t q0, int R, Sink& sink) {
-  for (int r = 0; r < R;) {  // in blocks of 8, 4, 2 and 1, as scan_tile below
-    const int rb = R == kQueryBlock ? kQueryBlock : R - r >= 4 ? 4 : R - r >= 2 ? 2 : 1;
-    const uint64_t* qw = qwords + r * W;
-    const int64_t q = q0 + r;
-    r += rb;
-    switch (rb) {
-      case kQueryBlock: scan_tile_narrow<kQueryBlock>(tile, n, base, qw, W, q, sink); break;
-      case 4: scan_tile_narrow<4>(tile, n, base, qw, W, q, sink); break;
-      case 2: scan_tile_narrow<2>(tile, n, base, qw, W, q, sink); break;
-      default: scan_tile_narrow<1>(tile, n, base, qw, W, q, sink); break;
-    }
-  }
+  in_query_blocks(R, [&](auto rb, int r) {
+    scan_tile_narrow<decltype(rb)::value>(tile, n, base, qwords + r * W, W, q0 + r, sink);
+  });
 }
 
 // Queries [q0, q0 + R) against one tile, on the fastest instruction set, R = kQueryBlock or less.
@@ -553,36 +556,17 @@ template <int WT, typename Sink>
 void scan_tile(Isa isa, const uint64_t* tile, int64_t n, int64_t base, const uint64_t* qwords, int64_t W, int64_t q0,
                int R, Sink& sink) {
   if (isa == Isa::kAvx512) {
-    // A block of R < kQueryBlock queries (a small batch, or the last block) passes over the tile in
-    // blocks of 4, 2 and 1: one pass per block instead of one per query.
-    for (int r = 0; r < R;) {
-      const int rb = R == kQueryBlock ? kQueryBlock : R - r >= 4 ? 4 : R - r >= 2 ? 2 : 1;
+    in_query_blocks(R, [&](auto rb, int r) {
+      constexpr int RB = decltype(rb)::value;
       const uint64_t* qw = qwords + r * W;
-      const int64_t q = q0 + r;
-      r += rb;
       if constexpr (std::is_same_v<Sink, TopkSink> && WT == 1) {
-        switch (rb) {
-          case kQueryBlock: scan_tile_avx512_topk<WT, kQueryBlock>(tile, n, base, qw, W, q, sink); continue;
-          case 4: scan_tile_avx512_topk<WT, 4>(tile, n, base, qw, W, q, sink); continue;
-          case 2: scan_tile_avx512_topk<WT, 2>(tile, n, base, qw, W, q, sink); continue;
-          default: scan_tile_avx512_topk<WT, 1>(tile, n, base, qw, W, q, sink); continue;
-        }
+        scan_tile_avx512_topk<WT, RB>(tile, n, base, qw, W, q0 + r, sink);
       } else if constexpr (std::is_same_v<Sink, RadiusSink>) {
-        switch (rb) {
-          case kQueryBlock: scan_tile_avx512_radius<WT, kQueryBlock>(tile, n, base, qw, W, q, sink); continue;
-          case 4: scan_tile_avx512_radius<WT, 4>(tile, n, base, qw, W, q, sink); continue;
-          case 2: scan_tile_avx512_radius<WT, 2>(tile, n, base, qw, W, q, sink); continue;
-          default: scan_tile_avx512_radius<WT, 1>(tile, n, base, qw, W, q, sink); continue;
-        }
+        scan_tile_avx512_radius<WT, RB>(tile, n, base, qw, W, q0 + r, sink);
       } else {
-        switch (rb) {
-          case kQueryBlock: scan_tile_avx512<WT, kQueryBlock>(tile, n, base, qw, W, q, sink); continue;
-          case 4: scan_tile_avx512<WT, 4>(tile, n, base, qw, W, q, sink); continue;
-          case 2: scan_tile_avx512<WT, 2>(tile, n, base, qw, W, q, sink); continue;
-          default: scan_tile_avx512<WT, 1>(tile, n, base, qw, W, q, sink); continue;
-        }
+        scan_tile_avx512<WT, RB>(tile, n, base, qw, W, q0 + r, sink);
       }
-    }
+    });
   } else if (isa == Isa::kAvx2) {
     if (R == kQueryBlock) return scan_tile_avx2<WT, kQueryBlock>(tile, n, base, qwords, W, q0, sink);
     for (int r = 0; r < R; ++r) scan_tile_avx2<WT, 1>(tile, n, base, qwords + r * W, W, q0 + r, sink);
