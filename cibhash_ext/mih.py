@@ -86,9 +86,14 @@ def choose_tables(nbits: int, n: int, m: int | None = None) -> list[TableSpec]:
 
 
 # A search of at most _PROBE queries takes the path (the tables, or the scan alone) that has been
-# faster per query on the same state for the same kind of search; one in _EXPLORE such searches takes
-# the other path, so that a change in the queries is noticed.
-_EXPLORE = 16
+# faster per query on the same state for the same kind of search; one in every E such searches takes
+# the other path, so that a change in the queries is noticed. E is the smallest interval in
+# [_EXPLORE_MIN, _EXPLORE_MAX] at which exploring the slower path adds at most _EXPLORE_COST to the
+# mean time of a search: with a fixed 1 in 16, single queries over 1M uniform codes, where the tables
+# path took 5x the scan's time, averaged 0.78x the scan's speed (benchmarks/RESULTS.md, "MIHIndex").
+_EXPLORE_MIN = 16
+_EXPLORE_MAX = 256
+_EXPLORE_COST = 0.05
 _SMOOTHING = 0.25  # weight of the newest time in a path's running mean
 _clock = time.perf_counter
 
@@ -105,18 +110,28 @@ class _PathChoice:
 
     def use_tables(self, key: tuple) -> bool:
         """The first search of a kind tries the tables, the second the scan; later ones take the
-        faster, except one in _EXPLORE that takes the other."""
+        faster, except one in every :func:`explore_interval` that takes the other."""
         entry = self._seen.setdefault(key, [None, None, 0])
         entry[2] += 1
         tables, scan, searches = entry
         if tables is None or scan is None:
             return tables is None
-        return (tables <= scan) != (searches % _EXPLORE == 0)
+        return (tables <= scan) != (searches % explore_interval(tables, scan) == 0)
 
     def record(self, key: tuple, tables: bool, seconds: float) -> None:
         entry = self._seen[key]
         i = 0 if tables else 1
         entry[i] = seconds if entry[i] is None else entry[i] + _SMOOTHING * (seconds - entry[i])
+
+
+def explore_interval(tables_s: float, scan_s: float) -> int:
+    """One small search in how many takes the slower path, given the two paths' mean seconds per
+    query: often enough to notice a change, rarely enough to cost at most _EXPLORE_COST of the mean
+    (the slower path's extra time, spread over the interval)."""
+    fast, slow = min(tables_s, scan_s), max(tables_s, scan_s)
+    if fast <= 0:
+        return _EXPLORE_MAX
+    return min(_EXPLORE_MAX, max(_EXPLORE_MIN, math.ceil((slow - fast) / (fast * _EXPLORE_COST))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +170,8 @@ class MIHIndex:
       radius, filtered or not, and its number of queries): the path, tables or scan alone, that has
       taken less time per query on this index (running means, the tables' including the scans of
       the queries they hand over). The first such search tries the tables, the second the scan;
-      after that one in 16 takes the other path, so the choice follows the queries. Uniform random
+      after that one in 16 to 256 takes the other path, so the choice follows the queries: as
+      rarely as keeps that exploring within 5 % of the mean time. Uniform random
       codes (near neighbours far away), small indexes or a filter that excludes most near codes
       thus cost about what :class:`~cibhash_ext.index.HammingIndex` costs (benchmarks/RESULTS.md,
       "MIHIndex").
