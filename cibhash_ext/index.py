@@ -326,7 +326,8 @@ class _State:
         if self.ids is None:
             if positions is None:
                 return torch.arange(self.id_base, self.id_base + len(self), dtype=torch.int64, device=self.device)
-            return positions + self.id_base
+            # Sequential ids from 0 are the positions: no add (a torch op costs microseconds per search).
+            return positions if self.id_base == 0 else positions + self.id_base
         if isinstance(self.ids, np.ndarray):
             self.check_mapping()
             if positions is None:
