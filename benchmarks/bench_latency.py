@@ -19,6 +19,7 @@ the cache by the other: --no-faiss times ours alone, against the floor.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -96,7 +97,9 @@ def main() -> None:
     parser.add_argument("--radius", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--no-faiss", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the rows here (benchmarks/compare_builds.py reads them)")
     args = parser.parse_args()
+    rows = []
     faiss = None
     if not args.no_faiss:
         import faiss
@@ -143,9 +146,12 @@ def main() -> None:
                                  "-" if floor is None else f"{1e3 * floor:.3f}",
                                  "-" if floor is None else f"{floor / ours_s:.0%}"]
                         print("| " + " | ".join(cells) + " |", flush=True)
+                        rows.append({"n": n, "threads": threads, "batch": batch, "search": search, "median_s": times})
                 if bandwidth is not None:
                     print(f"<!-- read bandwidth, {n * nbytes / 1e6:.0f} MB, {threads} threads: "
                           f"{bandwidth / 1e9:.1f} GB/s -->", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"results": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ Everywhere, equal Hamming distances are ordered by the lower database index.
 from __future__ import annotations
 
 import operator
+import warnings
 
 import torch
 
-from . import _reference
+from . import _extension, _reference
 from ._extension import LOAD_ERROR
 
 __all__ = [
@@ -37,10 +38,21 @@ _PACK_BITS_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int
 
 
 def _op(name: str):
-    """The compiled op ``name``, or its pure-PyTorch reference when the library is not loaded."""
+    """The compiled op ``name`` behind its input checks, or its checked pure-PyTorch reference when the
+    library is not loaded."""
     if LOAD_ERROR is not None:
         return _checked_reference(name)
-    return getattr(getattr(torch.ops, _OPS), name)
+    check, op = _CHECKS[name], getattr(getattr(torch.ops, _OPS), name)
+
+    def run(*args):
+        # The compiled op checks its inputs too, but the stable ABI can only raise RuntimeError: these
+        # checks raise the documented TypeError / ValueError first. While torch.compile traces, the
+        # fake kernels make them.
+        if not torch.compiler.is_compiling():
+            check(*args)
+        return op(*args)
+
+    return run
 
 
 def _check_tensor(value, name: str) -> None:
@@ -491,5 +503,32 @@ def _register_abstract_and_autograd() -> None:
     torch.library.register_autograd(lib + "stochastic_binarize_forward", backward, setup_context=setup_context)
 
 
+def _register_cuda_reference() -> None:
+    """CUDA kernels that run the reference, for a torch with CUDA beside which ``_C_cuda`` did not load
+    (or was not built): the first call warns, unless the failed load already did."""
+    warned = [_extension.CUDA_LOAD_WARNED]
+
+    def kernel_for(name: str):
+        reference = _checked_reference(name)
+
+        def kernel(*args):
+            if not warned[0]:
+                warned[0] = True
+                warnings.warn(
+                    f"cibhash_ext's CUDA library is not loaded ({_extension.CUDA_LOAD_ERROR}); CUDA tensors run "
+                    "the pure-PyTorch reference instead: the same results, much slower.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            return reference(*args)
+
+        return kernel
+
+    for name in _CHECKS:
+        torch.library.impl(f"{_OPS}::{name}", "CUDA", kernel_for(name))
+
+
 if LOAD_ERROR is None:
     _register_abstract_and_autograd()
+    if _extension.CUDA_LOAD_ERROR is not None:
+        _register_cuda_reference()

@@ -1,16 +1,12 @@
-// Every operator schema of the cibhash_ext library, and the Python module stub that lets
-// `import cibhash_ext._C` load this shared library (which registers the ops). Kernels live in ops/.
-#include <Python.h>
-#include <torch/library.h>
+// Every operator schema of the cibhash_ext library, and the Python module stub `_C` whose import
+// loads this library (the CPU kernels, ops/cpu/). The CUDA kernels are a second library,
+// `_C_cuda` (ops/cuda/module.cpp), loaded only beside a torch built with CUDA.
+#include "ops/stable.h"
+#include "python_module.h"
 
-// Importing `cibhash_ext._C` from Python only needs a module object; the ops register through
-// static initialisers when the library is loaded. PyMODINIT_FUNC exports it despite -fvisibility=hidden.
-PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
+CIBHASH_PYTHON_MODULE(_C)
 
-TORCH_LIBRARY(cibhash_ext, m) {
+STABLE_TORCH_LIBRARY(cibhash_ext, m) {
   // Bit packing: bit j of a code is bit (j % 8) of byte j / 8, least-significant bit first.
   m.def("pack_bits(Tensor x) -> Tensor");
   m.def("unpack_bits(Tensor codes, int nbits) -> Tensor");

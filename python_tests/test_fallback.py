@@ -23,6 +23,9 @@ with warnings.catch_warnings(record=True) as caught:
 messages = [str(w.message) for w in caught if "compiled library is not loaded" in str(w.message)]
 assert len(messages) == 1 and "CIBHASH_NO_EXTENSION is set" in messages[0] and "slower" in messages[0], messages
 import torch
+from cibhash_ext._extension import BUILT_WITH
+# A library that fails to load says which torch built it and which one runs.
+assert f"built with torch {BUILT_WITH}, running torch {torch.__version__}" in messages[0], messages
 from cibhash_ext._extension import LOAD_ERROR
 assert LOAD_ERROR is not None
 inputs = torch.load(sys.argv[1])
@@ -64,9 +67,9 @@ def test_a_library_built_for_another_torch_is_named_in_the_warning(tmp_path):
     torch 1.0.0) makes the package warn with both versions, and its ops still run."""
     package = tmp_path / "cibhash_ext"
     shutil.copytree(os.path.dirname(ch.__file__), package,
-                    ignore=shutil.ignore_patterns("*.so", "__pycache__", "_C.built-with"))
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__", "_build_info.py"))
     (package / ("_C" + sysconfig.get_config_var("EXT_SUFFIX"))).write_bytes(b"not a shared library")
-    (package / "_C.built-with").write_text("1.0.0\n")
+    (package / "_build_info.py").write_text("TORCH_VERSION = '1.0.0'\nCUDA_VERSION = None\nTORCH_TARGET = '1.0'\n")
     script = ("import warnings\n"
               "with warnings.catch_warnings(record=True) as caught:\n"
               "    warnings.simplefilter('always')\n"
@@ -78,5 +81,5 @@ def test_a_library_built_for_another_torch_is_named_in_the_warning(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
                             cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert f"it was built for torch 1.0.0 and this is torch {torch.__version__}" in result.stdout
-    assert "rebuild it under this torch" in result.stdout and "tensor([[2]]" in result.stdout
+    assert f"built with torch 1.0.0, running torch {torch.__version__}" in result.stdout
+    assert "Rebuild it for this torch" in result.stdout and "tensor([[2]]" in result.stdout

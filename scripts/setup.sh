@@ -22,4 +22,4 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
 fi
 # Editable install: the compiled library lands in cibhash_ext/, so tests run against this tree.
 MAX_JOBS=${MAX_JOBS:-2} .venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
-.venv/bin/python -c "import cibhash_ext._C, torch; print('cibhash_ext built; torch', torch.__version__, '| CUDA kernels:', hasattr(torch.ops.cibhash_ext, 'hamming_topk') and torch._C._dispatch_has_kernel_for_dispatch_key('cibhash_ext::hamming_topk', 'CUDA'))"
+.venv/bin/python -c "import torch; from cibhash_ext import _extension as e; print('cibhash_ext built; torch', torch.__version__, '| CUDA kernels:', torch.version.cuda is not None and e.CUDA_LOAD_ERROR is None)"

@@ -1,10 +1,7 @@
 // CPU kernels of hamming_distance, hamming_topk and hamming_radius. One scan engine serves all three:
 // it streams database tiles past register blocks of queries with XOR + popcount, and hands only
 // the codes that beat a per-query threshold to a "sink" (a top-k heap, a radius list, a matrix).
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <immintrin.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <climits>
@@ -12,6 +9,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -663,7 +661,7 @@ struct Split {
 };
 
 Split choose_split(int64_t Q, int64_t N) {
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t threads = std::max<int64_t>(1, static_cast<int64_t>(torch::stable::get_num_threads()));
   if (threads == 1) return {1, false};
   if (Q >= threads * kQueryBlock * 4) return {threads, false};
   const int64_t chunks = std::min<int64_t>(threads, std::max<int64_t>(1, N / 4096));
@@ -674,31 +672,28 @@ int64_t range_start(int64_t total, int64_t parts, int64_t i) { return total * i 
 
 // Inputs as the engine wants them; the tensors keep the contiguous copies alive.
 struct Prepared {
-  at::Tensor queries, database;
+  Tensor queries, database;
   std::vector<uint64_t> qwords;
   ScanProblem problem;
+
+  Prepared(const Tensor& q, const Tensor& db)
+      : queries(torch::stable::contiguous(q)), database(torch::stable::contiguous(db)) {
+    const int64_t B = q.size(1);
+    const int64_t W = (B + 7) / 8;
+    qwords = query_words(queries.const_data_ptr<uint8_t>(), q.size(0), B, W);
+    problem = ScanProblem{qwords.data(), database.const_data_ptr<uint8_t>(), B, W, active_isa()};
+  }
 };
 
-Prepared prepare(const at::Tensor& queries, const at::Tensor& database) {
-  Prepared pr;
-  pr.queries = queries.contiguous();
-  pr.database = database.contiguous();
-  const int64_t B = queries.size(1);
-  const int64_t W = (B + 7) / 8;
-  pr.qwords = query_words(pr.queries.const_data_ptr<uint8_t>(), queries.size(0), B, W);
-  pr.problem = ScanProblem{pr.qwords.data(), pr.database.const_data_ptr<uint8_t>(), B, W, active_isa()};
-  return pr;
-}
-
-at::Tensor hamming_distance_cpu(const at::Tensor& queries, const at::Tensor& database) {
+Tensor hamming_distance_cpu(const Tensor& queries, const Tensor& database) {
   check_query_database(queries, database, "hamming_distance");
   const int64_t Q = queries.size(0), N = database.size(0);
-  auto out = at::empty({Q, N}, queries.options().dtype(at::kInt));
+  Tensor out = empty_like_device({Q, N}, ScalarType::Int, queries);
   if (Q == 0 || N == 0) return out;
-  const Prepared pr = prepare(queries, database);
+  const Prepared pr(queries, database);
   const Split split = choose_split(Q, N);
   MatrixSink sink{out.mutable_data_ptr<int32_t>(), N};
-  at::parallel_for(0, split.tasks, 1, [&](int64_t t0, int64_t t1) {
+  torch::stable::parallel_for(0, split.tasks, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       MatrixSink local = sink;
       if (split.by_database) {
@@ -761,13 +756,13 @@ std::vector<int32_t> sampled_bounds(const Prepared& pr, const Sample& sample, in
 
 // The top-k search of hamming_topk and hamming_topk_filtered (allow: nullptr, or a bitmap with at
 // least k codes allowed).
-std::tuple<at::Tensor, at::Tensor> topk_search(const at::Tensor& queries, const at::Tensor& database, int64_t k,
+std::tuple<Tensor, Tensor> topk_search(const Tensor& queries, const Tensor& database, int64_t k,
                                                const uint8_t* allow) {
   const int64_t Q = queries.size(0), N = database.size(0);
-  auto dist = at::empty({Q, k}, queries.options().dtype(at::kInt));
-  auto idx = at::empty({Q, k}, queries.options().dtype(at::kLong));
+  Tensor dist = empty_like_device({Q, k}, ScalarType::Int, queries);
+  Tensor idx = empty_like_device({Q, k}, ScalarType::Long, queries);
   if (Q == 0 || k == 0) return {dist, idx};
-  const Prepared pr = prepare(queries, database);
+  const Prepared pr(queries, database);
   const Split split = choose_split(Q, N);
   int32_t* out_d = dist.mutable_data_ptr<int32_t>();
   int64_t* out_i = idx.mutable_data_ptr<int64_t>();
@@ -776,7 +771,7 @@ std::tuple<at::Tensor, at::Tensor> topk_search(const at::Tensor& queries, const 
   if (!split.by_database) {
     // The sampled bound counts every code; under a filter it would mostly be too tight.
     const Sample sample = allow != nullptr ? Sample{} : make_sample(pr, N, k);
-    at::parallel_for(0, split.tasks, 1, [&](int64_t t0, int64_t t1) {
+    torch::stable::parallel_for(0, split.tasks, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         // Queries go in batches whose buffers and histograms fit a fixed budget, so memory stays
         // O(k) per query in flight whatever Q is.
@@ -811,7 +806,7 @@ std::tuple<at::Tensor, at::Tensor> topk_search(const at::Tensor& queries, const 
   std::vector<int32_t> part_d(static_cast<size_t>(C * Q * k));
   std::vector<int64_t> part_i(static_cast<size_t>(C * Q * k));
   std::vector<int64_t> part_n(static_cast<size_t>(C * Q));
-  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+  torch::stable::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       std::vector<TopkBuffer> buffers(static_cast<size_t>(Q), TopkBuffer(k, max_distance, max_distance));
       TopkSink sink{buffers.data(), 0, allow};
@@ -822,7 +817,7 @@ std::tuple<at::Tensor, at::Tensor> topk_search(const at::Tensor& queries, const 
       }
     }
   });
-  at::parallel_for(0, Q, 1, [&](int64_t qa, int64_t qb) {
+  torch::stable::parallel_for(0, Q, 1, [&](int64_t qa, int64_t qb) {
     std::vector<std::pair<int32_t, int64_t>> all;
     for (int64_t q = qa; q < qb; ++q) {
       all.clear();
@@ -840,18 +835,18 @@ std::tuple<at::Tensor, at::Tensor> topk_search(const at::Tensor& queries, const 
   return {dist, idx};
 }
 
-std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries, const at::Tensor& database, int64_t k) {
+std::tuple<Tensor, Tensor> hamming_topk_cpu(const Tensor& queries, const Tensor& database, int64_t k) {
   check_query_database(queries, database, "hamming_topk");
   check_topk_k(k, database.size(0));
   return topk_search(queries, database, database.size(0) == 0 ? 0 : k, nullptr);
 }
 
-std::tuple<at::Tensor, at::Tensor> hamming_topk_filtered_cpu(const at::Tensor& queries, const at::Tensor& database,
-                                                             int64_t k, const at::Tensor& allow) {
+std::tuple<Tensor, Tensor> hamming_topk_filtered_cpu(const Tensor& queries, const Tensor& database,
+                                                             int64_t k, const Tensor& allow) {
   check_query_database(queries, database, "hamming_topk_filtered");
   const int64_t allowed = check_allow(allow, database.size(0), "hamming_topk_filtered");
-  TORCH_CHECK_VALUE(k >= 1, "hamming_topk_filtered: expected k >= 1, got ", k);
-  const at::Tensor bitmap = allow.contiguous();
+  STD_TORCH_CHECK(k >= 1, "hamming_topk_filtered: expected k >= 1, got ", k);
+  const Tensor bitmap = torch::stable::contiguous(allow);
   return topk_search(queries, database, std::min(k, allowed), bitmap.const_data_ptr<uint8_t>());
 }
 
@@ -863,14 +858,14 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_filtered_cpu(const at::Tensor& q
 constexpr int64_t kRadiusBuckets = 1 << 13;
 
 // The radius search of hamming_radius and hamming_radius_filtered (allow: nullptr or a bitmap).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_search(const at::Tensor& queries, const at::Tensor& database,
+std::tuple<Tensor, Tensor, Tensor> radius_search(const Tensor& queries, const Tensor& database,
                                                              int64_t radius, const uint8_t* allow) {
   const int64_t Q = queries.size(0), N = database.size(0);
-  auto lims = at::zeros({Q + 1}, queries.options().dtype(at::kLong));
+  Tensor lims = zeros_like_device({Q + 1}, ScalarType::Long, queries);
   if (Q == 0 || N == 0) {
-    return {lims, at::empty({0}, queries.options().dtype(at::kInt)), at::empty({0}, queries.options().dtype(at::kLong))};
+    return {lims, empty_like_device({0}, ScalarType::Int, queries), empty_like_device({0}, ScalarType::Long, queries)};
   }
-  const Prepared pr = prepare(queries, database);
+  const Prepared pr(queries, database);
   const int64_t max_distance = 8 * queries.size(1);
   const int32_t limit = static_cast<int32_t>(std::min(radius, max_distance) + 1);
   const int64_t batch = std::max<int64_t>(kQueryBlock, kRadiusBuckets / limit / kQueryBlock * kQueryBlock);
@@ -885,7 +880,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_search(const at::Tensor& q
   std::vector<std::vector<int64_t>> ends(static_cast<size_t>(split.tasks));
   // counts[c * Q + q]: query q's matches in database chunk c.
   std::vector<int64_t> counts(static_cast<size_t>(C * Q), 0);
-  at::parallel_for(0, split.tasks, 1, [&](int64_t t0, int64_t t1) {
+  torch::stable::parallel_for(0, split.tasks, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n0 = split.by_database ? range_start(N, C, t) : 0;
       const int64_t n1 = split.by_database ? range_start(N, C, t + 1) : N;
@@ -903,8 +898,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_search(const at::Tensor& q
     for (int64_t c = 0; c < C; ++c) count += counts[c * Q + q];
     lp[q + 1] = lp[q] + count;
   }
-  auto dist = at::empty({lp[Q]}, queries.options().dtype(at::kInt));
-  auto idx = at::empty({lp[Q]}, queries.options().dtype(at::kLong));
+  Tensor dist = empty_like_device({lp[Q]}, ScalarType::Int, queries);
+  Tensor idx = empty_like_device({lp[Q]}, ScalarType::Long, queries);
   int32_t* dp = dist.mutable_data_ptr<int32_t>();
   int64_t* ip = idx.mutable_data_ptr<int64_t>();
 
@@ -922,7 +917,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_search(const at::Tensor& q
   }
   // The counting sort is stable and the logs are read in index order, so each query's results
   // come out ordered by (distance, index).
-  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t i0, int64_t i1) {
+  torch::stable::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t i0, int64_t i1) {
     std::vector<int64_t> at_(static_cast<size_t>(batch * limit));
     for (int64_t i = i0; i < i1; ++i) {
       const Item& it = items[i];
@@ -951,31 +946,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_search(const at::Tensor& q
   return {lims, dist, idx};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_cpu(const at::Tensor& queries,
-                                                                  const at::Tensor& database, int64_t radius) {
+std::tuple<Tensor, Tensor, Tensor> hamming_radius_cpu(const Tensor& queries,
+                                                                  const Tensor& database, int64_t radius) {
   check_query_database(queries, database, "hamming_radius");
   check_radius(radius);
   return radius_search(queries, database, radius, nullptr);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_filtered_cpu(const at::Tensor& queries,
-                                                                           const at::Tensor& database, int64_t radius,
-                                                                           const at::Tensor& allow) {
+std::tuple<Tensor, Tensor, Tensor> hamming_radius_filtered_cpu(const Tensor& queries,
+                                                                           const Tensor& database, int64_t radius,
+                                                                           const Tensor& allow) {
   check_query_database(queries, database, "hamming_radius_filtered");
   check_allow(allow, database.size(0), "hamming_radius_filtered");
-  TORCH_CHECK_VALUE(radius >= 0, "hamming_radius_filtered: expected radius >= 0, got ", radius);
-  const at::Tensor bitmap = allow.contiguous();
+  STD_TORCH_CHECK(radius >= 0, "hamming_radius_filtered: expected radius >= 0, got ", radius);
+  const Tensor bitmap = torch::stable::contiguous(allow);
   return radius_search(queries, database, radius, bitmap.const_data_ptr<uint8_t>());
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cibhash_ext, CPU, m) {
-  m.impl("hamming_distance", &hamming_distance_cpu);
-  m.impl("hamming_topk", &hamming_topk_cpu);
-  m.impl("hamming_radius", &hamming_radius_cpu);
-  m.impl("hamming_topk_filtered", &hamming_topk_filtered_cpu);
-  m.impl("hamming_radius_filtered", &hamming_radius_filtered_cpu);
+STABLE_TORCH_LIBRARY_IMPL(cibhash_ext, CPU, m) {
+  m.impl("hamming_distance", TORCH_BOX(&hamming_distance_cpu));
+  m.impl("hamming_topk", TORCH_BOX(&hamming_topk_cpu));
+  m.impl("hamming_radius", TORCH_BOX(&hamming_radius_cpu));
+  m.impl("hamming_topk_filtered", TORCH_BOX(&hamming_topk_filtered_cpu));
+  m.impl("hamming_radius_filtered", TORCH_BOX(&hamming_radius_filtered_cpu));
 }
 
 }  // namespace cibhash

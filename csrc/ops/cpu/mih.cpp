@@ -1,9 +1,7 @@
 // Thin torch wrappers of the multi-index hashing kernels (mih_kernel.h): input checks, outputs, and
-// the split of tables (build) or queries (search) over threads. TORCH_LIBRARY_IMPL(cibhash_ext, CPU).
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-
+// the split of tables (build) or queries (search) over threads. STABLE_TORCH_LIBRARY_IMPL(cibhash_ext, CPU).
+#include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "ops/cpu/mih_kernel.h"
@@ -19,27 +17,27 @@ constexpr int64_t kQueriesPerTask = 32;
 
 // layout: (bit_start, bit_count, dir_bits) per table; tables: (dir, low, pos) per table, low empty
 // when dir_bits == bit_count.
-std::vector<mih::Table> checked_tables(const at::Tensor& codes, at::IntArrayRef layout, at::TensorList tables,
-                                       const char* op) {
-  TORCH_CHECK_VALUE(layout.size() % 3 == 0 && !layout.empty() && tables.size() == layout.size(), op,
+std::vector<mih::Table> checked_tables(const Tensor& codes, const std::vector<int64_t>& layout,
+                                       const std::vector<Tensor>& tables, const char* op) {
+  STD_TORCH_CHECK(layout.size() % 3 == 0 && !layout.empty() && tables.size() == layout.size(), op,
                     ": expected 3 layout numbers and 3 tensors per table, got ", layout.size(), " and ",
                     tables.size());
   const int64_t n = codes.size(0), bits = 8 * codes.size(1);
   std::vector<mih::Table> out;
   for (size_t i = 0; i < layout.size(); i += 3) {
     const int64_t start = layout[i], count = layout[i + 1], dir_bits = layout[i + 2];
-    TORCH_CHECK_VALUE(start >= 0 && count >= 1 && count <= 32 && start + count <= bits && dir_bits >= 1 &&
+    STD_TORCH_CHECK(start >= 0 && count >= 1 && count <= 32 && start + count <= bits && dir_bits >= 1 &&
                           dir_bits <= count,
                       op, ": expected table layout 0 <= start, 1 <= dir_bits <= bit_count <= 32 within ", bits,
                       " bits, got (", start, ", ", count, ", ", dir_bits, ")");
-    const at::Tensor &dir = tables[i], &low = tables[i + 1], &pos = tables[i + 2];
-    for (const at::Tensor* t : {&dir, &low, &pos}) {
-      TORCH_CHECK_TYPE(t->scalar_type() == at::kInt && t->dim() == 1 && t->is_contiguous() && t->device().is_cpu(),
-                       op, ": expected table arrays as contiguous 1-d int32 CPU tensors, got ", t->scalar_type(),
-                       " of shape ", t->sizes());
+    const Tensor &dir = tables[i], &low = tables[i + 1], &pos = tables[i + 2];
+    for (const Tensor* t : {&dir, &low, &pos}) {
+      STD_TORCH_CHECK(t->scalar_type() == ScalarType::Int && t->dim() == 1 && t->is_contiguous() && t->is_cpu(), op,
+                      ": expected table arrays as contiguous 1-d int32 CPU tensors, got ", t->scalar_type(),
+                      " of shape ", shape_string(*t));
     }
     const bool has_low = dir_bits < count;
-    TORCH_CHECK_VALUE(dir.size(0) == (int64_t{1} << dir_bits) + 1 && pos.size(0) == n &&
+    STD_TORCH_CHECK(dir.size(0) == (int64_t{1} << dir_bits) + 1 && pos.size(0) == n &&
                           low.size(0) == (has_low ? n : 0),
                       op, ": table ", i / 3, " has arrays of sizes ", dir.size(0), ", ", low.size(0), ", ",
                       pos.size(0), " for ", n, " codes and ", dir_bits, " directory bits");
@@ -50,30 +48,29 @@ std::vector<mih::Table> checked_tables(const at::Tensor& codes, at::IntArrayRef 
   return out;
 }
 
-void check_codes_for_mih(const at::Tensor& codes, const char* op) {
+void check_codes_for_mih(const Tensor& codes, const char* op) {
   check_codes(codes, op, "codes");
-  TORCH_CHECK_VALUE(codes.device().is_cpu() && codes.is_contiguous(), op, ": expected contiguous CPU codes");
-  TORCH_CHECK_VALUE(codes.size(0) < (int64_t{1} << 31), op, ": expected fewer than 2^31 codes, got ", codes.size(0));
+  STD_TORCH_CHECK(codes.is_cpu() && codes.is_contiguous(), op, ": expected contiguous CPU codes");
+  STD_TORCH_CHECK(codes.size(0) < (int64_t{1} << 31), op, ": expected fewer than 2^31 codes, got ", codes.size(0));
 }
 
-std::vector<at::Tensor> mih_build_cpu(const at::Tensor& codes, at::IntArrayRef layout) {
+std::vector<Tensor> mih_build_cpu(const Tensor& codes, const std::vector<int64_t>& layout) {
   check_codes_for_mih(codes, "mih_build");
   const int64_t n = codes.size(0), m = static_cast<int64_t>(layout.size() / 3);
-  std::vector<at::Tensor> tables;
+  std::vector<Tensor> tables;
   for (int64_t i = 0; i < m; ++i) {
     const int64_t count = layout[3 * i + 1], dir_bits = layout[3 * i + 2];
-    TORCH_CHECK_VALUE(count >= 1 && count <= 32 && dir_bits >= 1 && dir_bits <= count && dir_bits <= 30,
+    STD_TORCH_CHECK(count >= 1 && count <= 32 && dir_bits >= 1 && dir_bits <= count && dir_bits <= 30,
                       "mih_build: expected 1 <= dir_bits <= bit_count <= 32, got ", dir_bits, " and ", count);
-    const auto opts = codes.options().dtype(at::kInt);
-    tables.push_back(at::empty({(int64_t{1} << dir_bits) + 1}, opts));
-    tables.push_back(at::empty({dir_bits < count ? n : 0}, opts));
-    tables.push_back(at::empty({n}, opts));
+    tables.push_back(empty_like_device({(int64_t{1} << dir_bits) + 1}, ScalarType::Int, codes));
+    tables.push_back(empty_like_device({dir_bits < count ? n : 0}, ScalarType::Int, codes));
+    tables.push_back(empty_like_device({n}, ScalarType::Int, codes));
   }
   checked_tables(codes, layout, tables, "mih_build");
   // One table per task: each is an independent linear pass over the codes.
-  at::parallel_for(0, m, 1, [&](int64_t i0, int64_t i1) {
+  torch::stable::parallel_for(0, m, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      at::Tensor& low = tables[3 * i + 1];
+      const Tensor& low = tables[3 * i + 1];
       mih::build_table(codes.const_data_ptr<uint8_t>(), n, codes.size(1), static_cast<int32_t>(layout[3 * i]),
                        static_cast<int32_t>(layout[3 * i + 1]), static_cast<int32_t>(layout[3 * i + 2]),
                        tables[3 * i].mutable_data_ptr<int32_t>(), low.numel() ? low.mutable_data_ptr<int32_t>() : nullptr,
@@ -83,29 +80,29 @@ std::vector<at::Tensor> mih_build_cpu(const at::Tensor& codes, at::IntArrayRef l
   return tables;
 }
 
-const uint8_t* checked_allow(const std::optional<at::Tensor>& allow, int64_t n, const char* op) {
+const uint8_t* checked_allow(const std::optional<Tensor>& allow, int64_t n, const char* op) {
   if (!allow.has_value()) return nullptr;
   check_allow(*allow, n, op);
-  TORCH_CHECK_VALUE(allow->is_contiguous(), op, ": expected a contiguous allow bitmap");
+  STD_TORCH_CHECK(allow->is_contiguous(), op, ": expected a contiguous allow bitmap");
   return allow->const_data_ptr<uint8_t>();
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mih_search_cpu(const at::Tensor& queries, const at::Tensor& codes,
-                                                              at::IntArrayRef layout, at::TensorList tables, int64_t k,
-                                                              const std::optional<at::Tensor>& allow, int64_t budget) {
+std::tuple<Tensor, Tensor, Tensor> mih_search_cpu(const Tensor& queries, const Tensor& codes,
+                                                  const std::vector<int64_t>& layout, const std::vector<Tensor>& tables,
+                                                  int64_t k, const std::optional<Tensor>& allow, int64_t budget) {
   check_codes_for_mih(codes, "mih_search");
   check_query_database(queries, codes, "mih_search");
   const std::vector<mih::Table> views = checked_tables(codes, layout, tables, "mih_search");
   const uint8_t* bitmap = checked_allow(allow, codes.size(0), "mih_search");
   const int64_t Q = queries.size(0), n = codes.size(0);
-  TORCH_CHECK_VALUE(k >= 1 && k <= n, "mih_search: expected 1 <= k <= ", n, " codes, got k=", k);
-  const at::Tensor q = queries.contiguous();
-  auto dist = at::empty({Q, k}, queries.options().dtype(at::kInt));
-  auto pos = at::empty({Q, k}, queries.options().dtype(at::kLong));
-  auto done = at::empty({Q}, queries.options().dtype(at::kBool));
+  STD_TORCH_CHECK(k >= 1 && k <= n, "mih_search: expected 1 <= k <= ", n, " codes, got k=", k);
+  const Tensor q = torch::stable::contiguous(queries);
+  Tensor dist = empty_like_device({Q, k}, ScalarType::Int, queries);
+  Tensor pos = empty_like_device({Q, k}, ScalarType::Long, queries);
+  Tensor done = empty_like_device({Q}, ScalarType::Bool, queries);
   const mih::Index index{codes.const_data_ptr<uint8_t>(), n, codes.size(1), views.data(),
                          static_cast<int32_t>(views.size())};
-  at::parallel_for(0, Q, kQueriesPerTask, [&](int64_t q0, int64_t q1) {
+  torch::stable::parallel_for(0, Q, kQueriesPerTask, [&](int64_t q0, int64_t q1) {
     for (int64_t i = q0; i < q1; ++i) {
       const int64_t found = mih::knn(index, q.const_data_ptr<uint8_t>() + i * q.size(1), k, bitmap, budget,
                                      dist.mutable_data_ptr<int32_t>() + i * k, pos.mutable_data_ptr<int64_t>() + i * k);
@@ -115,32 +112,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mih_search_cpu(const at::Tensor& 
   return {dist, pos, done};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mih_range_search_cpu(
-    const at::Tensor& queries, const at::Tensor& codes, at::IntArrayRef layout, at::TensorList tables, int64_t radius,
-    const std::optional<at::Tensor>& allow, int64_t budget) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> mih_range_search_cpu(const Tensor& queries, const Tensor& codes,
+                                                                const std::vector<int64_t>& layout,
+                                                                const std::vector<Tensor>& tables, int64_t radius,
+                                                                const std::optional<Tensor>& allow, int64_t budget) {
   check_codes_for_mih(codes, "mih_range_search");
   check_query_database(queries, codes, "mih_range_search");
   check_radius(radius);
   const std::vector<mih::Table> views = checked_tables(codes, layout, tables, "mih_range_search");
   const uint8_t* bitmap = checked_allow(allow, codes.size(0), "mih_range_search");
   const int64_t Q = queries.size(0), n = codes.size(0);
-  const at::Tensor q = queries.contiguous();
+  const Tensor q = torch::stable::contiguous(queries);
   const mih::Index index{codes.const_data_ptr<uint8_t>(), n, codes.size(1), views.data(),
                          static_cast<int32_t>(views.size())};
   const int32_t r = static_cast<int32_t>(std::min<int64_t>(radius, 8 * codes.size(1)));
   std::vector<std::vector<std::pair<int32_t, int64_t>>> found(static_cast<size_t>(Q));
-  auto done = at::empty({Q}, queries.options().dtype(at::kBool));
-  at::parallel_for(0, Q, kQueriesPerTask, [&](int64_t q0, int64_t q1) {
+  Tensor done = empty_like_device({Q}, ScalarType::Bool, queries);
+  torch::stable::parallel_for(0, Q, kQueriesPerTask, [&](int64_t q0, int64_t q1) {
     for (int64_t i = q0; i < q1; ++i) {
       done.mutable_data_ptr<bool>()[i] =
           mih::radius_search(index, q.const_data_ptr<uint8_t>() + i * q.size(1), r, bitmap, budget, found[i]);
     }
   });
-  auto lims = at::zeros({Q + 1}, queries.options().dtype(at::kLong));
+  Tensor lims = zeros_like_device({Q + 1}, ScalarType::Long, queries);
   int64_t* lp = lims.mutable_data_ptr<int64_t>();
   for (int64_t i = 0; i < Q; ++i) lp[i + 1] = lp[i] + static_cast<int64_t>(found[i].size());
-  auto dist = at::empty({lp[Q]}, queries.options().dtype(at::kInt));
-  auto pos = at::empty({lp[Q]}, queries.options().dtype(at::kLong));
+  Tensor dist = empty_like_device({lp[Q]}, ScalarType::Int, queries);
+  Tensor pos = empty_like_device({lp[Q]}, ScalarType::Long, queries);
   for (int64_t i = 0; i < Q; ++i) {
     for (size_t j = 0; j < found[i].size(); ++j) {
       dist.mutable_data_ptr<int32_t>()[lp[i] + j] = found[i][j].first;
@@ -152,10 +150,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mih_range_search_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cibhash_ext, CPU, m) {
-  m.impl("mih_build", &mih_build_cpu);
-  m.impl("mih_search", &mih_search_cpu);
-  m.impl("mih_range_search", &mih_range_search_cpu);
+STABLE_TORCH_LIBRARY_IMPL(cibhash_ext, CPU, m) {
+  m.impl("mih_build", TORCH_BOX(&mih_build_cpu));
+  m.impl("mih_search", TORCH_BOX(&mih_search_cpu));
+  m.impl("mih_range_search", TORCH_BOX(&mih_range_search_cpu));
 }
 
 }  // namespace cibhash

@@ -1,8 +1,7 @@
 // CPU kernels of pack_bits (x > 0 -> LSB-first bytes) and unpack_bits (bytes -> {0,1}).
-#include <ATen/ATen.h>
-#include <ATen/Dispatch_v2.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include <torch/headeronly/core/Dispatch_v2.h>
+
+#include <algorithm>
 
 #include "ops/pack_bits.h"
 
@@ -13,7 +12,7 @@ namespace {
 template <typename T>
 void pack_rows(const T* x, uint8_t* out, int64_t rows, int64_t nbits) {
   const int64_t width = packed_width(nbits);
-  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / nbits), [&](int64_t r0, int64_t r1) {
+  torch::stable::parallel_for(0, rows, std::max<int64_t>(1, 32768 / nbits), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* row = x + r * nbits;
       uint8_t* dst = out + r * width;
@@ -30,28 +29,29 @@ void pack_rows(const T* x, uint8_t* out, int64_t rows, int64_t nbits) {
   });
 }
 
-at::Tensor pack_bits_cpu(const at::Tensor& x) {
+Tensor pack_bits_cpu(const Tensor& x) {
   check_pack_bits_input(x);
-  const int64_t nbits = x.size(-1);
-  auto out = at::empty(with_last_dim(x, packed_width(nbits)), x.options().dtype(at::kByte));
+  const int64_t nbits = last_dim(x);
+  Tensor out = empty_like_device(with_last_dim(x, packed_width(nbits)), ScalarType::Byte, x);
   if (out.numel() == 0) return out;
-  const auto xc = x.contiguous();
-  AT_DISPATCH_V2(
+  const Tensor xc = torch::stable::contiguous(x);
+  THO_DISPATCH_V2(
       xc.scalar_type(), "pack_bits_cpu",
       AT_WRAP([&] { pack_rows<scalar_t>(xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<uint8_t>(), xc.numel() / nbits, nbits); }),
-      AT_EXPAND(AT_ALL_TYPES), AT_EXPAND(AT_BAREBONES_UNSIGNED_TYPES), at::kHalf, at::kBFloat16, at::kBool);
+      AT_EXPAND(AT_ALL_TYPES), AT_EXPAND(AT_BAREBONES_UNSIGNED_TYPES), ScalarType::Half, ScalarType::BFloat16,
+      ScalarType::Bool);
   return out;
 }
 
-at::Tensor unpack_bits_cpu(const at::Tensor& codes, int64_t nbits) {
+Tensor unpack_bits_cpu(const Tensor& codes, int64_t nbits) {
   check_unpack_bits_input(codes, nbits);
-  auto out = at::empty(with_last_dim(codes, nbits), codes.options());
+  Tensor out = empty_like_device(with_last_dim(codes, nbits), ScalarType::Byte, codes);
   if (out.numel() == 0) return out;
-  const auto cc = codes.contiguous();
+  const Tensor cc = torch::stable::contiguous(codes);
   const uint8_t* src = cc.const_data_ptr<uint8_t>();
   uint8_t* dst = out.mutable_data_ptr<uint8_t>();
-  const int64_t width = codes.size(-1);
-  at::parallel_for(0, cc.numel() / width, std::max<int64_t>(1, 32768 / nbits), [&](int64_t r0, int64_t r1) {
+  const int64_t width = last_dim(codes);
+  torch::stable::parallel_for(0, cc.numel() / width, std::max<int64_t>(1, 32768 / nbits), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       for (int64_t j = 0; j < nbits; ++j) {
         dst[r * nbits + j] = (src[r * width + (j >> 3)] >> (j & 7)) & 1;
@@ -63,9 +63,9 @@ at::Tensor unpack_bits_cpu(const at::Tensor& codes, int64_t nbits) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cibhash_ext, CPU, m) {
-  m.impl("pack_bits", &pack_bits_cpu);
-  m.impl("unpack_bits", &unpack_bits_cpu);
+STABLE_TORCH_LIBRARY_IMPL(cibhash_ext, CPU, m) {
+  m.impl("pack_bits", TORCH_BOX(&pack_bits_cpu));
+  m.impl("unpack_bits", TORCH_BOX(&unpack_bits_cpu));
 }
 
 }  // namespace cibhash

@@ -1,10 +1,9 @@
 // CPU kernels of the stochastic binary layer: forward (Philox uniforms drawn inside the kernel,
 // no noise tensor) and the fused straight-through backward grad * p * (1 - p).
-#include <ATen/ATen.h>
-#include <ATen/Dispatch_v2.h>
-#include <ATen/Parallel.h>
 #include <immintrin.h>
-#include <torch/library.h>
+#include <torch/headeronly/core/Dispatch_v2.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
 
 #include <cstring>
 #include <type_traits>
@@ -127,7 +126,7 @@ template <typename T>
 __attribute__((target("avx512f"))) inline __m512 load16(const T* p) {
   if constexpr (std::is_same_v<T, float>) {
     return _mm512_loadu_ps(p);
-  } else if constexpr (std::is_same_v<T, at::Half>) {
+  } else if constexpr (std::is_same_v<T, torch::headeronly::Half>) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   } else {  // bfloat16 is the top half of a float32
     const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
@@ -141,7 +140,7 @@ __attribute__((target("avx512f"))) inline void store_bits16(T* p, __mmask16 bits
     _mm512_storeu_ps(p, _mm512_maskz_mov_ps(bits, _mm512_set1_ps(1.0f)));
   } else {
     // 1.0 is 0x3C00 in float16 and 0x3F80 in bfloat16; 0.0 is all zeros in both.
-    const int one = std::is_same_v<T, at::Half> ? 0x3C00 : 0x3F80;
+    const int one = std::is_same_v<T, torch::headeronly::Half> ? 0x3C00 : 0x3F80;
     const __m512i v = _mm512_maskz_mov_epi32(bits, _mm512_set1_epi32(one));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(v));
   }
@@ -178,7 +177,7 @@ template <typename T>
 void binarize_forward(const T* z, T* out, int64_t n, bool stochastic, uint64_t seed, uint64_t offset) {
   const int64_t blocks = (n + 3) / 4;
   const bool simd = has_avx512();
-  at::parallel_for(0, blocks, 2048, [&](int64_t g0, int64_t g1) {
+  torch::stable::parallel_for(0, blocks, 2048, [&](int64_t g0, int64_t g1) {
     if (simd) {
       binarize_groups_avx512(z, out, g0, g1, n, stochastic, seed, offset);
     } else {
@@ -211,38 +210,38 @@ void binarize_grad_range(const T* g, const T* z, T* out, int64_t i0, int64_t i1)
   for (int64_t i = i0; i < i1; ++i) out[i] = static_cast<T>(binarize_grad(static_cast<float>(g[i]), static_cast<float>(z[i])));
 }
 
-at::Tensor stochastic_binarize_forward_cpu(const at::Tensor& logits, bool stochastic, int64_t seed, int64_t offset) {
+Tensor stochastic_binarize_forward_cpu(const Tensor& logits, bool stochastic, int64_t seed, int64_t offset) {
   check_binarize_logits(logits, "stochastic_binarize_forward");
-  const auto z = logits.contiguous();
-  auto out = at::empty_like(z);
+  const Tensor z = torch::stable::contiguous(logits);
+  Tensor out = torch::stable::empty_like(z);
   if (z.numel() == 0) return out;
-  AT_DISPATCH_V2(z.scalar_type(), "stochastic_binarize_forward_cpu", AT_WRAP([&] {
+  THO_DISPATCH_V2(z.scalar_type(), "stochastic_binarize_forward_cpu", AT_WRAP([&] {
     binarize_forward<scalar_t>(z.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), z.numel(), stochastic,
                                static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
-  }), at::kFloat, at::kHalf, at::kBFloat16);
+  }), ScalarType::Float, ScalarType::Half, ScalarType::BFloat16);
   return out;
 }
 
-at::Tensor stochastic_binarize_backward_cpu(const at::Tensor& grad_codes, const at::Tensor& logits) {
+Tensor stochastic_binarize_backward_cpu(const Tensor& grad_codes, const Tensor& logits) {
   check_binarize_backward(grad_codes, logits);
-  const auto z = logits.contiguous();
-  const auto g = grad_codes.contiguous();
-  auto out = at::empty_like(z);
+  const Tensor z = torch::stable::contiguous(logits);
+  const Tensor g = torch::stable::contiguous(grad_codes);
+  Tensor out = torch::stable::empty_like(z);
   if (z.numel() == 0) return out;
-  AT_DISPATCH_V2(z.scalar_type(), "stochastic_binarize_backward_cpu", AT_WRAP([&] {
+  THO_DISPATCH_V2(z.scalar_type(), "stochastic_binarize_backward_cpu", AT_WRAP([&] {
     const scalar_t* zp = z.const_data_ptr<scalar_t>();
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, z.numel(), 8192, [&](int64_t i0, int64_t i1) { binarize_grad_range(gp, zp, op, i0, i1); });
-  }), at::kFloat, at::kHalf, at::kBFloat16);
+    torch::stable::parallel_for(0, z.numel(), 8192, [&](int64_t i0, int64_t i1) { binarize_grad_range(gp, zp, op, i0, i1); });
+  }), ScalarType::Float, ScalarType::Half, ScalarType::BFloat16);
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cibhash_ext, CPU, m) {
-  m.impl("stochastic_binarize_forward", &stochastic_binarize_forward_cpu);
-  m.impl("stochastic_binarize_backward", &stochastic_binarize_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(cibhash_ext, CPU, m) {
+  m.impl("stochastic_binarize_forward", TORCH_BOX(&stochastic_binarize_forward_cpu));
+  m.impl("stochastic_binarize_backward", TORCH_BOX(&stochastic_binarize_backward_cpu));
 }
 
 }  // namespace cibhash
