@@ -38,7 +38,7 @@ inline int64_t check_allow(const Tensor& allow, int64_t n, const char* op) {
   STD_TORCH_CHECK(allow.dim() == 1 && allow.size(0) >= (n + 7) / 8, op, ": expected allow of shape [>= ",
                   (n + 7) / 8, "] (one bit per database code), got shape ", shape_string(allow));
   STD_TORCH_CHECK(allow.is_cpu(), op, ": expected allow on the CPU, got ", device_string(allow));
-  const Tensor bytes = torch::stable::contiguous(allow);
+  const Tensor bytes = as_contiguous(allow);
   const uint8_t* p = bytes.const_data_ptr<uint8_t>();
   int64_t count = 0;
   for (int64_t i = 0; i < n / 8; ++i) count += __builtin_popcount(p[i]);

@@ -44,6 +44,10 @@ inline Tensor zeros_like_device(const std::vector<int64_t>& sizes, ScalarType dt
   return torch::stable::new_zeros(like, sizes, dtype);
 }
 
+// `t` itself when contiguous, else a contiguous copy. torch::stable::contiguous is a boxed dispatcher
+// call even for a contiguous tensor, about a microsecond: a small search pays it per input.
+inline Tensor as_contiguous(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
+
 // The sizes of `t` with the last one replaced.
 inline std::vector<int64_t> with_last_dim(const Tensor& t, int64_t last) {
   std::vector<int64_t> sizes = t.sizes().vec();

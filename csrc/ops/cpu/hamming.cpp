@@ -677,7 +677,7 @@ struct Prepared {
   ScanProblem problem;
 
   Prepared(const Tensor& q, const Tensor& db)
-      : queries(torch::stable::contiguous(q)), database(torch::stable::contiguous(db)) {
+      : queries(as_contiguous(q)), database(as_contiguous(db)) {
     const int64_t B = q.size(1);
     const int64_t W = (B + 7) / 8;
     qwords = query_words(queries.const_data_ptr<uint8_t>(), q.size(0), B, W);
@@ -846,7 +846,7 @@ std::tuple<Tensor, Tensor> hamming_topk_filtered_cpu(const Tensor& queries, cons
   check_query_database(queries, database, "hamming_topk_filtered");
   const int64_t allowed = check_allow(allow, database.size(0), "hamming_topk_filtered");
   STD_TORCH_CHECK(k >= 1, "hamming_topk_filtered: expected k >= 1, got ", k);
-  const Tensor bitmap = torch::stable::contiguous(allow);
+  const Tensor bitmap = as_contiguous(allow);
   return topk_search(queries, database, std::min(k, allowed), bitmap.const_data_ptr<uint8_t>());
 }
 
@@ -959,7 +959,7 @@ std::tuple<Tensor, Tensor, Tensor> hamming_radius_filtered_cpu(const Tensor& que
   check_query_database(queries, database, "hamming_radius_filtered");
   check_allow(allow, database.size(0), "hamming_radius_filtered");
   STD_TORCH_CHECK(radius >= 0, "hamming_radius_filtered: expected radius >= 0, got ", radius);
-  const Tensor bitmap = torch::stable::contiguous(allow);
+  const Tensor bitmap = as_contiguous(allow);
   return radius_search(queries, database, radius, bitmap.const_data_ptr<uint8_t>());
 }
 

@@ -96,7 +96,7 @@ std::tuple<Tensor, Tensor, Tensor> mih_search_cpu(const Tensor& queries, const T
   const uint8_t* bitmap = checked_allow(allow, codes.size(0), "mih_search");
   const int64_t Q = queries.size(0), n = codes.size(0);
   STD_TORCH_CHECK(k >= 1 && k <= n, "mih_search: expected 1 <= k <= ", n, " codes, got k=", k);
-  const Tensor q = torch::stable::contiguous(queries);
+  const Tensor q = as_contiguous(queries);
   Tensor dist = empty_like_device({Q, k}, ScalarType::Int, queries);
   Tensor pos = empty_like_device({Q, k}, ScalarType::Long, queries);
   Tensor done = empty_like_device({Q}, ScalarType::Bool, queries);
@@ -122,7 +122,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mih_range_search_cpu(const Tensor& qu
   const std::vector<mih::Table> views = checked_tables(codes, layout, tables, "mih_range_search");
   const uint8_t* bitmap = checked_allow(allow, codes.size(0), "mih_range_search");
   const int64_t Q = queries.size(0), n = codes.size(0);
-  const Tensor q = torch::stable::contiguous(queries);
+  const Tensor q = as_contiguous(queries);
   const mih::Index index{codes.const_data_ptr<uint8_t>(), n, codes.size(1), views.data(),
                          static_cast<int32_t>(views.size())};
   const int32_t r = static_cast<int32_t>(std::min<int64_t>(radius, 8 * codes.size(1)));

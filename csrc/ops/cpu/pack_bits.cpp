@@ -34,7 +34,7 @@ Tensor pack_bits_cpu(const Tensor& x) {
   const int64_t nbits = last_dim(x);
   Tensor out = empty_like_device(with_last_dim(x, packed_width(nbits)), ScalarType::Byte, x);
   if (out.numel() == 0) return out;
-  const Tensor xc = torch::stable::contiguous(x);
+  const Tensor xc = as_contiguous(x);
   THO_DISPATCH_V2(
       xc.scalar_type(), "pack_bits_cpu",
       AT_WRAP([&] { pack_rows<scalar_t>(xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<uint8_t>(), xc.numel() / nbits, nbits); }),
@@ -47,7 +47,7 @@ Tensor unpack_bits_cpu(const Tensor& codes, int64_t nbits) {
   check_unpack_bits_input(codes, nbits);
   Tensor out = empty_like_device(with_last_dim(codes, nbits), ScalarType::Byte, codes);
   if (out.numel() == 0) return out;
-  const Tensor cc = torch::stable::contiguous(codes);
+  const Tensor cc = as_contiguous(codes);
   const uint8_t* src = cc.const_data_ptr<uint8_t>();
   uint8_t* dst = out.mutable_data_ptr<uint8_t>();
   const int64_t width = last_dim(codes);

@@ -212,7 +212,7 @@ void binarize_grad_range(const T* g, const T* z, T* out, int64_t i0, int64_t i1)
 
 Tensor stochastic_binarize_forward_cpu(const Tensor& logits, bool stochastic, int64_t seed, int64_t offset) {
   check_binarize_logits(logits, "stochastic_binarize_forward");
-  const Tensor z = torch::stable::contiguous(logits);
+  const Tensor z = as_contiguous(logits);
   Tensor out = torch::stable::empty_like(z);
   if (z.numel() == 0) return out;
   THO_DISPATCH_V2(z.scalar_type(), "stochastic_binarize_forward_cpu", AT_WRAP([&] {
@@ -224,8 +224,8 @@ Tensor stochastic_binarize_forward_cpu(const Tensor& logits, bool stochastic, in
 
 Tensor stochastic_binarize_backward_cpu(const Tensor& grad_codes, const Tensor& logits) {
   check_binarize_backward(grad_codes, logits);
-  const Tensor z = torch::stable::contiguous(logits);
-  const Tensor g = torch::stable::contiguous(grad_codes);
+  const Tensor z = as_contiguous(logits);
+  const Tensor g = as_contiguous(grad_codes);
   Tensor out = torch::stable::empty_like(z);
   if (z.numel() == 0) return out;
   THO_DISPATCH_V2(z.scalar_type(), "stochastic_binarize_backward_cpu", AT_WRAP([&] {

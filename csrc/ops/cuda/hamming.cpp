@@ -39,8 +39,8 @@ Tensor hamming_distance_cuda(const Tensor& queries, const Tensor& database) {
   check_query_database(queries, database, "hamming_distance");
   const int64_t Q = queries.size(0), N = database.size(0), B = queries.size(1);
   if (Q == 0 || N == 0) return empty_like_device({Q, N}, ScalarType::Int, queries);
-  const Tensor qc = torch::stable::contiguous(queries);
-  const Tensor dc = torch::stable::contiguous(database);
+  const Tensor qc = as_contiguous(queries);
+  const Tensor dc = as_contiguous(database);
   const CudaGuard guard(qc.get_device_index());
   Tensor out = empty_like_device({Q, N}, ScalarType::Int, qc);
   STD_CUDA_CHECK(gpu::launch_hamming_distance(qc.const_data_ptr<uint8_t>(), dc.const_data_ptr<uint8_t>(), Q, N, B,
@@ -57,8 +57,8 @@ std::tuple<Tensor, Tensor> hamming_topk_cuda(const Tensor& queries, const Tensor
   if (Q == 0 || k == 0) {
     return {empty_like_device({Q, k}, ScalarType::Int, queries), empty_like_device({Q, k}, ScalarType::Long, queries)};
   }
-  const Tensor qc = torch::stable::contiguous(queries);
-  const Tensor dc = torch::stable::contiguous(database);
+  const Tensor qc = as_contiguous(queries);
+  const Tensor dc = as_contiguous(database);
   const CudaGuard guard(qc.get_device_index());
   Tensor dist = empty_like_device({Q, k}, ScalarType::Int, qc);
   Tensor idx = empty_like_device({Q, k}, ScalarType::Long, qc);
@@ -78,8 +78,8 @@ std::tuple<Tensor, Tensor, Tensor> hamming_radius_cuda(const Tensor& queries, co
     return {zeros_like_device({Q + 1}, ScalarType::Long, queries), empty_like_device({0}, ScalarType::Int, queries),
             empty_like_device({0}, ScalarType::Long, queries)};
   }
-  const Tensor qc = torch::stable::contiguous(queries);
-  const Tensor dc = torch::stable::contiguous(database);
+  const Tensor qc = as_contiguous(queries);
+  const Tensor dc = as_contiguous(database);
   const CudaGuard guard(qc.get_device_index());
   const cudaStream_t stream = current_cuda_stream(qc);
   const uint8_t* qp = qc.const_data_ptr<uint8_t>();

@@ -32,7 +32,7 @@ Tensor pack_bits_cuda(const Tensor& x) {
   const int64_t nbits = last_dim(x);
   const auto out_sizes = with_last_dim(x, packed_width(nbits));
   if (x.numel() == 0) return empty_like_device(out_sizes, ScalarType::Byte, x);
-  const Tensor xc = torch::stable::contiguous(x);
+  const Tensor xc = as_contiguous(x);
   const CudaGuard guard(xc.get_device_index());
   Tensor out = empty_like_device(out_sizes, ScalarType::Byte, xc);
   STD_CUDA_CHECK(gpu::launch_pack_bits(xc.const_data_ptr(), type, out.mutable_data_ptr<uint8_t>(), xc.numel() / nbits,
@@ -44,7 +44,7 @@ Tensor unpack_bits_cuda(const Tensor& codes, int64_t nbits) {
   check_unpack_bits_input(codes, nbits);
   const auto out_sizes = with_last_dim(codes, nbits);
   if (codes.numel() == 0) return empty_like_device(out_sizes, ScalarType::Byte, codes);
-  const Tensor cc = torch::stable::contiguous(codes);
+  const Tensor cc = as_contiguous(codes);
   const CudaGuard guard(cc.get_device_index());
   Tensor out = empty_like_device(out_sizes, ScalarType::Byte, cc);
   STD_CUDA_CHECK(gpu::launch_unpack_bits(cc.const_data_ptr<uint8_t>(), out.mutable_data_ptr<uint8_t>(),

@@ -17,7 +17,7 @@ gpu::FloatType float_type(ScalarType t) {
 Tensor stochastic_binarize_forward_cuda(const Tensor& logits, bool stochastic, int64_t seed, int64_t offset) {
   check_binarize_logits(logits, "stochastic_binarize_forward");
   if (logits.numel() == 0) return empty_like_device(logits.sizes().vec(), logits.scalar_type(), logits);
-  const Tensor z = torch::stable::contiguous(logits);
+  const Tensor z = as_contiguous(logits);
   const CudaGuard guard(z.get_device_index());
   Tensor out = torch::stable::empty_like(z);
   STD_CUDA_CHECK(gpu::launch_stochastic_binarize_forward(
@@ -29,8 +29,8 @@ Tensor stochastic_binarize_forward_cuda(const Tensor& logits, bool stochastic, i
 Tensor stochastic_binarize_backward_cuda(const Tensor& grad_codes, const Tensor& logits) {
   check_binarize_backward(grad_codes, logits);
   if (logits.numel() == 0) return empty_like_device(logits.sizes().vec(), logits.scalar_type(), logits);
-  const Tensor z = torch::stable::contiguous(logits);
-  const Tensor g = torch::stable::contiguous(grad_codes);
+  const Tensor z = as_contiguous(logits);
+  const Tensor g = as_contiguous(grad_codes);
   const CudaGuard guard(z.get_device_index());
   Tensor out = torch::stable::empty_like(z);
   STD_CUDA_CHECK(gpu::launch_stochastic_binarize_backward(g.const_data_ptr(), z.const_data_ptr(),
