@@ -89,8 +89,9 @@ def choose_tables(nbits: int, n: int, m: int | None = None) -> list[TableSpec]:
 # faster per query on the same state for the same kind of search; one in every E such searches takes
 # the other path, so that a change in the queries is noticed. E is the smallest interval in
 # [_EXPLORE_MIN, _EXPLORE_MAX] at which exploring the slower path adds at most _EXPLORE_COST to the
-# mean time of a search: with a fixed 1 in 16, single queries over 1M uniform codes, where the tables
-# path took 5x the scan's time, averaged 0.78x the scan's speed (benchmarks/RESULTS.md, "MIHIndex").
+# mean time of a search. With a fixed 1 in 16, single queries over 1M uniform codes, whose tables path
+# took 4-5x the scan's time (running means of 1.25-1.40 ms against 0.27-0.32 ms), spent about 25 %
+# more on average than the scan alone.
 _EXPLORE_MIN = 16
 _EXPLORE_MAX = 256
 _EXPLORE_COST = 0.05
