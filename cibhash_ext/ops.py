@@ -57,7 +57,7 @@ def _op(name: str):
             problem = _input_error(check, args)
             if problem is None:
                 raise
-        raise problem
+        raise problem from None  # the bad input, not the C++ RuntimeError it caused
 
     return run
 

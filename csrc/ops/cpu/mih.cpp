@@ -27,20 +27,20 @@ std::vector<mih::Table> checked_tables(const Tensor& codes, const std::vector<in
   for (size_t i = 0; i < layout.size(); i += 3) {
     const int64_t start = layout[i], count = layout[i + 1], dir_bits = layout[i + 2];
     STD_TORCH_CHECK(start >= 0 && count >= 1 && count <= 32 && start + count <= bits && dir_bits >= 1 &&
-                          dir_bits <= count,
-                      op, ": expected table layout 0 <= start, 1 <= dir_bits <= bit_count <= 32 within ", bits,
-                      " bits, got (", start, ", ", count, ", ", dir_bits, ")");
+                        dir_bits <= count,
+                    op, ": expected table layout 0 <= start, 1 <= dir_bits <= bit_count <= 32 within ", bits,
+                    " bits, got (", start, ", ", count, ", ", dir_bits, ")");
     const Tensor &dir = tables[i], &low = tables[i + 1], &pos = tables[i + 2];
     for (const Tensor* t : {&dir, &low, &pos}) {
       STD_TORCH_CHECK(t->scalar_type() == ScalarType::Int && t->dim() == 1 && t->is_contiguous() && t->is_cpu(), op,
-                      ": expected table arrays as contiguous 1-d int32 CPU tensors, got ", t->scalar_type(),
-                      " of shape ", shape_string(*t));
+                    ": expected table arrays as contiguous 1-d int32 CPU tensors, got ", t->scalar_type(),
+                    " of shape ", shape_string(*t));
     }
     const bool has_low = dir_bits < count;
     STD_TORCH_CHECK(dir.size(0) == (int64_t{1} << dir_bits) + 1 && pos.size(0) == n &&
-                          low.size(0) == (has_low ? n : 0),
-                      op, ": table ", i / 3, " has arrays of sizes ", dir.size(0), ", ", low.size(0), ", ",
-                      pos.size(0), " for ", n, " codes and ", dir_bits, " directory bits");
+                        low.size(0) == (has_low ? n : 0),
+                    op, ": table ", i / 3, " has arrays of sizes ", dir.size(0), ", ", low.size(0), ", ",
+                    pos.size(0), " for ", n, " codes and ", dir_bits, " directory bits");
     out.push_back(mih::Table{static_cast<int32_t>(start), static_cast<int32_t>(count), static_cast<int32_t>(dir_bits),
                              dir.const_data_ptr<int32_t>(), has_low ? low.const_data_ptr<int32_t>() : nullptr,
                              pos.const_data_ptr<int32_t>()});
@@ -61,7 +61,7 @@ std::vector<Tensor> mih_build_cpu(const Tensor& codes, const std::vector<int64_t
   for (int64_t i = 0; i < m; ++i) {
     const int64_t count = layout[3 * i + 1], dir_bits = layout[3 * i + 2];
     STD_TORCH_CHECK(count >= 1 && count <= 32 && dir_bits >= 1 && dir_bits <= count && dir_bits <= 30,
-                      "mih_build: expected 1 <= dir_bits <= bit_count <= 32, got ", dir_bits, " and ", count);
+                    "mih_build: expected 1 <= dir_bits <= bit_count <= 32, got ", dir_bits, " and ", count);
     tables.push_back(empty_like_device({(int64_t{1} << dir_bits) + 1}, ScalarType::Int, codes));
     tables.push_back(empty_like_device({dir_bits < count ? n : 0}, ScalarType::Int, codes));
     tables.push_back(empty_like_device({n}, ScalarType::Int, codes));
@@ -102,11 +102,15 @@ std::tuple<Tensor, Tensor, Tensor> mih_search_cpu(const Tensor& queries, const T
   Tensor done = empty_like_device({Q}, ScalarType::Bool, queries);
   const mih::Index index{codes.const_data_ptr<uint8_t>(), n, codes.size(1), views.data(),
                          static_cast<int32_t>(views.size())};
+  // Raw pointers taken once: each stable-ABI accessor is a call into torch.
+  const uint8_t* qp = q.const_data_ptr<uint8_t>();
+  const int64_t qbytes = q.size(1);
+  int32_t* dp = dist.mutable_data_ptr<int32_t>();
+  int64_t* pp = pos.mutable_data_ptr<int64_t>();
+  bool* donep = done.mutable_data_ptr<bool>();
   torch::stable::parallel_for(0, Q, kQueriesPerTask, [&](int64_t q0, int64_t q1) {
     for (int64_t i = q0; i < q1; ++i) {
-      const int64_t found = mih::knn(index, q.const_data_ptr<uint8_t>() + i * q.size(1), k, bitmap, budget,
-                                     dist.mutable_data_ptr<int32_t>() + i * k, pos.mutable_data_ptr<int64_t>() + i * k);
-      done.mutable_data_ptr<bool>()[i] = found == k;
+      donep[i] = mih::knn(index, qp + i * qbytes, k, bitmap, budget, dp + i * k, pp + i * k) == k;
     }
   });
   return {dist, pos, done};
@@ -128,21 +132,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mih_range_search_cpu(const Tensor& qu
   const int32_t r = static_cast<int32_t>(std::min<int64_t>(radius, 8 * codes.size(1)));
   std::vector<std::vector<std::pair<int32_t, int64_t>>> found(static_cast<size_t>(Q));
   Tensor done = empty_like_device({Q}, ScalarType::Bool, queries);
+  const uint8_t* qp = q.const_data_ptr<uint8_t>();
+  const int64_t qbytes = q.size(1);
+  bool* donep = done.mutable_data_ptr<bool>();
   torch::stable::parallel_for(0, Q, kQueriesPerTask, [&](int64_t q0, int64_t q1) {
-    for (int64_t i = q0; i < q1; ++i) {
-      done.mutable_data_ptr<bool>()[i] =
-          mih::radius_search(index, q.const_data_ptr<uint8_t>() + i * q.size(1), r, bitmap, budget, found[i]);
-    }
+    for (int64_t i = q0; i < q1; ++i) donep[i] = mih::radius_search(index, qp + i * qbytes, r, bitmap, budget, found[i]);
   });
   Tensor lims = zeros_like_device({Q + 1}, ScalarType::Long, queries);
   int64_t* lp = lims.mutable_data_ptr<int64_t>();
   for (int64_t i = 0; i < Q; ++i) lp[i + 1] = lp[i] + static_cast<int64_t>(found[i].size());
   Tensor dist = empty_like_device({lp[Q]}, ScalarType::Int, queries);
   Tensor pos = empty_like_device({lp[Q]}, ScalarType::Long, queries);
+  int32_t* dp = dist.mutable_data_ptr<int32_t>();
+  int64_t* pp = pos.mutable_data_ptr<int64_t>();
   for (int64_t i = 0; i < Q; ++i) {
     for (size_t j = 0; j < found[i].size(); ++j) {
-      dist.mutable_data_ptr<int32_t>()[lp[i] + j] = found[i][j].first;
-      pos.mutable_data_ptr<int64_t>()[lp[i] + j] = found[i][j].second;
+      dp[lp[i] + j] = found[i][j].first;
+      pp[lp[i] + j] = found[i][j].second;
     }
   }
   return {lims, dist, pos, done};
