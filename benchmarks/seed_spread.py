@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import statistics
+import sys
 from pathlib import Path
 
 from cibhash_ext.config import TrainConfig
@@ -23,7 +24,14 @@ from cibhash_ext.config import TrainConfig
 IGNORED = {"seed", "run_dir", "threads", "progress", "workers"}
 
 
+class SpreadError(ValueError):
+    """Runs that cannot make a seed spread: one line for the user."""
+
+
 def load(run: Path) -> tuple[dict, dict[str, float]]:
+    for name in ("config.json", "metrics.json"):
+        if not (run / name).is_file():
+            raise SpreadError(f"expected a finished run directory with {name}, got {str(run)!r}")
     config = json.loads((run / "config.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
     return config, {bits: entry["map"] for bits, entry in metrics["cibhash"].items()}
@@ -42,7 +50,7 @@ def table(runs: list[Path]) -> str:
     loaded = [load(run) for run in runs]
     differ = same_recipe([config for config, _ in loaded])
     if differ:
-        raise SystemExit(f"the runs differ in more than their seed: {', '.join(differ)}")
+        raise SpreadError(f"the runs differ in more than their seed: {', '.join(differ)}")
     lengths = sorted(loaded[0][1], key=int)
     lines = ["| seed | " + " | ".join(f"{bits} bits" for bits in lengths) + " |",
              "|---|" + "---:|" * len(lengths)]
@@ -59,7 +67,11 @@ def table(runs: list[Path]) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories of the same recipe, one per seed")
-    print(table(parser.parse_args(argv).runs))
+    try:
+        print(table(parser.parse_args(argv).runs))
+    except SpreadError as error:
+        print(f"seed_spread.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

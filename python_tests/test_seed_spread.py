@@ -32,7 +32,7 @@ def test_the_table_gives_each_seed_the_mean_and_the_sample_deviation(tmp_path):
 def test_runs_that_differ_in_a_setting_are_refused(tmp_path):
     a = fake_run(tmp_path, "a", 0, {"16": 0.7})
     b = fake_run(tmp_path, "b", 1, {"16": 0.7}, lr=0.002)
-    with pytest.raises(SystemExit, match="differ in more than their seed: lr"):
+    with pytest.raises(seed_spread.SpreadError, match="differ in more than their seed: lr"):
         seed_spread.table([a, b])
 
 
@@ -41,5 +41,17 @@ def test_a_setting_a_run_predates_counts_as_its_default(tmp_path):
     new = fake_run(tmp_path, "new", 1, {"16": 0.7}, convnet_head="flatten")
     assert "| 1 | 0.7000 |" in seed_spread.table([old, new])
     pooled = fake_run(tmp_path, "pooled", 2, {"16": 0.7}, convnet_head="pool")
-    with pytest.raises(SystemExit, match="convnet_head"):
+    with pytest.raises(seed_spread.SpreadError, match="convnet_head"):
         seed_spread.table([old, pooled])
+
+
+def test_an_unfinished_run_is_one_line_and_exit_2(tmp_path, capsys):
+    done = fake_run(tmp_path, "done", 0, {"16": 0.7})
+    running = tmp_path / "running"
+    running.mkdir()
+    (running / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_:
+        seed_spread.main([str(done), str(running)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert "expected a finished run directory with metrics.json" in err and "running" in err
