@@ -16,6 +16,7 @@ rows time ``--single`` different queries one at a time and report the median per
     python benchmarks/bench_mih.py --n 1000000 10000000 --threads 2
     python benchmarks/bench_mih.py --n 100000000 --kind clustered --queries 1 --k 10 --radius --no-faiss
     python benchmarks/bench_mih.py --kind run --run runs/fashion_mnist-RUN
+    python benchmarks/bench_mih.py --n 10000000 --grow-from 9000000 --add-size 10000 --no-faiss   # grown by adds
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--single", type=int, default=20, help="queries timed one at a time for the 1-query rows")
+    parser.add_argument("--grow-from", type=int,
+                        help="search an MIHIndex grown from this many codes by adds of --add-size (default: one add)")
+    parser.add_argument("--add-size", type=int, default=10_000)
     parser.add_argument("--no-faiss", action="store_true")
     parser.add_argument("--multihash-max-n", type=int, default=10_000_000,
                         help="skip faiss IndexBinaryMultiHash above this size (its hash maps take GBs)")
@@ -158,6 +162,18 @@ def main() -> None:
         print(f"# n={n} {kind}: MIH build {build_s:.2f} s, m={len(mih.specs)} ({specs}), tables "
               f"{mih.tables_nbytes / 2**20:.0f} MiB, codes {database.nbytes / 2**20:.0f} MiB, "
               f"RSS after both indexes {rss_mb() - rss0:.0f} MiB more")
+        if args.grow_from is not None:
+            # The index the rows below search: one add of the first --grow-from codes, then adds of
+            # --add-size codes (segments of tables and a tail; each add used to rebuild all tables).
+            mih = MIHIndex(NBITS, m=args.m)
+            mih.add(database[: args.grow_from])
+            add_s = [timed(lambda at=at: mih.add(database[at : at + args.add_size]))[1]
+                     for at in range(args.grow_from, n, args.add_size)]
+            sizes = ", ".join(f"{stop - start:,}" for start, stop in mih.segments)
+            print(f"# grown from {args.grow_from:,} codes by {len(add_s)} adds of {args.add_size:,}: {sum(add_s):.2f} s in "
+                  f"all, slowest add {max(add_s):.3f} s, median {statistics.median(add_s) * 1e3:.2f} ms (one build of "
+                  f"all {n:,}: {build_s:.2f} s); segments {sizes}; {n - mih.segments[-1][1]:,} codes unindexed; "
+                  f"tables {mih.tables_nbytes / 2**20:.0f} MiB")
         flat = multihash = None
         if faiss is not None:
             flat = faiss.IndexBinaryFlat(NBITS)

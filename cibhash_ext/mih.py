@@ -21,11 +21,11 @@ from cibhash_ext.index import (
     DEFAULT_CHUNK_BYTES,
     HammingIndex,
     Selection,
+    NO_DISTANCE,
     _check_int,
     _State as _ScanState,
     _tensor_view,
     as_packed_codes,
-    sort_matches,
 )
 from cibhash_ext.index_file import TableSpec
 
@@ -136,19 +136,52 @@ def explore_interval(tables_s: float, scan_s: float) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class _State:
-    """One state of an :class:`MIHIndex`: the scan index's state (codes, ids, map) and the tables
-    built from exactly those codes, with the path choice of small searches on them. A search reads
-    the reference once and uses only it."""
+class _Segment:
+    """Substring tables over positions [start, stop) of an index's codes. Their position arrays hold
+    positions in the whole codes array, so a search hands the kernel all the codes."""
 
-    scan: _ScanState
-    specs: tuple[TableSpec, ...] = ()
-    tables: tuple[Tensor, ...] = ()  # (dir, low, pos) int32 per spec
-    choice: _PathChoice = dataclasses.field(default_factory=_PathChoice, compare=False, repr=False)
+    start: int
+    stop: int
+    specs: tuple[TableSpec, ...]
+    tables: tuple[Tensor, ...]  # (dir, low, pos) int32 per spec
+
+    def __len__(self) -> int:
+        return self.stop - self.start
 
     @property
     def layout(self) -> list[int]:
         return [v for s in self.specs for v in (s.bit_start, s.bit_count, s.dir_bits)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _State:
+    """One state of an :class:`MIHIndex`: the scan index's state (codes, ids, map), the segments of
+    tables over its positions [0, covered), and the path choice of small searches on them. Positions
+    [covered, n) (the tail) are scanned with every search. A search reads the reference once and
+    uses only it."""
+
+    scan: _ScanState
+    segments: tuple[_Segment, ...] = ()
+    choice: _PathChoice = dataclasses.field(default_factory=_PathChoice, compare=False, repr=False)
+
+    @property
+    def covered(self) -> int:
+        return self.segments[-1].stop if self.segments else 0
+
+
+# Codes added after the last segment are scanned with every search, without tables, until there are
+# this many; then they become a segment of their own. A segment at least half the size of the one
+# before it is merged into it (rebuilt together), so segments shrink by more than half from the first
+# to the last: at most about log2(n / _MIN_SEGMENT) of them. A scan of 2^14 codes takes a few
+# microseconds.
+_MIN_SEGMENT = 1 << 14
+# Small segments answer fewer queries within their budget than one large one (their own scan is the
+# fall-back), so once the codes outside the first segment pass 1/_REST_SHARE of it, all are rebuilt
+# into one: searches then scan at most about 1/32 of the codes, and the rebuilds, one per growth by
+# 1/32, cost about 32 builds' time per added code (about 4 us at 100M codes), whatever the sizes of
+# the adds. Measured in benchmarks/RESULTS.md ("an index grown by adds").
+_REST_SHARE = 32
+_BYTE_POPCOUNT = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=torch.int64)
 
 
 class MIHIndex:
@@ -177,9 +210,14 @@ class MIHIndex:
       thus cost about what :class:`~cibhash_ext.index.HammingIndex` costs (benchmarks/RESULTS.md,
       "MIHIndex").
 
-    Tables are rebuilt on ``add`` and ``remove_ids`` (linear time, a counting sort). Each change
-    builds a new state object and swaps it in under a lock, so a search running in another thread
-    sees either the old or the new index, whole.
+    An ``add`` keeps the tables it has: the codes added after the last segment of tables are scanned
+    with every search until there are 2^14 of them, then they get tables of their own (a segment); a
+    segment at least half the size of the one before it is rebuilt together with it (linear time, a
+    counting sort). So a growing index holds at most about log2(n / 2^14) segments, and small adds
+    cost time in proportion to their own size, not the index's. ``remove_ids`` renumbers positions,
+    so it rebuilds the tables whole, as ``save`` does when there is more than one segment (a file
+    holds one set of tables). Each change builds a new state object and swaps it in under a lock, so
+    a search running in another thread sees either the old or the new index, whole.
 
     Args:
         nbits (int): bits per code, 1 <= nbits <= 2^20.
@@ -208,7 +246,8 @@ class MIHIndex:
     def __repr__(self) -> str:
         state = self._state
         where = f"mmap={state.scan.path!r}" if state.scan.is_mmap else "in memory"
-        return f"MIHIndex(nbits={self.nbits}, ntotal={len(state.scan)}, m={len(state.specs)}, {where})"
+        return (f"MIHIndex(nbits={self.nbits}, ntotal={len(state.scan)}, m={len(self.specs)}, "
+                f"segments={len(state.segments)}, unindexed={len(state.scan) - state.covered}, {where})")
 
     @property
     def is_mmap(self) -> bool:
@@ -226,13 +265,19 @@ class MIHIndex:
 
     @property
     def specs(self) -> list[TableSpec]:
-        """The substring tables (bit_start, bit_count, dir_bits) of the current state."""
-        return list(self._state.specs)
+        """The substring tables (bit_start, bit_count, dir_bits) of the first and largest segment."""
+        segments = self._state.segments
+        return list(segments[0].specs) if segments else []
+
+    @property
+    def segments(self) -> list[tuple[int, int]]:
+        """The (start, stop) positions of each segment of tables; the codes after the last are scanned."""
+        return [(s.start, s.stop) for s in self._state.segments]
 
     @property
     def tables_nbytes(self) -> int:
         """Bytes held by the tables (besides the codes and ids)."""
-        return sum(t.numel() * t.element_size() for t in self._state.tables)
+        return sum(t.numel() * t.element_size() for s in self._state.segments for t in s.tables)
 
     @property
     def chunk_bytes(self) -> int:
@@ -244,12 +289,13 @@ class MIHIndex:
     # ------------------------------------------------------------------------------------------
 
     def add(self, codes, ids=None) -> None:
-        """Appends codes, with ids or the next sequential ones, and rebuilds the tables.
+        """Appends codes, with ids or the next sequential ones. The tables of the codes already there
+        are kept (see the class notes on segments).
 
         Args and errors: as :meth:`HammingIndex.add`; also ValueError past 2^31 - 1 codes.
         """
         with self._lock:
-            self._write(lambda: self._scan.add(codes, ids))
+            self._write(lambda: self._scan.add(codes, ids), self._extend)
 
     def remove_ids(self, ids) -> int:
         """Removes the codes with these ids (ids not in the index are ignored) and rebuilds the tables.
@@ -258,11 +304,12 @@ class MIHIndex:
         :meth:`HammingIndex.remove_ids`.
         """
         with self._lock:
-            return self._write(lambda: self._scan.remove_ids(ids))
+            return self._write(lambda: self._scan.remove_ids(ids), lambda _, after: self._build(after))
 
-    def _write(self, change):
-        """Runs ``change`` on the writers' index and publishes its new state with new tables; on any
-        failure the writers' index goes back to the published state."""
+    def _write(self, change, tables):
+        """Runs ``change`` on the writers' index and publishes its new state with the tables that
+        ``tables(old state, new scan state)`` gives; on any failure the writers' index goes back to
+        the published state."""
         before = self._scan._snapshot()
         try:
             out = change()
@@ -270,19 +317,46 @@ class MIHIndex:
             if after is not before:
                 if len(after) > MAX_MIH_CODES:
                     raise ValueError(f"codes: an MIHIndex holds at most 2^31 - 1 codes, {len(after)} is more")
-                self._state = self._build(after)
+                self._state = tables(self._state, after)
             return out
         except BaseException:
             self._scan._state = before
             raise
 
+    def _segment(self, scan: _ScanState, start: int, stop: int) -> _Segment:
+        specs = tuple(choose_tables(self.nbits, stop - start, self._m))
+        layout = [v for s in specs for v in (s.bit_start, s.bit_count, s.dir_bits)]
+        tables = list(torch.ops.cibhash_ext.mih_build(scan.codes_tensor()[start:stop], layout))
+        if start:
+            for pos in tables[2::3]:
+                pos += start
+        return _Segment(start, stop, specs, tuple(tables))
+
     def _build(self, scan: _ScanState) -> _State:
+        """Tables over all the codes, in one segment."""
         if LOAD_ERROR is not None or len(scan) == 0:
             return _State(scan)
-        specs = tuple(choose_tables(self.nbits, len(scan), self._m))
-        layout = [v for s in specs for v in (s.bit_start, s.bit_count, s.dir_bits)]
-        tables = tuple(torch.ops.cibhash_ext.mih_build(scan.codes_tensor(), layout))
-        return _State(scan, specs, tables)
+        return _State(scan, (self._segment(scan, 0, len(scan)),))
+
+    def _extend(self, state: _State, scan: _ScanState) -> _State:
+        """The state after codes were appended to ``state``'s (positions unchanged): its segments kept,
+        the tail made a segment once it holds _MIN_SEGMENT codes (or when there are no tables yet),
+        merged with every segment before it that is at most twice its size. A new segment starts and
+        ends at a multiple of 8 codes, so an allow bitmap splits at its bounds; one that would start
+        elsewhere (after a full build of an index of n codes) is merged with the segment before it.
+        When the codes outside the first segment would pass 1/_REST_SHARE of it, all are rebuilt as one."""
+        segments = list(state.segments)
+        n = len(scan)
+        if LOAD_ERROR is not None or (segments and n - state.covered < _MIN_SEGMENT):
+            return _State(scan, state.segments)
+        start, stop = state.covered, n - n % 8
+        while segments and (start % 8 or 2 * (stop - start) >= len(segments[-1])):
+            start = segments.pop().start
+        if segments and _REST_SHARE * (n - len(segments[0])) > len(segments[0]):
+            start, segments = 0, []
+        if stop <= start:
+            return _State(scan, state.segments)
+        return _State(scan, (*segments, self._segment(scan, start, stop)))
 
     # ------------------------------------------------------------------------------------------
     # Search
@@ -302,6 +376,33 @@ class MIHIndex:
         else:
             mask[sel.start : sel.stop] = True
         return ops.pack_bits(mask.reshape(1, -1)).reshape(-1)
+
+    @staticmethod
+    def _tail(state: _State, sel: Selection) -> Selection | None:
+        """The part of ``sel`` in the tail, the positions past the last segment (None: none there)."""
+        n, covered = len(state.scan), state.covered
+        if covered == n:
+            return None
+        if sel.bitmap is None:
+            start = max(sel.start, covered)
+            stop = max(sel.stop, start)
+            return Selection(start, stop, stop - start)
+        # The tail may start inside a byte of the bitmap, and it is short: list its allowed positions.
+        first = covered // 8
+        bits = np.unpackbits(sel.bitmap[first:].numpy(), bitorder="little")[covered - 8 * first : n - 8 * first]
+        positions = torch.from_numpy(np.flatnonzero(bits) + covered)
+        return Selection(0, n, int(positions.numel()), positions=positions)
+
+    @staticmethod
+    def _within(sel: Selection, segment: _Segment) -> Selection:
+        """The part of ``sel`` in a segment (which starts at a multiple of 8)."""
+        if sel.bitmap is None:
+            start = min(max(sel.start, segment.start), segment.stop)
+            stop = max(min(sel.stop, segment.stop), start)
+            return Selection(start, stop, stop - start)
+        # Bits past the last code are 0, so the segment's bytes count its allowed codes.
+        counts = torch.bincount(sel.bitmap[segment.start // 8 : (segment.stop + 7) // 8], minlength=256)
+        return Selection(segment.start, segment.stop, int(counts @ _BYTE_POPCOUNT), bitmap=sel.bitmap)
 
     @staticmethod
     def _budget(n: int, queries: int) -> int:
@@ -335,7 +436,7 @@ class MIHIndex:
         q = as_packed_codes(queries, self.nbits, "queries", "cpu")
         width = min(k, sel.count)
         # A handful of allowed codes is cheaper to scan than to look up.
-        if not state.tables or width == 0 or sel.positions is not None or q.shape[0] == 0:
+        if not state.segments or width == 0 or sel.positions is not None or q.shape[0] == 0:
             dist, pos = scan.search_positions(q, k, self.chunk_bytes, sel)
             return scan.finish_topk(dist, pos, k)
         bitmap = self._bitmap(state, sel)
@@ -356,23 +457,52 @@ class MIHIndex:
         state.choice.record(key, use_tables, (_clock() - start) / queries)
         return out
 
-    def _search_tables(self, state: _State, q: Tensor, k: int, width: int, sel: Selection, bitmap: Tensor | None):
+    def _knn_segment(self, state: _State, segment: _Segment, q: Tensor, width: int, sel: Selection,
+                     bitmap: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The k-NN of a batch in one segment, [Q, min(width, segment size)] by (distance, position),
+        padded with (2^31 - 1, -1): from its tables, and from a scan of the segment for the queries
+        they do not answer within budget (or for the whole batch when a probe of it mostly fails)."""
         scan = state.scan
-        budget = self._budget(len(scan), q.shape[0])
+        cols = min(width, len(segment))
+        budget = self._budget(len(segment), q.shape[0])
         parts = self._through_tables(q, lambda part: _search_op(
-            part, scan.codes_tensor(), state.layout, list(state.tables), width, bitmap, budget))
-        if parts is None:
-            dist, pos = scan.search_positions(q, k, self.chunk_bytes, sel)
-            return scan.finish_topk(dist, pos, k)
-        dist, pos, done = parts[0] if len(parts) == 1 else (torch.cat(t) for t in zip(*parts))
-        if not bool(done.any()):
-            dist, pos = scan.search_positions(q, k, self.chunk_bytes, sel)
-        elif not bool(done.all()):
-            # Only the queries left over are indexed: on a loaded machine each parallel torch op
-            # costs a thread wake-up, measured at tens of ms for [1000, 10] index copies.
-            rest = torch.nonzero(~done).reshape(-1)
-            dist[rest], pos[rest] = scan.search_positions(q[rest], k, self.chunk_bytes, sel)
-        return scan.finish_topk(dist, pos, k)
+            part, scan.codes_tensor(), segment.layout, list(segment.tables), cols, bitmap, budget))
+        if parts is not None:
+            dist, pos, done = parts[0] if len(parts) == 1 else (torch.cat(t) for t in zip(*parts))
+            if bool(done.all()):
+                return dist, pos
+        if parts is None or not bool(done.any()):
+            return self._scan_knn(scan, q, cols, self._within(sel, segment))
+        # Only the queries left over are indexed: on a loaded machine each parallel torch op
+        # costs a thread wake-up, measured at tens of ms for [1000, 10] index copies.
+        rest = torch.nonzero(~done).reshape(-1)
+        dist[rest], pos[rest] = self._scan_knn(scan, q[rest], cols, self._within(sel, segment))
+        return dist, pos
+
+    def _scan_knn(self, scan: _ScanState, q: Tensor, cols: int, sel: Selection) -> tuple[Tensor, Tensor]:
+        dist, pos = scan.search_positions(q, cols, self.chunk_bytes, sel)
+        if dist.shape[1] == cols:
+            return dist, pos
+        pad = (q.shape[0], cols - dist.shape[1])
+        return torch.cat([dist, dist.new_full(pad, NO_DISTANCE)], 1), torch.cat([pos, pos.new_full(pad, -1)], 1)
+
+    def _search_tables(self, state: _State, q: Tensor, k: int, width: int, sel: Selection, bitmap: Tensor | None):
+        found = [self._knn_segment(state, segment, q, width, sel, bitmap) for segment in state.segments]
+        tail = self._tail(state, sel)
+        if tail is not None and tail.count:
+            found.append(state.scan.search_positions(q, k, self.chunk_bytes, tail))
+        dist, pos = found[0] if len(found) == 1 else self._merge_knn(found, width)
+        return state.scan.finish_topk(dist, pos, k)
+
+    @staticmethod
+    def _merge_knn(found: list, width: int) -> tuple[Tensor, Tensor]:
+        """The first ``width`` of k-NN results over disjoint position ranges, each [Q, *] by (distance,
+        position) and given in position order: a stable sort by distance alone keeps ties by position.
+        In NumPy, which takes about a microsecond an operation against several for torch's."""
+        dist = np.concatenate([f[0].numpy() for f in found], 1)
+        pos = np.concatenate([f[1].numpy() for f in found], 1)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :width]
+        return torch.from_numpy(np.take_along_axis(dist, order, 1)), torch.from_numpy(np.take_along_axis(pos, order, 1))
 
     def range_search(self, queries, radius: int, allow=None) -> tuple[Tensor, Tensor, Tensor]:
         """Every code within Hamming distance ``<= radius`` of each query: as
@@ -386,7 +516,7 @@ class MIHIndex:
         radius = _check_int(radius, "radius", 0)
         sel = scan.select(allow)
         q = as_packed_codes(queries, self.nbits, "queries", "cpu")
-        if not state.tables or sel.positions is not None or q.shape[0] == 0 or sel.count == 0:
+        if not state.segments or sel.positions is not None or q.shape[0] == 0 or sel.count == 0:
             lims, dist, pos = scan.range_positions(q, radius, self.chunk_bytes, sel)
             return lims, dist, scan.ids_at(pos)
         bitmap = self._bitmap(state, sel)
@@ -396,34 +526,60 @@ class MIHIndex:
             return lims, dist, scan.ids_at(pos)
 
         return self._timed(state, ("radius", radius, bitmap is not None), q.shape[0],
-                           lambda: self._range_tables(state, q, radius, sel, bitmap, by_scan), by_scan)
+                           lambda: self._range_tables(state, q, radius, sel, bitmap), by_scan)
 
-    def _range_tables(self, state: _State, q: Tensor, radius: int, sel: Selection, bitmap: Tensor | None, by_scan):
+    def _range_segment(self, state: _State, segment: _Segment, q: Tensor, radius: int, sel: Selection,
+                       bitmap: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """The radius search of a batch in one segment, (lims, dist, positions): from its tables, and
+        from a scan of the segment for the queries they do not answer within budget."""
         scan = state.scan
-        budget = self._budget(len(scan), q.shape[0])
+        budget = self._budget(len(segment), q.shape[0])
         parts = self._through_tables(q, lambda part: _range_op(
-            part, scan.codes_tensor(), state.layout, list(state.tables), radius, bitmap, budget))
+            part, scan.codes_tensor(), segment.layout, list(segment.tables), radius, bitmap, budget))
         if parts is None:
-            return by_scan()
+            return scan.range_positions(q, radius, self.chunk_bytes, self._within(sel, segment))
         lims, dist, pos, done = parts[0]
         if len(parts) == 2:
             more = parts[1]
             lims = torch.cat([lims[:-1], more[0] + lims[-1]])
             dist, pos, done = torch.cat([dist, more[1]]), torch.cat([pos, more[2]]), torch.cat([done, more[3]])
+        if bool(done.all()):
+            return lims, dist, pos
         if not bool(done.any()):
-            return by_scan()
-        if not bool(done.all()):
-            rest = torch.nonzero(~done).reshape(-1)
-            lims2, dist2, pos2 = scan.range_positions(q[rest], radius, self.chunk_bytes, sel)
-            qrow = torch.cat([torch.repeat_interleave(torch.arange(q.shape[0]), lims.diff()),
-                              rest[torch.repeat_interleave(torch.arange(rest.numel()), lims2.diff())]])
-            lims, dist, pos = self._merge(q.shape[0], qrow, torch.cat([dist, dist2]), torch.cat([pos, pos2]))
-        return lims, dist, scan.ids_at(pos)
+            return scan.range_positions(q, radius, self.chunk_bytes, self._within(sel, segment))
+        # The tables return nothing for a query they do not answer: its scan fills it in.
+        rest = torch.nonzero(~done).reshape(-1)
+        rest_lims, rest_dist, rest_pos = scan.range_positions(q[rest], radius, self.chunk_bytes, self._within(sel, segment))
+        counts = torch.zeros(q.shape[0], dtype=torch.int64)
+        counts[rest] = rest_lims.diff()
+        rest_lims = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        return self._merge(q.shape[0], [(lims, dist, pos), (rest_lims, rest_dist, rest_pos)])
+
+    def _range_tables(self, state: _State, q: Tensor, radius: int, sel: Selection, bitmap: Tensor | None):
+        found = [self._range_segment(state, segment, q, radius, sel, bitmap) for segment in state.segments]
+        tail = self._tail(state, sel)
+        if tail is not None and tail.count:
+            found.append(state.scan.range_positions(q, radius, self.chunk_bytes, tail))
+        lims, dist, pos = found[0] if len(found) == 1 else self._merge(q.shape[0], found)
+        return lims, dist, state.scan.ids_at(pos)
 
     @staticmethod
-    def _merge(num_queries: int, qrow: Tensor, dist: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        order, lims = sort_matches(qrow, dist, pos, num_queries)
-        return lims, dist[order], pos[order]
+    def _merge(num_queries: int, found: list) -> tuple[Tensor, Tensor, Tensor]:
+        """Range results over disjoint position ranges, each (lims, dist, pos) over the same queries
+        by (distance, position) and given in position order, merged into one ordered by (query,
+        distance, position): a stable sort by (query, distance) keeps ties by position. In NumPy,
+        as :meth:`_merge_knn`."""
+        found = [f for f in found if int(f[0][-1])] or found[:1]
+        if len(found) == 1:
+            return found[0]
+        rows = np.arange(num_queries, dtype=np.int64)
+        qrow = np.concatenate([np.repeat(rows, np.diff(f[0].numpy())) for f in found])
+        dist = np.concatenate([f[1].numpy() for f in found])
+        pos = np.concatenate([f[2].numpy() for f in found])
+        order = np.argsort((qrow << 32) | dist, kind="stable")
+        lims = np.zeros(num_queries + 1, np.int64)
+        np.cumsum(np.bincount(qrow, minlength=num_queries), out=lims[1:])
+        return torch.from_numpy(lims), torch.from_numpy(dist[order]), torch.from_numpy(pos[order])
 
     # ------------------------------------------------------------------------------------------
     # Files
@@ -431,12 +587,18 @@ class MIHIndex:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the index with its tables (index file format version 2), atomically, as
-        :meth:`HammingIndex.save`. ``HammingIndex.load`` reads the file too (ignoring the tables)."""
-        state = self._state
+        :meth:`HammingIndex.save`. ``HammingIndex.load`` reads the file too (ignoring the tables).
+        An index with more than one segment of tables, or codes past the last, is first given one set
+        of tables over all its codes (kept for later searches too)."""
+        with self._lock:
+            state = self._state
+            if state.segments and (len(state.segments) > 1 or state.covered < len(state.scan)):
+                state = self._state = self._build(state.scan)  # one set of tables over all the codes
         section = None
-        if state.tables:
-            arrays = [tuple(t.numpy() for t in state.tables[3 * i : 3 * i + 3]) for i in range(len(state.specs))]
-            section = index_file.table_section(list(state.specs), len(state.scan), arrays)
+        if state.segments:
+            (segment,) = state.segments
+            arrays = [tuple(t.numpy() for t in segment.tables[3 * i : 3 * i + 3]) for i in range(len(segment.specs))]
+            section = index_file.table_section(list(segment.specs), len(state.scan), arrays)
         state.scan.write(path, self.nbits, section)
 
     @classmethod
@@ -459,5 +621,5 @@ class MIHIndex:
         specs = tuple(spec for spec, _ in tables)
         arrays = tuple(_tensor_view(np.asarray(a)) for _, triple in tables for a in triple)
         out._m = len(specs)
-        out._state = _State(scan._snapshot(), specs, arrays)
+        out._state = _State(scan._snapshot(), (_Segment(0, len(scan), specs, arrays),))
         return out

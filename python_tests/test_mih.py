@@ -71,7 +71,7 @@ def test_the_tables_answer_clustered_queries_without_the_scan(monkeypatch):
     mih, scan = pair(codes, 64)
     queries = clustered_codes(50, 64, centres=2000, flip=0.05, seed=2, draw=1)
     _, _, done = torch.ops.cibhash_ext.mih_search(
-        queries, mih.codes, mih._state.layout, list(mih._state.tables), 10, None, 2000)
+        queries, mih.codes, mih._state.segments[0].layout, list(mih._state.segments[0].tables), 10, None, 2000)
     assert bool(done.all())
     want_knn, want_range = scan.search(queries, 10), scan.range_search(queries, 5)
     monkeypatch.setattr(mih_module, "BUDGET_PER_CODE_SINGLE", 1.0)
@@ -173,11 +173,11 @@ def test_uniform_codes_fall_back_to_the_scan_with_the_same_results():
     mih, scan = pair(codes, 64, m=1)  # one 32-bit table: hopeless, so the budget runs out
     queries = random_codes(6, 8, torch.Generator().manual_seed(4))
     _, _, done = torch.ops.cibhash_ext.mih_search(
-        queries, mih.codes, mih._state.layout, list(mih._state.tables), 10, None, 100)
+        queries, mih.codes, mih._state.segments[0].layout, list(mih._state.segments[0].tables), 10, None, 100)
     assert not bool(done.any())
     assert_same_knn(mih, scan, queries, 10)
     lims, _, _, done = torch.ops.cibhash_ext.mih_range_search(
-        queries, mih.codes, mih._state.layout, list(mih._state.tables), 20, None, 100)
+        queries, mih.codes, mih._state.segments[0].layout, list(mih._state.segments[0].tables), 20, None, 100)
     assert not bool(done.any()) and lims[-1] == 0
     assert_same_range(mih, scan, queries, 20)
 
@@ -221,14 +221,14 @@ def test_a_query_is_answered_by_the_tables_exactly_when_its_search_fits_the_budg
                else clustered_codes(8, 64, centres=30, flip=0.08, seed=6, draw=1))
     for q in queries.split(1):
         for k, radius in ((1, None), (10, None), (None, 6), (None, 14)):
-            spent = budget_spent(codes, state.specs, q, k, radius)
+            spent = budget_spent(codes, state.segments[0].specs, q, k, radius)
             for budget in (spent - 1, spent, 2 * spent):
                 if k is not None:
                     _, _, done = torch.ops.cibhash_ext.mih_search(
-                        q, state.scan.codes, state.layout, list(state.tables), k, None, budget)
+                        q, state.scan.codes, state.segments[0].layout, list(state.segments[0].tables), k, None, budget)
                 else:
                     *_, done = torch.ops.cibhash_ext.mih_range_search(
-                        q, state.scan.codes, state.layout, list(state.tables), radius, None, budget)
+                        q, state.scan.codes, state.segments[0].layout, list(state.segments[0].tables), radius, None, budget)
                 assert bool(done) == (spent <= budget), (k, radius, spent, budget)
 
 
@@ -269,7 +269,7 @@ def test_save_load_keeps_the_tables_and_the_results(tmp_path, mmap):
     assert index_file.read_header(str(tmp_path / "db.idx")).tables_offset > 0
     loaded = MIHIndex.load(tmp_path / "db.idx", mmap=mmap)
     assert loaded.is_mmap == mmap and loaded.specs == mih.specs
-    assert all(torch.equal(a, b) for a, b in zip(loaded._state.tables, mih._state.tables))
+    assert all(torch.equal(a, b) for a, b in zip(loaded._state.segments[0].tables, mih._state.segments[0].tables))
     queries = codes[:10]
     assert_same_knn(loaded, scan, queries, 10)
     assert_same_range(loaded, scan, queries, 5)
@@ -312,6 +312,127 @@ def test_one_and_two_threads_give_the_same_results(threads):
         assert_same_range(mih, scan, codes[:64], 6)
     finally:
         torch.set_num_threads(before)
+
+
+def grown(codes: torch.Tensor, sizes, monkeypatch, min_segment: int = 64, rest_share: int = 1, ids=None):
+    """An MIHIndex and a HammingIndex grown by adds of ``sizes`` codes, with segments from
+    ``min_segment`` codes on and a full rebuild when the codes outside the first segment pass
+    1/rest_share of it (never, at 1), and the (start, stop) of every segment MIHIndex built."""
+    monkeypatch.setattr(mih_module, "_MIN_SEGMENT", min_segment)
+    monkeypatch.setattr(mih_module, "_REST_SHARE", rest_share)
+    built = []
+    real = MIHIndex._segment
+
+    def recorded(self, scan, start, stop):
+        built.append((start, stop))
+        return real(self, scan, start, stop)
+
+    monkeypatch.setattr(MIHIndex, "_segment", recorded)
+    mih, scan = MIHIndex(codes.shape[1] * 8), HammingIndex(codes.shape[1] * 8)
+    at = 0
+    for size in sizes:
+        part_ids = None if ids is None else ids[at : at + size]
+        mih.add(codes[at : at + size], part_ids)
+        scan.add(codes[at : at + size], part_ids)
+        at += size
+    return mih, scan, built
+
+
+def test_adds_keep_the_tables_they_have_and_merge_segments_geometrically(monkeypatch):
+    """A small add builds nothing; the tail becomes a segment at _MIN_SEGMENT codes; a segment at
+    least half the size of the one before it is merged into it. Segments cover [0, covered) in order,
+    each more than twice the next."""
+    codes = clustered_codes(6000, 64, centres=30, flip=0.06, seed=11)
+    mih, _, built = grown(codes, [1000] + [10] * 10 + [50] * 20, monkeypatch)
+    # The first add builds tables over all it adds; the 10-code adds stay in the tail until it holds
+    # 64 codes (at 1070: [1000, 1064), as segments end at multiples of 8); each later 64 or more
+    # become a segment, merged while the one before is at most twice its size.
+    assert built[0] == (0, 1000) and built[1] == (1000, 1064)
+    segments = mih.segments
+    assert segments[0][0] == 0 and all(a[1] == b[0] for a, b in zip(segments, segments[1:]))
+    sizes = [stop - start for start, stop in segments]
+    assert all(a > 2 * b for a, b in zip(sizes, sizes[1:]))
+    assert len(mih) - segments[-1][1] < 64
+    rebuilt = sum(stop - start for start, stop in built)
+    assert rebuilt < 4 * len(mih), "codes are rebuilt O(log n) times, not at every add"
+    built.clear()
+    mih.add(codes[:3])
+    assert built == [] and mih.segments == segments
+
+
+def test_the_index_is_rebuilt_whole_when_the_small_segments_grow_past_a_share_of_the_first(monkeypatch):
+    codes = clustered_codes(3000, 64, centres=30, flip=0.06, seed=16)
+    # Past 1/8 of the first 2000 codes (250) outside it, everything is one segment again.
+    mih, scan, built = grown(codes, [2000, 100, 100, 100, 100, 100], monkeypatch, rest_share=8)
+    assert built == [(0, 2000), (2000, 2096), (2000, 2200), (0, 2296), (2296, 2400), (2296, 2496)]
+    assert mih.segments == [(0, 2296), (2296, 2496)] and len(mih) == 2500
+    assert_same_knn(mih, scan, codes[2400:2500:4], 10)
+
+
+@pytest.mark.parametrize("budget", [None, 1.0])  # default (some queries scanned) or every query in the tables
+def test_a_grown_index_equals_the_scan(monkeypatch, budget):
+    codes = clustered_codes(6000, 64, centres=30, flip=0.06, seed=12)
+    ids = torch.randperm(6000, generator=torch.Generator().manual_seed(2)) * 3 + 1
+    mih, scan, _ = grown(codes, [4000, 5, 60, 64, 300, 1, 1000, 100, 30, 200, 38, 100, 30, 40, 12], monkeypatch, ids=ids)
+    assert len(mih.segments) == 3 and len(mih) - mih.segments[-1][1] == 12, "segments and a tail to search"
+    if budget is not None:
+        monkeypatch.setattr(mih_module, "BUDGET_PER_CODE_SINGLE", budget)
+        monkeypatch.setattr(mih_module, "BUDGET_PER_CODE_BATCH", budget)
+    far = random_codes(6, 8, torch.Generator().manual_seed(13))  # uniform queries: the tables give up
+    queries = torch.cat([codes[5970:5980], clustered_codes(30, 64, centres=30, flip=0.08, seed=12, draw=1), far])
+    for q in (queries, queries[:1], queries[-1:], queries[:12]):
+        for k in (1, 10, 100, 2000):
+            dist, _ = assert_same_knn(mih, scan, q, k)
+        for radius in (0, 3, 8, 20):
+            assert_same_range(mih, scan, q, radius)
+    assert (dist.diff(dim=1) == 0).any(), "ties must be planted"
+    for allow in (IDSelectorBatch(ids[::3]), IDSelectorBatch(ids[5900:]), IDSelectorRange(1000, 9000), ids[:40]):
+        assert_same_knn(mih, scan, queries, 10, allow)
+        assert_same_knn(mih, scan, queries, 200, allow)
+        assert_same_range(mih, scan, queries, 6, allow)
+
+
+def test_save_of_a_grown_index_writes_one_set_of_tables(tmp_path, monkeypatch):
+    codes = clustered_codes(3100, 64, centres=30, flip=0.06, seed=14)
+    mih, scan, built = grown(codes[:3005], [1000, 500, 700, 790, 15], monkeypatch)
+    assert len(mih.segments) > 1 and mih.segments[-1][1] < len(mih)
+    mih.save(tmp_path / "db.idx")
+    assert mih.segments == [(0, 3005)]
+    loaded = MIHIndex.load(tmp_path / "db.idx", mmap=False)
+    assert loaded.segments == [(0, 3005)] and loaded.specs == mih.specs == choose_tables(64, 3005)
+    assert_same_knn(loaded, scan, codes[:20], 10)
+    assert_same_range(loaded, scan, codes[:20], 5)
+    # A segment after 3005 would start inside a byte of an allow bitmap: the next one is merged.
+    built.clear()
+    for index in (loaded, scan):
+        index.add(codes[3005:3100])
+    assert built == [(0, 3096)] and loaded.segments == [(0, 3096)]
+    assert_same_knn(loaded, scan, codes[3000:3100:5], 10, IDSelectorBatch(torch.arange(0, 3100, 3)))
+
+
+def test_tables_over_a_segment_search_the_whole_codes_and_pad_short_results():
+    """mih_search and mih_range_search over tables of positions [start, stop) of the codes return
+    those positions; fewer allowed codes than k finish with padding (2^31 - 1, -1)."""
+    codes = clustered_codes(1000, 64, centres=10, flip=0.05, seed=15)
+    layout = [v for s in choose_tables(64, 200) for v in (s.bit_start, s.bit_count, s.dir_bits)]
+    tables = torch.ops.cibhash_ext.mih_build(codes[600:800], layout)
+    for pos in tables[2::3]:
+        pos += 600
+    queries = codes[595:605]
+    ref = HammingIndex(64)
+    ref.add(codes)
+    want = ref.search(queries, 10, allow=IDSelectorRange(600, 800))
+    dist, pos, done = torch.ops.cibhash_ext.mih_search(queries, codes, layout, tables, 10, None, 10**9)
+    assert bool(done.all()) and torch.equal(dist, want[0]) and torch.equal(pos, want[1])
+    allow = torch.zeros(1000, dtype=torch.bool)
+    allow[[10, 650, 700]] = True
+    bitmap = torch.from_numpy(np.packbits(allow.numpy(), bitorder="little"))
+    dist, pos, done = torch.ops.cibhash_ext.mih_search(queries, codes, layout, tables, 4, bitmap, 10**9)
+    assert bool(done.all()) and (pos[:, 2:] == -1).all() and (dist[:, 2:] == 2**31 - 1).all()
+    assert set(pos[0, :2].tolist()) == {650, 700}
+    lims, dist, pos, done = torch.ops.cibhash_ext.mih_range_search(queries, codes, layout, tables, 6, None, 10**9)
+    want = ref.range_search(queries, 6, allow=IDSelectorRange(600, 800))
+    assert bool(done.all()) and torch.equal(lims, want[0]) and torch.equal(pos, want[2])
 
 
 def test_searches_during_adds_see_whole_states():

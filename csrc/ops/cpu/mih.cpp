@@ -1,6 +1,7 @@
 // Thin torch wrappers of the multi-index hashing kernels (mih_kernel.h): input checks, outputs, and
 // the split of tables (build) or queries (search) over threads. STABLE_TORCH_LIBRARY_IMPL(cibhash_ext, CPU).
 #include <algorithm>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -37,10 +38,12 @@ std::vector<mih::Table> checked_tables(const Tensor& codes, const std::vector<in
                     " of shape ", shape_string(*t));
     }
     const bool has_low = dir_bits < count;
-    STD_TORCH_CHECK(dir.size(0) == (int64_t{1} << dir_bits) + 1 && pos.size(0) == n &&
-                        low.size(0) == (has_low ? n : 0),
+    // A table may list a part of the codes (a segment of an index that grew); its positions index
+    // the whole codes array.
+    STD_TORCH_CHECK(dir.size(0) == (int64_t{1} << dir_bits) + 1 && pos.size(0) <= n &&
+                        low.size(0) == (has_low ? pos.size(0) : 0),
                     op, ": table ", i / 3, " has arrays of sizes ", dir.size(0), ", ", low.size(0), ", ",
-                    pos.size(0), " for ", n, " codes and ", dir_bits, " directory bits");
+                    pos.size(0), " for at most ", n, " codes and ", dir_bits, " directory bits");
     out.push_back(mih::Table{static_cast<int32_t>(start), static_cast<int32_t>(count), static_cast<int32_t>(dir_bits),
                              dir.const_data_ptr<int32_t>(), has_low ? low.const_data_ptr<int32_t>() : nullptr,
                              pos.const_data_ptr<int32_t>()});
@@ -110,7 +113,13 @@ std::tuple<Tensor, Tensor, Tensor> mih_search_cpu(const Tensor& queries, const T
   bool* donep = done.mutable_data_ptr<bool>();
   torch::stable::parallel_for(0, Q, kQueriesPerTask, [&](int64_t q0, int64_t q1) {
     for (int64_t i = q0; i < q1; ++i) {
-      donep[i] = mih::knn(index, qp + i * qbytes, k, bitmap, budget, dp + i * k, pp + i * k) == k;
+      const int64_t found = mih::knn(index, qp + i * qbytes, k, bitmap, budget, dp + i * k, pp + i * k);
+      donep[i] = found >= 0;
+      // Tables over fewer than k allowed codes: the rest of the row is padding, (2^31 - 1, -1).
+      for (int64_t j = std::max<int64_t>(found, 0); j < k; ++j) {
+        dp[i * k + j] = std::numeric_limits<int32_t>::max();
+        pp[i * k + j] = -1;
+      }
     }
   });
   return {dist, pos, done};
