@@ -341,15 +341,17 @@ class MIHIndex:
     def _extend(self, state: _State, scan: _ScanState) -> _State:
         """The state after codes were appended to ``state``'s (positions unchanged): its segments kept,
         the tail made a segment once it holds _MIN_SEGMENT codes (or when there are no tables yet),
-        merged with every segment before it that is at most twice its size. A new segment starts and
-        ends at a multiple of 8 codes, so an allow bitmap splits at its bounds; one that would start
-        elsewhere (after a full build of an index of n codes) is merged with the segment before it.
+        merged with every segment before it that is at most twice its size. A segment starts at a
+        multiple of 8 codes, so an allow bitmap splits at its bounds: later segments end at one, and
+        one that would start elsewhere (after tables over all of an index of n codes) is merged with
+        the segment before it.
         When the codes outside the first segment would pass 1/_REST_SHARE of it, all are rebuilt as one."""
         segments = list(state.segments)
         n = len(scan)
         if LOAD_ERROR is not None or (segments and n - state.covered < _MIN_SEGMENT):
             return _State(scan, state.segments)
-        start, stop = state.covered, n - n % 8
+        # The first tables cover every code; a later segment that would start inside a byte is merged.
+        start, stop = state.covered, (n - n % 8 if segments else n)
         while segments and (start % 8 or 2 * (stop - start) >= len(segments[-1])):
             start = segments.pop().start
         if segments and _REST_SHARE * (n - len(segments[0])) > len(segments[0]):

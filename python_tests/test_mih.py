@@ -519,3 +519,4 @@ def test_errors_and_empty_index():
     with pytest.raises(ValueError, match="ids already in the index"):
         mih.add(mih.codes[:1], torch.tensor([3]))
     assert len(mih) == 50 and "MIHIndex(nbits=16, ntotal=50" in repr(mih)
+    assert mih.segments == [(0, 50)]  # one add: tables over every code
