@@ -409,6 +409,10 @@ class _State:
         """
         sel = self.select(None) if selection is None else selection
         k = min(k, sel.count)
+        if k and not self.is_mmap and sel.bitmap is None and sel.positions is None:
+            # One block in memory, the common case: no merging (a torch op costs microseconds).
+            d, p = ops.hamming_topk(queries, self.codes[sel.start : sel.stop], k)
+            return d, p + sel.start if sel.start else p
         best_d = torch.empty(queries.shape[0], 0, dtype=torch.int32, device=self.device)
         best_p = torch.empty(queries.shape[0], 0, dtype=torch.int64, device=self.device)
         if k == 0:
