@@ -402,9 +402,11 @@ class MIHIndex:
             start = min(max(sel.start, segment.start), segment.stop)
             stop = max(min(sel.stop, segment.stop), start)
             return Selection(start, stop, stop - start)
-        # Bits past the last code are 0, so the segment's bytes count its allowed codes.
-        counts = torch.bincount(sel.bitmap[segment.start // 8 : (segment.stop + 7) // 8], minlength=256)
-        return Selection(segment.start, segment.stop, int(counts @ _BYTE_POPCOUNT), bitmap=sel.bitmap)
+        counts = torch.bincount(sel.bitmap[segment.start // 8 : segment.stop // 8], minlength=256)
+        allowed = int(counts @ _BYTE_POPCOUNT)
+        if segment.stop % 8:  # a segment of all the codes then, with the tail's first bits in its last byte
+            allowed += bin(int(sel.bitmap[segment.stop // 8]) & ((1 << segment.stop % 8) - 1)).count("1")
+        return Selection(segment.start, segment.stop, allowed, bitmap=sel.bitmap)
 
     @staticmethod
     def _budget(n: int, queries: int) -> int:

@@ -402,12 +402,20 @@ def test_save_of_a_grown_index_writes_one_set_of_tables(tmp_path, monkeypatch):
     assert loaded.segments == [(0, 3005)] and loaded.specs == mih.specs == choose_tables(64, 3005)
     assert_same_knn(loaded, scan, codes[:20], 10)
     assert_same_range(loaded, scan, codes[:20], 5)
-    # A segment after 3005 would start inside a byte of an allow bitmap: the next one is merged.
+    # Codes after 3005 share a byte of an allow bitmap with the segment: a tail first, then the next
+    # segment is merged with it, so that no segment starts inside a byte.
     built.clear()
     for index in (loaded, scan):
-        index.add(codes[3005:3100])
+        index.add(codes[3005:3025])
+    far = random_codes(4, 8, torch.Generator().manual_seed(17))  # their tables give up: segment scans
+    queries = torch.cat([codes[3000:3025:5], far])
+    for allow in (IDSelectorBatch(torch.arange(0, 3025, 3)), IDSelectorRange(2990, 3020)):
+        assert_same_knn(loaded, scan, queries, 10, allow)
+        assert_same_range(loaded, scan, queries, 12, allow)
+    for index in (loaded, scan):
+        index.add(codes[3025:3100])
     assert built == [(0, 3096)] and loaded.segments == [(0, 3096)]
-    assert_same_knn(loaded, scan, codes[3000:3100:5], 10, IDSelectorBatch(torch.arange(0, 3100, 3)))
+    assert_same_knn(loaded, scan, queries, 10, IDSelectorBatch(torch.arange(0, 3100, 3)))
 
 
 def test_tables_over_a_segment_search_the_whole_codes_and_pad_short_results():
