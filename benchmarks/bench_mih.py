@@ -165,6 +165,9 @@ def main() -> None:
         if args.grow_from is not None:
             # The index the rows below search: one add of the first --grow-from codes, then adds of
             # --add-size codes (segments of tables and a tail; each add used to rebuild all tables).
+            if not 0 < args.grow_from < n:
+                parser.error(f"--grow-from must be between 1 and n - 1 ({n - 1}), got {args.grow_from}")
+            del mih  # the one-add index above, timed for its build only
             mih = MIHIndex(NBITS, m=args.m)
             mih.add(database[: args.grow_from])
             add_s = [timed(lambda at=at: mih.add(database[at : at + args.add_size]))[1]

@@ -213,10 +213,12 @@ class MIHIndex:
     An ``add`` keeps the tables it has: the codes added after the last segment of tables are scanned
     with every search until there are 2^14 of them, then they get tables of their own (a segment); a
     segment at least half the size of the one before it is rebuilt together with it (linear time, a
-    counting sort). So a growing index holds at most about log2(n / 2^14) segments, and small adds
-    cost time in proportion to their own size, not the index's. ``remove_ids`` renumbers positions,
-    so it rebuilds the tables whole, as ``save`` does when there is more than one segment (a file
-    holds one set of tables). Each change builds a new state object and swaps it in under a lock, so
+    counting sort); once the codes outside the first segment pass 1/32 of it, all but the last
+    n % 8 are rebuilt as one. So a growing index holds at most about log2(n / 2^14) segments, and a
+    small add rebuilds no tables (it still copies the codes, as :meth:`HammingIndex.add` does); an
+    add that only grows the tail keeps the path choice's timings. ``remove_ids`` renumbers
+    positions, so it rebuilds the tables whole, as ``save`` does when there is more than one segment
+    or a tail (a file holds one set of tables over every code). Each change builds a new state object and swaps it in under a lock, so
     a search running in another thread sees either the old or the new index, whole.
 
     Args:
@@ -349,7 +351,8 @@ class MIHIndex:
         segments = list(state.segments)
         n = len(scan)
         if LOAD_ERROR is not None or (segments and n - state.covered < _MIN_SEGMENT):
-            return _State(scan, state.segments)
+            # Only the tail grew: the paths cost about what they did, so their timings are kept.
+            return _State(scan, state.segments, state.choice)
         # The first tables cover every code; a later segment that would start inside a byte is merged.
         start, stop = state.covered, (n - n % 8 if segments else n)
         while segments and (start % 8 or 2 * (stop - start) >= len(segments[-1])):
@@ -357,7 +360,7 @@ class MIHIndex:
         if segments and _REST_SHARE * (n - len(segments[0])) > len(segments[0]):
             start, segments = 0, []
         if stop <= start:
-            return _State(scan, state.segments)
+            return _State(scan, state.segments, state.choice)
         return _State(scan, (*segments, self._segment(scan, start, stop)))
 
     # ------------------------------------------------------------------------------------------
@@ -467,7 +470,12 @@ class MIHIndex:
         padded with (2^31 - 1, -1): from its tables, and from a scan of the segment for the queries
         they do not answer within budget (or for the whole batch when a probe of it mostly fails)."""
         scan = state.scan
-        cols = min(width, len(segment))
+        within = self._within(sel, segment)
+        # As many as the segment allows: the kernel can then finish (asked for more, it would enumerate
+        # every bucket, run out of budget and leave every query to the scan).
+        cols = min(width, within.count)
+        if cols == 0:
+            return self._scan_knn(scan, q, 0, within)
         budget = self._budget(len(segment), q.shape[0])
         parts = self._through_tables(q, lambda part: _search_op(
             part, scan.codes_tensor(), segment.layout, list(segment.tables), cols, bitmap, budget))
@@ -476,14 +484,16 @@ class MIHIndex:
             if bool(done.all()):
                 return dist, pos
         if parts is None or not bool(done.any()):
-            return self._scan_knn(scan, q, cols, self._within(sel, segment))
+            return self._scan_knn(scan, q, cols, within)
         # Only the queries left over are indexed: on a loaded machine each parallel torch op
         # costs a thread wake-up, measured at tens of ms for [1000, 10] index copies.
         rest = torch.nonzero(~done).reshape(-1)
-        dist[rest], pos[rest] = self._scan_knn(scan, q[rest], cols, self._within(sel, segment))
+        dist[rest], pos[rest] = self._scan_knn(scan, q[rest], cols, within)
         return dist, pos
 
     def _scan_knn(self, scan: _ScanState, q: Tensor, cols: int, sel: Selection) -> tuple[Tensor, Tensor]:
+        if cols == 0:
+            return torch.empty(q.shape[0], 0, dtype=torch.int32), torch.empty(q.shape[0], 0, dtype=torch.int64)
         dist, pos = scan.search_positions(q, cols, self.chunk_bytes, sel)
         if dist.shape[1] == cols:
             return dist, pos
