@@ -401,6 +401,8 @@ class MIHIndex:
     @staticmethod
     def _within(sel: Selection, segment: _Segment) -> Selection:
         """The part of ``sel`` in a segment (which starts at a multiple of 8)."""
+        if segment.start <= sel.start and sel.stop <= segment.stop:
+            return sel
         if sel.bitmap is None:
             start = min(max(sel.start, segment.start), segment.stop)
             stop = max(min(sel.stop, segment.stop), start)
@@ -466,7 +468,7 @@ class MIHIndex:
 
     def _knn_segment(self, state: _State, segment: _Segment, q: Tensor, width: int, sel: Selection,
                      bitmap: Tensor | None) -> tuple[Tensor, Tensor]:
-        """The k-NN of a batch in one segment, [Q, min(width, segment size)] by (distance, position),
+        """The k-NN of a batch in one segment, [Q, min(width, codes allowed there)] by (distance, position),
         padded with (2^31 - 1, -1): from its tables, and from a scan of the segment for the queries
         they do not answer within budget (or for the whole batch when a probe of it mostly fails)."""
         scan = state.scan
