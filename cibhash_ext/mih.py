@@ -218,8 +218,9 @@ class MIHIndex:
     small add rebuilds no tables (it still copies the codes, as :meth:`HammingIndex.add` does); an
     add that only grows the tail keeps the path choice's timings. ``remove_ids`` renumbers
     positions, so it rebuilds the tables whole, as ``save`` does when there is more than one segment
-    or a tail (a file holds one set of tables over every code). Each change builds a new state object and swaps it in under a lock, so
-    a search running in another thread sees either the old or the new index, whole.
+    or a tail (a file holds one set of tables over every code). Each change builds a new state
+    object and swaps it in under a lock, so a search running in another thread sees either the old
+    or the new index, whole.
 
     Args:
         nbits (int): bits per code, 1 <= nbits <= 2^20.
