@@ -347,8 +347,8 @@ class MIHIndex:
         merged with every segment before it that is at most twice its size. A segment starts at a
         multiple of 8 codes, so an allow bitmap splits at its bounds: later segments end at one, and
         one that would start elsewhere (after tables over all of an index of n codes) is merged with
-        the segment before it.
-        When the codes outside the first segment would pass 1/_REST_SHARE of it, all are rebuilt as one."""
+        the segment before it. When the codes outside the first segment would pass 1/_REST_SHARE of
+        it, all are rebuilt as one."""
         segments = list(state.segments)
         n = len(scan)
         if LOAD_ERROR is not None or (segments and n - state.covered < _MIN_SEGMENT):
