@@ -21,7 +21,6 @@ from cibhash_ext.index import (
     DEFAULT_CHUNK_BYTES,
     HammingIndex,
     Selection,
-    NO_DISTANCE,
     _check_int,
     _State as _ScanState,
     _tensor_view,
@@ -150,7 +149,12 @@ class _Segment:
 
     @property
     def layout(self) -> list[int]:
-        return [v for s in self.specs for v in (s.bit_start, s.bit_count, s.dir_bits)]
+        return _layout(self.specs)
+
+
+def _layout(specs) -> list[int]:
+    """The kernels' flat table layout: (bit_start, bit_count, dir_bits) per table."""
+    return [v for s in specs for v in (s.bit_start, s.bit_count, s.dir_bits)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,8 +332,7 @@ class MIHIndex:
 
     def _segment(self, scan: _ScanState, start: int, stop: int) -> _Segment:
         specs = tuple(choose_tables(self.nbits, stop - start, self._m))
-        layout = [v for s in specs for v in (s.bit_start, s.bit_count, s.dir_bits)]
-        tables = list(torch.ops.cibhash_ext.mih_build(scan.codes_tensor()[start:stop], layout))
+        tables = list(torch.ops.cibhash_ext.mih_build(scan.codes_tensor()[start:stop], _layout(specs)))
         if start:
             for pos in tables[2::3]:
                 pos += start
@@ -469,16 +472,16 @@ class MIHIndex:
 
     def _knn_segment(self, state: _State, segment: _Segment, q: Tensor, width: int, sel: Selection,
                      bitmap: Tensor | None) -> tuple[Tensor, Tensor]:
-        """The k-NN of a batch in one segment, [Q, min(width, codes allowed there)] by (distance, position),
-        padded with (2^31 - 1, -1): from its tables, and from a scan of the segment for the queries
-        they do not answer within budget (or for the whole batch when a probe of it mostly fails)."""
+        """The k-NN of a batch in one segment, [Q, min(width, codes allowed there)] by (distance,
+        position): from its tables, and from a scan of the segment for the queries they do not answer
+        within budget (or for the whole batch when a probe of it mostly fails)."""
         scan = state.scan
         within = self._within(sel, segment)
         # As many as the segment allows: the kernel can then finish (asked for more, it would enumerate
         # every bucket, run out of budget and leave every query to the scan).
         cols = min(width, within.count)
         if cols == 0:
-            return self._scan_knn(scan, q, 0, within)
+            return scan.search_positions(q, 0, self.chunk_bytes, within)
         budget = self._budget(len(segment), q.shape[0])
         parts = self._through_tables(q, lambda part: _search_op(
             part, scan.codes_tensor(), segment.layout, list(segment.tables), cols, bitmap, budget))
@@ -487,21 +490,12 @@ class MIHIndex:
             if bool(done.all()):
                 return dist, pos
         if parts is None or not bool(done.any()):
-            return self._scan_knn(scan, q, cols, within)
+            return scan.search_positions(q, cols, self.chunk_bytes, within)
         # Only the queries left over are indexed: on a loaded machine each parallel torch op
         # costs a thread wake-up, measured at tens of ms for [1000, 10] index copies.
         rest = torch.nonzero(~done).reshape(-1)
-        dist[rest], pos[rest] = self._scan_knn(scan, q[rest], cols, within)
+        dist[rest], pos[rest] = scan.search_positions(q[rest], cols, self.chunk_bytes, within)
         return dist, pos
-
-    def _scan_knn(self, scan: _ScanState, q: Tensor, cols: int, sel: Selection) -> tuple[Tensor, Tensor]:
-        if cols == 0:
-            return torch.empty(q.shape[0], 0, dtype=torch.int32), torch.empty(q.shape[0], 0, dtype=torch.int64)
-        dist, pos = scan.search_positions(q, cols, self.chunk_bytes, sel)
-        if dist.shape[1] == cols:
-            return dist, pos
-        pad = (q.shape[0], cols - dist.shape[1])
-        return torch.cat([dist, dist.new_full(pad, NO_DISTANCE)], 1), torch.cat([pos, pos.new_full(pad, -1)], 1)
 
     def _search_tables(self, state: _State, q: Tensor, k: int, width: int, sel: Selection, bitmap: Tensor | None):
         found = [self._knn_segment(state, segment, q, width, sel, bitmap) for segment in state.segments]
