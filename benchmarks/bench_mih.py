@@ -10,7 +10,7 @@ IndexBinaryMultiHash with its recall) on 64-bit codes of three kinds:
   not apply).
 
 Every result of MIHIndex is checked against the scan (identical distances and ids) before timing;
-faiss IndexBinaryFlat distances are checked too. Times are medians of interleaved rounds; 1-query
+faiss IndexBinaryFlat distances are checked too. Times are medians of rounds interleaved call by call; 1-query
 rows time ``--single`` different queries one at a time and report the median per query.
 
     python benchmarks/bench_mih.py --n 1000000 10000000 --threads 2
@@ -79,14 +79,18 @@ def timed(fn):
 
 
 def interleaved(contenders: dict, rounds: int, calls: list) -> dict:
-    """Median seconds per call of each contender, rounds interleaved (A B C A B C ...)."""
+    """Median seconds per call of each contender, interleaved call by call (A B C for each call,
+    C B A in the next round), so that each call of each contender finds the caches as the others'
+    calls left them, and a slow second of the machine falls on all of them alike."""
     times = {name: [] for name in contenders}
+    order = list(contenders.items())
     for _ in range(rounds):
-        for name, fn in contenders.items():
-            for args in calls:
+        for args in calls:
+            for name, fn in order:
                 start = time.perf_counter()
                 fn(*args)
                 times[name].append(time.perf_counter() - start)
+        order.reverse()
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -22,6 +22,7 @@ a mix. Nothing is copied per search; an old state lives until the last search ho
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import threading
 import warnings
@@ -48,6 +49,10 @@ _SPARSE_FILTER = 16
 # What a filtered k-NN search returns where fewer than k codes are allowed (faiss's convention).
 NO_ID = -1
 NO_DISTANCE = torch.iinfo(torch.int32).max
+# The scans of a search whose inputs the index has checked, without the ops' Python wrappers: a search
+# of one query over 1M codes spent about 50 us in Python besides its scan, because the scan evicts the
+# caches that Python's objects were in (benchmarks/RESULTS.md, "one query: the Python around the scan").
+_topk_kernel = ops.kernel("hamming_topk")
 
 
 class IndexFileChangedError(RuntimeError):
@@ -190,14 +195,15 @@ def as_packed_codes(codes, nbits: int, name: str = "codes", device: torch.device
         raise ValueError(
             f"{name} must be 2-D [n, {(nbits + 7) // 8}] packed or [n, {nbits}] unpacked, got shape {tuple(codes.shape)}"
         )
-    if device is not None:
+    if device is not None and codes.device != (device if isinstance(device, torch.device) else torch.device(device)):
         codes = codes.to(device)
     code_size = (nbits + 7) // 8
     width = codes.shape[1]
     if width == code_size and (codes.dtype == torch.uint8 or width != nbits):
         if codes.dtype != torch.uint8:
             raise TypeError(f"{name} has {width} columns, so it must be packed uint8 codes, got {codes.dtype}")
-        codes = codes.contiguous()
+        if not codes.is_contiguous():
+            codes = codes.contiguous()
         mask = padding_mask(nbits)
         if mask and codes.shape[0] and bool((codes[:, -1] & mask).any()):
             raise ValueError(
@@ -361,6 +367,11 @@ class _State:
         self.check_mapping()
         return torch.from_numpy(self.codes[positions.numpy()])
 
+    @functools.cached_property
+    def everything(self) -> Selection:
+        """The selection of every position (made once per state)."""
+        return Selection(0, len(self), len(self))
+
     def select(self, allow) -> Selection:
         """The positions a search with filter ``allow`` may return (see :meth:`HammingIndex.search`).
 
@@ -369,7 +380,7 @@ class _State:
         """
         selector, n = as_selector(allow), len(self)
         if selector is None:
-            return Selection(0, n, n)
+            return self.everything
         if self.ids is None and isinstance(selector, IDSelectorRange):
             lo = min(max(selector.imin - self.id_base, 0), n)
             hi = min(max(selector.imax - self.id_base, lo), n)
@@ -407,11 +418,14 @@ class _State:
         Returns:
             (distances Tensor[Q, k'] int32, positions Tensor[Q, k'] int64), k' = min(k, allowed codes).
         """
-        sel = self.select(None) if selection is None else selection
+        sel = self.everything if selection is None else selection
         k = min(k, sel.count)
-        if k and not self.is_mmap and sel.bitmap is None and sel.positions is None:
-            # One block in memory, the common case: no merging (a torch op costs microseconds).
-            d, p = ops.hamming_topk(queries, self.codes[sel.start : sel.stop], k)
+        if k and sel.bitmap is None and sel.positions is None and not self.is_mmap:
+            # One block in memory, the common case: no merging, and no slice of a whole index (a torch
+            # op costs microseconds).
+            if sel.count == len(self):
+                return _topk_kernel(queries, self.codes, k)
+            d, p = _topk_kernel(queries, self.codes[sel.start : sel.stop], k)
             return d, p + sel.start if sel.start else p
         best_d = torch.empty(queries.shape[0], 0, dtype=torch.int32, device=self.device)
         best_p = torch.empty(queries.shape[0], 0, dtype=torch.int64, device=self.device)
@@ -449,7 +463,7 @@ class _State:
         self, queries: Tensor, radius: int, chunk_bytes: int, selection: Selection | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Radius search over packed queries, results as positions (see :meth:`HammingIndex.range_search`)."""
-        sel = self.select(None) if selection is None else selection
+        sel = self.everything if selection is None else selection
         if sel.positions is not None:
             lims, dist, p = ops.hamming_radius(queries, self.gather(sel.positions), radius)
             return lims, dist, sel.positions.to(self.device)[p]
@@ -737,7 +751,7 @@ class HammingIndex:
         k = _check_int(k, "k", 1)
         if k > len(state):
             raise ValueError(f"k must be <= the number of codes in the index ({len(state)}), got {k}")
-        selection = state.select(allow)
+        selection = None if allow is None else state.select(allow)
         q = self._prepare_queries(queries, state.device)
         dist, pos = state.search_positions(q, k, self.chunk_bytes, selection)
         return state.finish_topk(dist, pos, k)

@@ -86,7 +86,7 @@ def choose_tables(nbits: int, n: int, m: int | None = None) -> list[TableSpec]:
 
 # A search of at most _PROBE queries takes the path (the tables, or the scan alone) that has been
 # faster per query on the same state for the same kind of search; one in every E such searches takes
-# the other path, so that a change in the queries is noticed. E is the smallest interval in
+# the other path, so that a change in the queries is noticed. E is the smallest power of two in
 # [_EXPLORE_MIN, _EXPLORE_MAX] at which exploring the slower path adds at most _EXPLORE_COST to the
 # mean time of a search. With a fixed 1 in 16, single queries over 1M uniform codes, whose tables path
 # took 4-5x the scan's time (running means of 1.25-1.40 ms against 0.27-0.32 ms), spent about 25 %
@@ -96,6 +96,7 @@ _EXPLORE_MAX = 256
 _EXPLORE_COST = 0.05
 _SMOOTHING = 0.25  # weight of the newest time in a path's running mean
 _clock = time.perf_counter
+_CPU = torch.device("cpu")
 
 
 class _PathChoice:
@@ -103,35 +104,63 @@ class _PathChoice:
     (k-NN with its k, or radius search with its radius; filtered or not; the number of queries).
     The tables' mean includes the scans of the queries they hand over. Updated by every thread
     without a lock: a lost update only skews a mean, never a result (both paths return the same
-    results)."""
+    results).
+
+    Two guards keep one slow search from deciding for hundreds: a path's first search pays first-use
+    costs (page faults on the tables, code not yet in the caches) and is not timed; and a time is
+    counted at most at twice the path's mean. Without them, single queries over 1M clustered codes
+    whose tables answered k = 1 in 0.04 ms (median) took the 0.2 ms scan for most of 900 searches:
+    a first tables search of a few ms set a mean that the exploring lowers by a quarter of the gap
+    once in 256 searches."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple, list] = {}  # key -> [tables mean or None, scan mean or None, searches]
+        # key -> [tables mean, scan mean, searches]; a mean is None before its path's first search and
+        # _UNTIMED after it
+        self._seen: dict[tuple, list] = {}
 
-    def use_tables(self, key: tuple) -> bool:
-        """The first search of a kind tries the tables, the second the scan; later ones take the
-        faster, except one in every :func:`explore_interval` that takes the other."""
-        entry = self._seen.setdefault(key, [None, None, 0])
+    def pick(self, key: tuple) -> tuple[list, bool]:
+        """(the kind's entry, whether to take the tables): the first two searches of a kind take the
+        tables, the next two the scan; later ones take the faster, except one in every
+        :func:`explore_interval` that takes the other."""
+        entry = self._seen.get(key)
+        if entry is None:
+            entry = self._seen[key] = [None, None, 0]
         entry[2] += 1
         tables, scan, searches = entry
-        if tables is None or scan is None:
-            return tables is None
-        return (tables <= scan) != (searches % explore_interval(tables, scan) == 0)
+        if tables is None or tables is _UNTIMED:
+            return entry, True
+        if scan is None or scan is _UNTIMED:
+            return entry, False
+        if searches % _EXPLORE_MIN:  # every interval is a multiple of _EXPLORE_MIN
+            return entry, tables <= scan
+        return entry, (tables <= scan) != (searches % explore_interval(tables, scan) == 0)
 
-    def record(self, key: tuple, tables: bool, seconds: float) -> None:
-        entry = self._seen[key]
+    @staticmethod
+    def record(entry: list, tables: bool, seconds: float) -> None:
+        """Adds a search's seconds per query to the running mean of the path it took."""
         i = 0 if tables else 1
-        entry[i] = seconds if entry[i] is None else entry[i] + _SMOOTHING * (seconds - entry[i])
+        mean = entry[i]
+        if mean is None:
+            entry[i] = _UNTIMED
+        elif mean is _UNTIMED:
+            entry[i] = seconds
+        else:
+            entry[i] = mean + _SMOOTHING * (min(seconds, 2 * mean) - mean)
+
+
+_UNTIMED = float("nan")  # a path's mean after its first search, which is not timed
 
 
 def explore_interval(tables_s: float, scan_s: float) -> int:
     """One small search in how many takes the slower path, given the two paths' mean seconds per
     query: often enough to notice a change, rarely enough to cost at most _EXPLORE_COST of the mean
-    (the slower path's extra time, spread over the interval)."""
+    (the slower path's extra time, spread over the interval). A power of two, so that the searches
+    between two multiples of _EXPLORE_MIN need not compute it."""
     fast, slow = min(tables_s, scan_s), max(tables_s, scan_s)
     if fast <= 0:
         return _EXPLORE_MAX
-    return min(_EXPLORE_MAX, max(_EXPLORE_MIN, math.ceil((slow - fast) / (fast * _EXPLORE_COST))))
+    needed = math.ceil((slow - fast) / (fast * _EXPLORE_COST))
+    return min(_EXPLORE_MAX, max(_EXPLORE_MIN, 1 << max(needed - 1, 0).bit_length()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -440,34 +469,33 @@ class MIHIndex:
         Returns:
             (distances Tensor[Q, k] int32, ids Tensor[Q, k] int64).
         """
+        # The lines up to the scan are kept few: a search of one query over 1M codes whose scan
+        # evicted the caches paid 1-2 us a line (benchmarks/RESULTS.md, "one query: the Python
+        # around the scan").
         state = self._state
         scan = state.scan
         k = _check_int(k, "k", 1)
         if k > len(scan):
             raise ValueError(f"k must be <= the number of codes in the index ({len(scan)}), got {k}")
-        sel = scan.select(allow)
-        q = as_packed_codes(queries, self.nbits, "queries", "cpu")
-        width = min(k, sel.count)
+        sel = scan.everything if allow is None else scan.select(allow)
+        q = as_packed_codes(queries, self._scan.nbits, "queries", _CPU)
+        width, count = min(k, sel.count), q.shape[0]
         # A handful of allowed codes is cheaper to scan than to look up.
-        if not state.segments or width == 0 or sel.positions is not None or q.shape[0] == 0:
+        if not state.segments or width == 0 or sel.positions is not None or count == 0:
             dist, pos = scan.search_positions(q, k, self.chunk_bytes, sel)
             return scan.finish_topk(dist, pos, k)
-        bitmap = self._bitmap(state, sel)
-        return self._timed(state, ("knn", width, bitmap is not None), q.shape[0],
-                           lambda: self._search_tables(state, q, k, width, sel, bitmap),
-                           lambda: scan.finish_topk(*scan.search_positions(q, k, self.chunk_bytes, sel), k))
-
-    @staticmethod
-    def _timed(state: _State, key: tuple, queries: int, tables, scan):
-        """A search of more than _PROBE queries through ``tables``; a smaller one through the path
-        that state.choice picks for its kind, timed for it."""
-        if queries > _PROBE:
-            return tables()
-        key = (*key, queries)  # a batch's time per query is not a single query's
-        use_tables = state.choice.use_tables(key)
+        bitmap = None if allow is None else self._bitmap(state, sel)
+        if count > _PROBE:
+            return self._search_tables(state, q, k, width, sel, bitmap)
+        # A small search takes the path that state.choice picks for its kind, timed for it (a batch's
+        # time per query is not a single query's, so the number of queries is part of the kind).
+        entry, use_tables = state.choice.pick(("knn", width, bitmap is not None, count))
         start = _clock()
-        out = tables() if use_tables else scan()
-        state.choice.record(key, use_tables, (_clock() - start) / queries)
+        if use_tables:
+            out = self._search_tables(state, q, k, width, sel, bitmap)
+        else:
+            out = scan.finish_topk(*scan.search_positions(q, k, self.chunk_bytes, sel), k)
+        _PathChoice.record(entry, use_tables, (_clock() - start) / count)
         return out
 
     def _knn_segment(self, state: _State, segment: _Segment, q: Tensor, width: int, sel: Selection,
@@ -525,19 +553,24 @@ class MIHIndex:
         state = self._state
         scan = state.scan
         radius = _check_int(radius, "radius", 0)
-        sel = scan.select(allow)
-        q = as_packed_codes(queries, self.nbits, "queries", "cpu")
-        if not state.segments or sel.positions is not None or q.shape[0] == 0 or sel.count == 0:
+        sel = scan.everything if allow is None else scan.select(allow)
+        q = as_packed_codes(queries, self._scan.nbits, "queries", _CPU)
+        count = q.shape[0]
+        if not state.segments or sel.positions is not None or count == 0 or sel.count == 0:
             lims, dist, pos = scan.range_positions(q, radius, self.chunk_bytes, sel)
             return lims, dist, scan.ids_at(pos)
-        bitmap = self._bitmap(state, sel)
-
-        def by_scan():
+        bitmap = None if allow is None else self._bitmap(state, sel)
+        if count > _PROBE:
+            return self._range_tables(state, q, radius, sel, bitmap)
+        entry, use_tables = state.choice.pick(("radius", radius, bitmap is not None, count))  # as in search
+        start = _clock()
+        if use_tables:
+            out = self._range_tables(state, q, radius, sel, bitmap)
+        else:
             lims, dist, pos = scan.range_positions(q, radius, self.chunk_bytes, sel)
-            return lims, dist, scan.ids_at(pos)
-
-        return self._timed(state, ("radius", radius, bitmap is not None), q.shape[0],
-                           lambda: self._range_tables(state, q, radius, sel, bitmap), by_scan)
+            out = lims, dist, scan.ids_at(pos)
+        _PathChoice.record(entry, use_tables, (_clock() - start) / count)
+        return out
 
     def _range_segment(self, state: _State, segment: _Segment, q: Tensor, radius: int, sel: Selection,
                        bitmap: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:

@@ -90,16 +90,16 @@ def test_the_tables_answer_clustered_queries_without_the_scan(monkeypatch):
 
 
 @pytest.mark.parametrize("tables_cost, expected_table_searches", [
-    (1.02, [1, 16, 32]),  # close: the other path once in 16 searches
-    (2.0, [1, 20, 40]),  # twice the scan's time: once in 20 keeps exploring at 5 % of the mean
-    (10.0, [1]),  # ten times: once in 180
-    (0.1, "all but 2"),  # the scan ten times the tables': once in 180
+    (1.02, [1, 2, 16, 32]),  # close: the other path once in 16 searches
+    (2.0, [1, 2, 32]),  # twice the scan's time: once in 20 keeps exploring at 5 % of the mean (32: a power of two)
+    (10.0, [1, 2]),  # ten times: once in 180 (256)
+    (0.1, "all but 3 and 4"),  # the scan ten times the tables': once in 256
 ])
 def test_small_searches_take_the_path_that_has_been_faster(monkeypatch, tables_cost, expected_table_searches):
     """Single queries take the tables or the scan, whichever has taken less time per query on this
-    state for this kind of search: the first tries the tables, the second the scan, then the faster
-    one, with one search in 16 to 256 taking the other, as rarely as keeps that within 5 % of the
-    mean time. Results are the scan's on every path."""
+    state for this kind of search: the first two take the tables, the next two the scan (a path's
+    first search is not timed), then the faster one, with one search in 16 to 256 taking the other,
+    as rarely as keeps that within 5 % of the mean time. Results are the scan's on every path."""
     codes = clustered_codes(20_000, 64, centres=50, flip=0.03, seed=8)
     mih, scan = pair(codes, 64)
     queries = codes[:40]
@@ -125,8 +125,8 @@ def test_small_searches_take_the_path_that_has_been_faster(monkeypatch, tables_c
         got = mih.search(queries[search_number - 1 : search_number], 5)
         assert torch.equal(got[0], want[0][search_number - 1 : search_number])
         assert torch.equal(got[1], want[1][search_number - 1 : search_number])
-    if expected_table_searches == "all but 2":
-        expected_table_searches = [n for n in range(1, 41) if n != 2]
+    if expected_table_searches == "all but 3 and 4":
+        expected_table_searches = [n for n in range(1, 41) if n not in (3, 4)]
     assert table_searches == expected_table_searches
     # Another kind of search (k, or the number of queries) starts over: tables first.
     table_searches.clear()
@@ -144,9 +144,38 @@ def test_small_searches_take_the_path_that_has_been_faster(monkeypatch, tables_c
     assert table_searches == ([0, 0] if tables_cost < 1 else [0])
 
 
+def test_one_slow_search_does_not_decide_the_path(monkeypatch):
+    """A path's first search (first-use costs) is not timed, and a later slow one counts as at most
+    twice the path's mean: the tables, ten times faster than the scan, stay the choice although
+    their first search and their tenth took 100 times the scan's time."""
+    codes = clustered_codes(20_000, 64, centres=50, flip=0.03, seed=8)
+    mih, _ = pair(codes, 64)
+    clock, table_searches = [0.0], []
+    real_op, real_scan = mih_module._search_op, index_module._State.search_positions
+
+    def tables(q, *args):
+        table_searches.append(search_number)
+        clock[0] += 100.0 if search_number in (1, 10) else 0.1
+        return real_op(q, *args)
+
+    def scanned(self, *args, **kwargs):
+        clock[0] += 1.0
+        return real_scan(self, *args, **kwargs)
+
+    monkeypatch.setattr(mih_module, "BUDGET_PER_CODE_SINGLE", 1.0)  # the tables answer every query
+    monkeypatch.setattr(mih_module, "_clock", lambda: clock[0])
+    monkeypatch.setattr(mih_module, "_search_op", tables)
+    monkeypatch.setattr(index_module._State, "search_positions", scanned)
+    for search_number in range(1, 31):
+        mih.search(codes[search_number : search_number + 1], 5)
+    assert table_searches == [n for n in range(1, 31) if n not in (3, 4)]
+
+
 def test_exploring_is_as_rare_as_keeps_its_cost_within_five_percent():
     assert mih_module.explore_interval(1.0, 1.0) == 16 and mih_module.explore_interval(1.0, 1.5) == 16
-    assert mih_module.explore_interval(1.0, 3.0) == 40 == mih_module.explore_interval(3.0, 1.0)
+    # 2 / 0.05 = 40 searches, rounded up to a power of two
+    assert mih_module.explore_interval(1.0, 3.0) == 64 == mih_module.explore_interval(3.0, 1.0)
+    assert mih_module.explore_interval(1.0, 1.75) == 16 and mih_module.explore_interval(1.0, 1.85) == 32
     assert mih_module.explore_interval(1.0, 100.0) == 256 and mih_module.explore_interval(0.0, 1.0) == 256
 
 
