@@ -248,7 +248,7 @@ class MIHIndex:
     segment at least half the size of the one before it is rebuilt together with it (linear time, a
     counting sort); once the codes outside the first segment pass 1/32 of it, all but the last
     n % 8 are rebuilt as one. So a growing index holds at most about log2(n / 2^14) segments, and a
-    small add rebuilds no tables (it still copies the codes, as :meth:`HammingIndex.add` does); an
+    small add rebuilds no tables and copies no codes (see :meth:`HammingIndex.add`); an
     add that only grows the tail keeps the path choice's timings. ``remove_ids`` renumbers
     positions, so it rebuilds the tables whole, as ``save`` does when there is more than one segment
     or a tail (a file holds one set of tables over every code). Each change builds a new state

@@ -320,6 +320,88 @@ def test_faiss_missing_gives_a_clear_import_error(monkeypatch):
 
 # ----------------------------------------------------------------------------------------------
 # Threads: searches while another thread adds and removes
+def test_adds_write_only_their_own_codes_and_never_change_what_an_earlier_state_shows():
+    """Small adds go into spare rows after the codes (no copy of the index); the codes and every
+    earlier view of them stay as they were added, through growth, a failed add, and a removal."""
+    nbits = 64
+    codes = make_codes(3_000, nbits, seed=11)
+    index, views, added = HammingIndex(nbits), [], 0
+    # The first add takes exactly its rows (1,000); a full buffer grows by a quarter (to 1,250, then
+    # 1,533 = 1,227 + 1,227 // 4, then 2,000, which the add needs); the adds between fit and move nothing.
+    for size, fits in ((1_000, False), (10, False), (10, True), (200, True), (7, True), (300, False), (1, True),
+                       (472, False)):
+        before = index.codes
+        index.add(codes[added : added + size])
+        added += size
+        assert (index.codes.untyped_storage().data_ptr() == before.untyped_storage().data_ptr()) == fits, added
+        views.append((index.codes, codes[:added].clone()))
+    with pytest.raises(ValueError, match="ids already in the index"):
+        index.add(codes[added : added + 5], torch.tensor([0, 1, 2, 3, 4]))
+    assert len(index) == added
+    index.add(codes[added : added + 500])
+    added += 500
+    index.remove_ids(torch.arange(0, 100))
+    index.add(codes[added : added + 8])
+    added += 8
+    for view, want in views:
+        assert torch.equal(view, want)
+    want_codes = codes[100:added]
+    assert torch.equal(index.codes, want_codes)
+    assert torch.equal(index.ids, torch.cat([torch.arange(100, added - 8), torch.arange(added - 8, added)]))
+    oracle = HammingIndex(nbits)
+    oracle.add(want_codes, index.ids)
+    queries = make_codes(20, nbits, seed=12)
+    for got, want in zip(index.search(queries, 25), oracle.search(queries, 25)):
+        assert torch.equal(got, want)
+
+
+def test_searches_stay_true_while_another_thread_adds_many_small_batches():
+    """The add path that writes into spare rows, under concurrent searches: every (id, distance) a
+    search returns is true of that id's code, and a search over a state taken early gives the same
+    results at the end."""
+    import threading
+    import time
+
+    nbits, base, batch = 64, 20_000, 50
+    code_of_id = make_codes(base + 2_000 * batch, nbits, seed=13).numpy()
+    index = HammingIndex(nbits)
+    index.add(code_of_id[:base])
+    early = index._snapshot()
+    queries = torch.from_numpy(code_of_id[:8])
+    early_result = early.search_positions(queries, 10, index.chunk_bytes)
+    stop, failures, counts = threading.Event(), [], {"adds": 0, "searches": 0}
+
+    def writer():
+        at = base
+        while not stop.is_set() and at + batch <= len(code_of_id):
+            index.add(code_of_id[at : at + batch])
+            at += batch
+            counts["adds"] += 1
+
+    def searcher(seed: int):
+        rng = np.random.default_rng(seed)
+        while not stop.is_set():
+            q = code_of_id[rng.integers(0, len(code_of_id), 8)]
+            dist, ids = (t.numpy() for t in index.search(q, 10))
+            true = _hamming_rows(np.repeat(q, 10, axis=0), code_of_id[ids.reshape(-1)]).reshape(dist.shape)
+            if not (true == dist).all():
+                failures.append("a k-NN (id, distance) pair is not true of that id's code")
+            counts["searches"] += 1
+
+    threads = [threading.Thread(target=searcher, args=(s,)) for s in (1, 2)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+    assert counts["adds"] >= 5 and counts["searches"] >= 5, counts
+    assert torch.equal(index.codes, torch.from_numpy(code_of_id[: len(index)]))
+    for got, want in zip(early.search_positions(queries, 10, index.chunk_bytes), early_result):
+        assert torch.equal(got, want)
+
+
 # ----------------------------------------------------------------------------------------------
 
 
