@@ -664,6 +664,8 @@ class MIHIndex:
             return out
         specs = tuple(spec for spec, _ in tables)
         arrays = tuple(_tensor_view(np.asarray(a)) for _, triple in tables for a in triple)
-        out._m = len(specs)
+        # Tables laid out by the paper's rule for this size keep following it as the index changes; any
+        # other layout was chosen with ``m``, which later rebuilds keep.
+        out._m = None if list(specs) == choose_tables(scan.nbits, len(scan)) else len(specs)
         out._state = _State(scan._snapshot(), (_Segment(0, len(scan), specs, arrays),))
         return out

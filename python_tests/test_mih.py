@@ -320,6 +320,21 @@ def test_save_load_keeps_the_tables_and_the_results(tmp_path, mmap):
             loaded.add(codes[:1])
 
 
+def test_a_loaded_index_keeps_its_rule_for_later_rebuilds(tmp_path):
+    """After load, the tables of a grown index follow what the saved one followed: the paper's rule
+    (m from the new size) unless m was chosen."""
+    codes = clustered_codes(70_000, 64, centres=30, flip=0.06, seed=7)
+    for m, want in ((None, lambda n: len(mih_module.choose_tables(64, n))), (5, lambda n: 5)):
+        mih = MIHIndex(64, m=m)
+        mih.add(codes[:300])  # m = round(64 / log2(300)) = 8 by the rule
+        mih.save(tmp_path / "db.idx")
+        loaded = MIHIndex.load(tmp_path / "db.idx", mmap=False)
+        assert len(loaded.specs) == want(300)
+        loaded.add(codes[300:])  # a rebuild of all 70,000 codes: the rule gives 4
+        assert len(loaded.specs) == want(70_000) and (m is not None or want(70_000) != want(300))
+        assert_same_knn(loaded, pair(codes, 64)[1], codes[:5], 10)
+
+
 def test_corrupt_tables_are_refused(tmp_path):
     codes = clustered_codes(500, 64, centres=5, flip=0.1, seed=8)
     mih, _ = pair(codes, 64)
