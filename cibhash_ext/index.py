@@ -54,6 +54,7 @@ NO_DISTANCE = torch.iinfo(torch.int32).max
 # of one query over 1M codes spent about 50 us in Python besides its scan, because the scan evicts the
 # caches that Python's objects were in (benchmarks/RESULTS.md, "one query: the Python around the scan").
 _topk_kernel = ops.kernel("hamming_topk")
+_radius_kernel = ops.kernel("hamming_radius")
 
 
 class IndexFileChangedError(RuntimeError):
@@ -466,12 +467,14 @@ class _State:
         """Radius search over packed queries, results as positions (see :meth:`HammingIndex.range_search`)."""
         sel = self.everything if selection is None else selection
         if sel.positions is not None:
-            lims, dist, p = ops.hamming_radius(queries, self.gather(sel.positions), radius)
+            lims, dist, p = _radius_kernel(queries, self.gather(sel.positions), radius)
             return lims, dist, sel.positions.to(self.device)[p]
+        if sel.bitmap is None and not self.is_mmap and sel.count == len(self) and len(self):
+            return _radius_kernel(queries, self.codes, radius)  # the common case, as in search_positions
 
         def run(start: int, chunk: Tensor):
             if sel.bitmap is None:
-                return ops.hamming_radius(queries, chunk, radius)
+                return _radius_kernel(queries, chunk, radius)
             return ops.hamming_radius_filtered(queries, chunk, radius, sel.bitmap[start // 8 :])
 
         chunks = [(start, run(start, chunk)) for start, chunk in self.chunks(chunk_bytes, sel.start, sel.stop)

@@ -163,6 +163,21 @@ def explore_interval(tables_s: float, scan_s: float) -> int:
     return min(_EXPLORE_MAX, max(_EXPLORE_MIN, 1 << max(needed - 1, 0).bit_length()))
 
 
+def _probes_to_cover(specs, radius: int) -> int:
+    """The bucket probes a radius search makes before its tables cover ``radius``: the kernel's lower
+    bound of its cost (each probe costs at least one unit of budget), with which it gives up at once
+    when the budget is smaller. Table i at substring radius r covers radius m * r + i."""
+    m, bits = len(specs), sum(spec.bit_count for spec in specs)
+    target, probes, r, i = min(radius, bits), 0, 0, 0
+    while True:
+        probes += math.comb(specs[i].bit_count, r)
+        if m * r + i >= target:
+            return probes
+        i += 1
+        if i == m:
+            i, r = 0, r + 1
+
+
 @dataclasses.dataclass(frozen=True)
 class _Segment:
     """Substring tables over positions [start, stop) of an index's codes. Their position arrays hold
@@ -214,6 +229,11 @@ _MIN_SEGMENT = 1 << 14
 # 1/32, cost about 32 builds' time per added code (about 4 us at 100M codes), whatever the sizes of
 # the adds. Measured in benchmarks/RESULTS.md ("an index grown by adds").
 _REST_SHARE = 32
+# Small searches scan the trailing segments of fewer codes than this with the tail, in one scan, rather
+# than look them up: single queries over 3M codes grown by adds (segments of 2.95M and 40,000 codes and
+# 10,000 unindexed) took 0.30 ms for k = 10 when each part was searched on its own, 0.15-0.17 ms for
+# the tables over all 3M (benchmarks/RESULTS.md).
+_SCANNED_SEGMENT = 1 << 17
 _BYTE_POPCOUNT = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=torch.int64)
 
 
@@ -416,19 +436,23 @@ class MIHIndex:
         return ops.pack_bits(mask.reshape(1, -1)).reshape(-1)
 
     @staticmethod
-    def _tail(state: _State, sel: Selection) -> Selection | None:
-        """The part of ``sel`` in the tail, the positions past the last segment (None: none there)."""
-        n, covered = len(state.scan), state.covered
-        if covered == n:
+    def _tail(state: _State, sel: Selection, start: int | None = None) -> Selection | None:
+        """The part of ``sel`` in positions [start, n), by default the tail past the last segment
+        (None: no positions there)."""
+        n = len(state.scan)
+        start = state.covered if start is None else start
+        if start == n:
             return None
         if sel.bitmap is None:
-            start = max(sel.start, covered)
-            stop = max(sel.stop, start)
-            return Selection(start, stop, stop - start)
+            first = max(sel.start, start)
+            stop = max(sel.stop, first)
+            return Selection(first, stop, stop - first)
+        byte = start // 8
+        bits = np.unpackbits(sel.bitmap[byte:].numpy(), bitorder="little")[start - 8 * byte : n - 8 * byte]
+        if start % 8 == 0:  # a segment's start: the bitmap splits there
+            return Selection(start, n, int(np.count_nonzero(bits)), bitmap=sel.bitmap)
         # The tail may start inside a byte of the bitmap, and it is short: list its allowed positions.
-        first = covered // 8
-        bits = np.unpackbits(sel.bitmap[first:].numpy(), bitorder="little")[covered - 8 * first : n - 8 * first]
-        positions = torch.from_numpy(np.flatnonzero(bits) + covered)
+        positions = torch.from_numpy(np.flatnonzero(bits) + start)
         return Selection(0, n, int(positions.numel()), positions=positions)
 
     @staticmethod
@@ -525,9 +549,26 @@ class MIHIndex:
         dist[rest], pos[rest] = scan.search_positions(q[rest], cols, self.chunk_bytes, within)
         return dist, pos
 
+    def _with_tables(self, state: _State, queries: int, radius: int | None = None) -> int:
+        """How many of the leading segments a search looks up in their tables; the segments after
+        them are scanned with the tail, in one scan. For at most _PROBE queries, trailing segments of
+        fewer than _SCANNED_SEGMENT codes are scanned. For a radius search, so are trailing segments
+        whose tables would need more probes to cover the radius than their budget (the kernel would
+        give up at once)."""
+        segments = state.segments
+        used = len(segments)
+        while used > 1:
+            last = segments[used - 1]
+            if not ((queries <= _PROBE and len(last) < _SCANNED_SEGMENT) or (
+                    radius is not None and _probes_to_cover(last.specs, radius) > self._budget(len(last), queries))):
+                break
+            used -= 1
+        return used
+
     def _search_tables(self, state: _State, q: Tensor, k: int, width: int, sel: Selection, bitmap: Tensor | None):
-        found = [self._knn_segment(state, segment, q, width, sel, bitmap) for segment in state.segments]
-        tail = self._tail(state, sel)
+        used = self._with_tables(state, q.shape[0])
+        found = [self._knn_segment(state, segment, q, width, sel, bitmap) for segment in state.segments[:used]]
+        tail = self._tail(state, sel, state.segments[used].start if used < len(state.segments) else None)
         if tail is not None and tail.count:
             found.append(state.scan.search_positions(q, k, self.chunk_bytes, tail))
         dist, pos = found[0] if len(found) == 1 else self._merge_knn(found, width)
@@ -600,8 +641,9 @@ class MIHIndex:
         return self._merge(q.shape[0], [(lims, dist, pos), (rest_lims, rest_dist, rest_pos)])
 
     def _range_tables(self, state: _State, q: Tensor, radius: int, sel: Selection, bitmap: Tensor | None):
-        found = [self._range_segment(state, segment, q, radius, sel, bitmap) for segment in state.segments]
-        tail = self._tail(state, sel)
+        used = self._with_tables(state, q.shape[0], radius)
+        found = [self._range_segment(state, segment, q, radius, sel, bitmap) for segment in state.segments[:used]]
+        tail = self._tail(state, sel, state.segments[used].start if used < len(state.segments) else None)
         if tail is not None and tail.count:
             found.append(state.scan.range_positions(q, radius, self.chunk_bytes, tail))
         lims, dist, pos = found[0] if len(found) == 1 else self._merge(q.shape[0], found)
@@ -616,6 +658,11 @@ class MIHIndex:
         found = [f for f in found if int(f[0][-1])] or found[:1]
         if len(found) == 1:
             return found[0]
+        if num_queries == 1:  # one query: a stable sort by distance keeps ties by position
+            dist = np.concatenate([f[1].numpy() for f in found])
+            order = np.argsort(dist, kind="stable")
+            pos = np.concatenate([f[2].numpy() for f in found])[order]
+            return torch.tensor([0, len(order)]), torch.from_numpy(dist[order]), torch.from_numpy(pos)
         rows = np.arange(num_queries, dtype=np.int64)
         qrow = np.concatenate([np.repeat(rows, np.diff(f[0].numpy())) for f in found])
         dist = np.concatenate([f[1].numpy() for f in found])

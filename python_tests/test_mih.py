@@ -423,10 +423,12 @@ GROWTH = [4000, 5, 60, 64, 300, 1, 1000, 100, 30, 200, 38, 100, 30, 40, 12]  # s
 
 @pytest.mark.parametrize("nbits", [64, 20, 100])
 @pytest.mark.parametrize("budget", [None, 1.0])  # default (some queries scanned) or every query in the tables
-def test_a_grown_index_equals_the_scan(monkeypatch, budget, nbits):
+@pytest.mark.parametrize("scanned_segment", [0, 5000])  # small searches look up every segment, or only the first
+def test_a_grown_index_equals_the_scan(monkeypatch, budget, nbits, scanned_segment):
     codes = clustered_codes(6000, nbits, centres=30, flip=0.06, seed=12)
     ids = torch.randperm(6000, generator=torch.Generator().manual_seed(2)) * 3 + 1
     mih, scan, _ = grown(codes, GROWTH, monkeypatch, ids=ids)
+    monkeypatch.setattr(mih_module, "_SCANNED_SEGMENT", scanned_segment)
     assert mih.segments == [(0, 4000), (4000, 5424), (5424, 5968)] and len(mih) == 5980
     if budget is not None:
         monkeypatch.setattr(mih_module, "BUDGET_PER_CODE_SINGLE", budget)
@@ -517,6 +519,51 @@ def test_tables_over_a_segment_search_the_whole_codes_and_pad_short_results():
     lims, dist, pos, done = torch.ops.cibhash_ext.mih_range_search(queries, codes, layout, tables, 6, None, 10**9)
     want = ref.range_search(queries, 6, allow=IDSelectorRange(600, 800))
     assert bool(done.all()) and torch.equal(lims, want[0]) and torch.equal(pos, want[2])
+
+
+def test_small_segments_are_scanned_with_the_tail(monkeypatch):
+    """Small searches scan the trailing segments under _SCANNED_SEGMENT codes with the tail, in one
+    scan; a batch looks them up; a radius search also scans the trailing segments whose tables could
+    not cover the radius within their budget."""
+    codes = clustered_codes(6000, 64, centres=30, flip=0.06, seed=12)
+    mih, scan, _ = grown(codes, GROWTH, monkeypatch)
+    looked_up = []
+    real_search, real_range = mih_module._search_op, mih_module._range_op
+    monkeypatch.setattr(mih_module, "_search_op", lambda q, c, layout, *a: looked_up.append(len(layout)) or real_search(q, c, layout, *a))
+    monkeypatch.setattr(mih_module, "_range_op", lambda q, c, layout, *a: looked_up.append(len(layout)) or real_range(q, c, layout, *a))
+    monkeypatch.setattr(mih_module, "_SCANNED_SEGMENT", 1500)  # the second segment (1,424 codes) and the third
+    scanned_from = []
+    real_tail = MIHIndex._tail
+    monkeypatch.setattr(MIHIndex, "_tail", staticmethod(lambda state, sel, start=None: scanned_from.append(start) or real_tail(state, sel, start)))
+    assert_same_knn(mih, scan, codes[:3], 10)
+    assert scanned_from == [4000] and len(looked_up) == 1  # the first segment's tables, then one scan
+    looked_up.clear(), scanned_from.clear()
+    assert_same_knn(mih, scan, codes[:40], 10)  # a batch: every segment's tables
+    assert scanned_from == [None] and len(looked_up) >= 3
+    monkeypatch.setattr(mih_module, "_SCANNED_SEGMENT", 0)
+    segments = mih._state.segments
+    # Radius 20 at the second segment's budget: its tables cannot cover it, the third's neither.
+    assert all(mih_module._probes_to_cover(s.specs, 20) > MIHIndex._budget(len(s), 3) for s in segments[1:])
+    looked_up.clear(), scanned_from.clear()
+    assert_same_range(mih, scan, codes[:3], 20)
+    assert scanned_from == [4000] and len(looked_up) == 1
+
+
+def test_the_probes_to_cover_a_radius_bound_the_kernel():
+    """The kernel gives up on a radius search, with nothing found, when the probes that cover the
+    radius exceed its budget, as _probes_to_cover counts them (and answers with a large budget)."""
+    codes = clustered_codes(3000, 64, centres=10, flip=0.05, seed=15)
+    queries = codes[:8]
+    for m in (2, 3, 5):
+        specs = choose_tables(64, 3000, m)
+        layout = [v for s in specs for v in (s.bit_start, s.bit_count, s.dir_bits)]
+        tables = torch.ops.cibhash_ext.mih_build(codes, layout)
+        for radius in (0, 1, 4, 9):
+            probes = mih_module._probes_to_cover(specs, radius)
+            *_, done = torch.ops.cibhash_ext.mih_range_search(queries, codes, layout, tables, radius, None, probes - 1)
+            assert not bool(done.any()), (m, radius, probes)
+            *_, done = torch.ops.cibhash_ext.mih_range_search(queries, codes, layout, tables, radius, None, 10**9)
+            assert bool(done.all())
 
 
 def test_searches_during_adds_see_whole_states():
