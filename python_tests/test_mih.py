@@ -89,6 +89,29 @@ def test_the_tables_answer_clustered_queries_without_the_scan(monkeypatch):
     assert all(torch.equal(g, w) for g, w in zip(got, want_range)) and want_range[0][-1] > 0
 
 
+def timed_paths(monkeypatch, tables_cost):
+    """MIHIndex's clock made to advance by tables_cost(search number) for a search through the tables
+    (which then answer every query) and by 1.0 for a scan. Returns (a dict whose "number" the caller
+    sets before each search, the list of numbers of the searches that took the tables)."""
+    search, clock, table_searches = {"number": 0}, [0.0], []
+    real_op, real_scan = mih_module._search_op, index_module._State.search_positions
+
+    def tables(q, *args):
+        clock[0] += tables_cost(search["number"])
+        table_searches.append(search["number"])
+        return real_op(q, *args)
+
+    def scanned(self, *args, **kwargs):
+        clock[0] += 1.0
+        return real_scan(self, *args, **kwargs)
+
+    monkeypatch.setattr(mih_module, "BUDGET_PER_CODE_SINGLE", 1.0)
+    monkeypatch.setattr(mih_module, "_clock", lambda: clock[0])
+    monkeypatch.setattr(mih_module, "_search_op", tables)
+    monkeypatch.setattr(index_module._State, "search_positions", scanned)
+    return search, table_searches
+
+
 @pytest.mark.parametrize("tables_cost, expected_table_searches", [
     (1.02, [1, 2, 16, 32]),  # close: the other path once in 16 searches
     (2.0, [1, 2, 32]),  # twice the scan's time: once in 20 keeps exploring at 5 % of the mean (32: a power of two)
@@ -103,25 +126,10 @@ def test_small_searches_take_the_path_that_has_been_faster(monkeypatch, tables_c
     codes = clustered_codes(20_000, 64, centres=50, flip=0.03, seed=8)
     mih, scan = pair(codes, 64)
     queries = codes[:40]
-    clock = [0.0]
-    table_searches = []
-    real_op, real_scan = mih_module._search_op, index_module._State.search_positions
-
-    def tables(q, *args):
-        clock[0] += tables_cost
-        table_searches.append(search_number)
-        return real_op(q, *args)
-
-    def scanned(self, *args, **kwargs):
-        clock[0] += 1.0
-        return real_scan(self, *args, **kwargs)
-
-    monkeypatch.setattr(mih_module, "BUDGET_PER_CODE_SINGLE", 1.0)  # the tables answer every query
-    monkeypatch.setattr(mih_module, "_clock", lambda: clock[0])
-    monkeypatch.setattr(mih_module, "_search_op", tables)
-    monkeypatch.setattr(index_module._State, "search_positions", scanned)
+    search, table_searches = timed_paths(monkeypatch, lambda number: tables_cost)
     want = scan.search(queries, 5)
     for search_number in range(1, 41):
+        search["number"] = search_number
         got = mih.search(queries[search_number - 1 : search_number], 5)
         assert torch.equal(got[0], want[0][search_number - 1 : search_number])
         assert torch.equal(got[1], want[1][search_number - 1 : search_number])
@@ -130,7 +138,7 @@ def test_small_searches_take_the_path_that_has_been_faster(monkeypatch, tables_c
     assert table_searches == expected_table_searches
     # Another kind of search (k, or the number of queries) starts over: tables first.
     table_searches.clear()
-    search_number = 0
+    search["number"] = 0
     mih.search(queries[:1], 7)
     mih.search(queries[:2], 5)
     assert table_searches == [0, 0]
@@ -150,23 +158,9 @@ def test_one_slow_search_does_not_decide_the_path(monkeypatch):
     their first search and their tenth took 100 times the scan's time."""
     codes = clustered_codes(20_000, 64, centres=50, flip=0.03, seed=8)
     mih, _ = pair(codes, 64)
-    clock, table_searches = [0.0], []
-    real_op, real_scan = mih_module._search_op, index_module._State.search_positions
-
-    def tables(q, *args):
-        table_searches.append(search_number)
-        clock[0] += 100.0 if search_number in (1, 10) else 0.1
-        return real_op(q, *args)
-
-    def scanned(self, *args, **kwargs):
-        clock[0] += 1.0
-        return real_scan(self, *args, **kwargs)
-
-    monkeypatch.setattr(mih_module, "BUDGET_PER_CODE_SINGLE", 1.0)  # the tables answer every query
-    monkeypatch.setattr(mih_module, "_clock", lambda: clock[0])
-    monkeypatch.setattr(mih_module, "_search_op", tables)
-    monkeypatch.setattr(index_module._State, "search_positions", scanned)
+    search, table_searches = timed_paths(monkeypatch, lambda number: 100.0 if number in (1, 10) else 0.1)
     for search_number in range(1, 31):
+        search["number"] = search_number
         mih.search(codes[search_number : search_number + 1], 5)
     assert table_searches == [n for n in range(1, 31) if n not in (3, 4)]
 
