@@ -258,7 +258,8 @@ class MIHIndex:
     * per kind of small search (at most 16 queries; k-NN with its k or radius search with its
       radius, filtered or not, and its number of queries): the path, tables or scan alone, that has
       taken less time per query on this index (running means, the tables' including the scans of
-      the queries they hand over). The first such search tries the tables, the second the scan;
+      the queries they hand over). The first two such searches take the tables, the next two the
+      scan (a path's first search is not timed, and a slow one counts at most twice the mean);
       after that one in 16 to 256 takes the other path, so the choice follows the queries: as
       rarely as keeps that exploring within 5 % of the mean time. Uniform random
       codes (near neighbours far away), small indexes or a filter that excludes most near codes
@@ -271,7 +272,10 @@ class MIHIndex:
     counting sort); once the codes outside the first segment pass 1/32 of it, all but the last
     n % 8 are rebuilt as one. So a growing index holds at most about log2(n / 2^14) segments, and a
     small add rebuilds no tables and copies no codes (see :meth:`HammingIndex.add`); an
-    add that only grows the tail keeps the path choice's timings. ``remove_ids`` renumbers
+    add that only grows the tail keeps the path choice's timings. A search of at most 16 queries
+    scans the trailing segments of fewer than 2^17 codes with the tail rather than look them up, and
+    a radius search also the trailing segments whose tables could not cover its radius within their
+    budget. ``remove_ids`` renumbers
     positions, so it rebuilds the tables whole, as ``save`` does when there is more than one segment
     or a tail (a file holds one set of tables over every code). Each change builds a new state
     object and swaps it in under a lock, so a search running in another thread sees either the old
@@ -280,7 +284,7 @@ class MIHIndex:
     Args:
         nbits (int): bits per code, 1 <= nbits <= 2^20.
         m (int, optional): substrings; default the paper's rule (:func:`choose_tables`), chosen again
-            at each rebuild.
+            at each rebuild (also after :meth:`load` of tables that follow it).
     """
 
     def __init__(self, nbits: int, m: int | None = None) -> None:
