@@ -585,21 +585,22 @@ def test_torch_compile_traces_the_ops():
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
-@pytest.mark.parametrize("k", [256, 700])
+@pytest.mark.parametrize("k", [128, 256, 700])
 def test_topk_exact_when_the_sampled_bound_is_too_tight(k, threads):
-    # For large k the CPU kernel starts from a bound estimated on every 16th database code. Here
+    # From k = 64 the CPU kernel starts from a bound estimated on every 64th database code. Here
     # the sampled rows hold 120 exact copies of query 0 (the rest of them far away), so the bound
     # is distance 0; the other rows sit at distance 10. Fewer than k codes lie within the bound,
     # and the kernel must rescan to stay exact.
-    N, nbytes = 16 * 400, 8
+    stride = 64
+    N, nbytes = stride * 400, 8
     gen = torch.Generator().manual_seed(k)
     queries = torch.randint(0, 256, (40, nbytes), dtype=torch.uint8, generator=gen)
     near = queries[0].clone()
     near[0] ^= 0xFF
     near[1] ^= 0x03  # 10 bits flipped
     database = near.repeat(N, 1)
-    database[::16] = ~queries[0]  # distance 64
-    database[: 16 * 120 : 16] = queries[0]
+    database[::stride] = ~queries[0]  # distance 64
+    database[: stride * 120 : stride] = queries[0]
     d, i = ops.hamming_topk(queries, database, k)
     rd, ri = ref.hamming_topk(queries, database, k)
     assert (rd[0] == 0).sum() == 120 and (rd[0] == 10).sum() == k - 120
