@@ -17,7 +17,8 @@ Threads: an index may be searched from several threads while other threads ``add
 add writes its codes only into buffer rows that no state shows yet, see
 ``HammingIndex._append_codes``), so writers run one at a time, and each search (or ``save``,
 ``to_faiss``) reads the one state it picked up at its start: the index as it was before or after a
-concurrent write, never a mix. Nothing is copied per search; an old state lives until the last search holding it ends.
+concurrent write, never a mix. Nothing is copied per search; an old state lives until the last
+search holding it ends.
 """
 
 from __future__ import annotations

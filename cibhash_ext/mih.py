@@ -271,15 +271,14 @@ class MIHIndex:
     segment at least half the size of the one before it is rebuilt together with it (linear time, a
     counting sort); once the codes outside the first segment pass 1/32 of it, all but the last
     n % 8 are rebuilt as one. So a growing index holds at most about log2(n / 2^14) segments, and a
-    small add rebuilds no tables and copies no codes (see :meth:`HammingIndex.add`); an
-    add that only grows the tail keeps the path choice's timings. A search of at most 16 queries
+    small add rebuilds no tables and copies no codes (see :meth:`HammingIndex.add`); an add that
+    only grows the tail keeps the path choice's timings. A search of at most 16 queries
     scans the trailing segments of fewer than 2^17 codes with the tail rather than look them up, and
     a radius search also the trailing segments whose tables could not cover its radius within their
-    budget. ``remove_ids`` renumbers
-    positions, so it rebuilds the tables whole, as ``save`` does when there is more than one segment
-    or a tail (a file holds one set of tables over every code). Each change builds a new state
-    object and swaps it in under a lock, so a search running in another thread sees either the old
-    or the new index, whole.
+    budget. ``remove_ids`` renumbers positions, so it rebuilds the tables whole, as ``save`` does
+    when there is more than one segment or a tail (a file holds one set of tables over every code).
+    Each change builds a new state object and swaps it in under a lock, so a search running in
+    another thread sees either the old or the new index, whole.
 
     Args:
         nbits (int): bits per code, 1 <= nbits <= 2^20.

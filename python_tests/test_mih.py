@@ -521,14 +521,25 @@ def test_small_segments_are_scanned_with_the_tail(monkeypatch):
     not cover the radius within their budget."""
     codes = clustered_codes(6000, 64, centres=30, flip=0.06, seed=12)
     mih, scan, _ = grown(codes, GROWTH, monkeypatch)
-    looked_up = []
-    real_search, real_range = mih_module._search_op, mih_module._range_op
-    monkeypatch.setattr(mih_module, "_search_op", lambda q, c, layout, *a: looked_up.append(len(layout)) or real_search(q, c, layout, *a))
-    monkeypatch.setattr(mih_module, "_range_op", lambda q, c, layout, *a: looked_up.append(len(layout)) or real_range(q, c, layout, *a))
+    looked_up, scanned_from = [], []  # a segment's tables searched; where the scan with the tail starts
+    real_search, real_range, real_tail = mih_module._search_op, mih_module._range_op, MIHIndex._tail
+
+    def search_op(*args):
+        looked_up.append(args[2])
+        return real_search(*args)
+
+    def range_op(*args):
+        looked_up.append(args[2])
+        return real_range(*args)
+
+    def tail(state, sel, start=None):
+        scanned_from.append(start)
+        return real_tail(state, sel, start)
+
+    monkeypatch.setattr(mih_module, "_search_op", search_op)
+    monkeypatch.setattr(mih_module, "_range_op", range_op)
+    monkeypatch.setattr(MIHIndex, "_tail", staticmethod(tail))
     monkeypatch.setattr(mih_module, "_SCANNED_SEGMENT", 1500)  # the second segment (1,424 codes) and the third
-    scanned_from = []
-    real_tail = MIHIndex._tail
-    monkeypatch.setattr(MIHIndex, "_tail", staticmethod(lambda state, sel, start=None: scanned_from.append(start) or real_tail(state, sel, start)))
     assert_same_knn(mih, scan, codes[:3], 10)
     assert scanned_from == [4000] and len(looked_up) == 1  # the first segment's tables, then one scan
     looked_up.clear(), scanned_from.clear()

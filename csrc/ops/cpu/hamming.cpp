@@ -308,7 +308,12 @@ __attribute__((target("avx512f,avx512vpopcntdq"), noinline)) void push_hits_avx5
   for (int r = 0; r < RB; ++r) {
     __m512i acc = _mm512_setzero_si512();
     for (int64_t w = 0; w < W; ++w) {
-      const __m512i x = WT > 0 ? v[WT > 0 ? w : 0] : _mm512_maskz_loadu_epi64(valid, tile + w * n + j);
+      __m512i x;
+      if constexpr (WT > 0) {
+        x = v[w];
+      } else {
+        x = _mm512_maskz_loadu_epi64(valid, tile + w * n + j);
+      }
       const __m512i q = _mm512_set1_epi64(static_cast<long long>(qwords[r * W + w]));
       acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(x, q)));
     }
