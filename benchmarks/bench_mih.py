@@ -18,6 +18,7 @@ rows time ``--single`` different queries one at a time and report the median per
     python benchmarks/bench_mih.py --n 100000000 --kind clustered --queries 1 --k 10 --radius --no-faiss
     python benchmarks/bench_mih.py --kind run --run runs/fashion_mnist-RUN
     python benchmarks/bench_mih.py --n 10000000 --grow-from 9000000 --add-size 10000 --no-faiss   # grown by adds
+    python benchmarks/bench_mih.py --n 10000000 --grow-from 9000000 --add-ids --no-faiss   # adds that give ids
 """
 
 from __future__ import annotations
@@ -137,6 +138,9 @@ def main() -> None:
     parser.add_argument("--grow-from", type=int,
                         help="search an MIHIndex grown from this many codes by adds of --add-size (default: one add)")
     parser.add_argument("--add-size", type=int, default=10_000)
+    parser.add_argument("--add-ids", action="store_true",
+                        help="with --grow-from: every add gives its ids, a random permutation of 0..n-1 "
+                             "(the scan index gets the same ids)")
     parser.add_argument("--no-faiss", action="store_true")
     parser.add_argument("--multihash-max-n", type=int, default=10_000_000,
                         help="skip faiss IndexBinaryMultiHash above this size (its hash maps take GBs)")
@@ -154,6 +158,8 @@ def main() -> None:
           f"faiss {faiss.__version__ if faiss else '-'} | threads {args.threads} | rounds {args.rounds}")
     if "run" in args.kind and not args.run:
         parser.error("--kind run needs --run RUN")
+    if args.add_ids and args.grow_from is None:
+        parser.error("--add-ids needs --grow-from")
     print(f"# clustered: {args.centres} centres, bit flip probability {args.flip}; {NBITS}-bit codes; times in ms")
     print("| n | codes | Q | search | scan | MIH | scan/MIH | faiss Flat | Flat/MIH | faiss MultiHash | MH recall |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -170,8 +176,9 @@ def main() -> None:
             database = make_codes(kind, n, centres, args.flip, rng)
             queries = make_codes(kind, max(args.queries + [args.single]), centres, args.flip, rng)
         rss0 = rss_mb()
+        ids = torch.from_numpy(np.random.default_rng(SEED + 1).permutation(n)) if args.add_ids else None
         scan = HammingIndex(NBITS)
-        scan.add(database)
+        scan.add(database, ids)
         mih = MIHIndex(NBITS, m=args.m)
         _, build_s = timed(lambda: mih.add(database))
         specs = ", ".join(f"{s.bit_count}b/dir {s.dir_bits}" for s in mih.specs)
@@ -185,11 +192,16 @@ def main() -> None:
                 parser.error(f"--grow-from must be between 1 and n - 1 ({n - 1}), got {args.grow_from}")
             del mih  # the one-add index above, timed for its build only
             mih = MIHIndex(NBITS, m=args.m)
-            mih.add(database[: args.grow_from])
-            add_s = [timed(lambda at=at: mih.add(database[at : at + args.add_size]))[1]
+            def rows(start: int, stop: int):
+                return database[start:stop], None if ids is None else ids[start:stop]
+
+            mih.add(*rows(0, args.grow_from))
+            add_s = [timed(lambda at=at: mih.add(*rows(at, at + args.add_size)))[1]
                      for at in range(args.grow_from, n, args.add_size)]
             sizes = ", ".join(f"{stop - start:,}" for start, stop in mih.segments)
-            print(f"# grown from {args.grow_from:,} codes by {len(add_s)} adds of {args.add_size:,}: {sum(add_s):.2f} s in "
+            with_ids = " with ids in random order" if ids is not None else ""
+            print(f"# grown from {args.grow_from:,} codes by {len(add_s)} adds of {args.add_size:,}{with_ids}: "
+                  f"{sum(add_s):.2f} s in "
                   f"all, slowest add {max(add_s):.3f} s, median {statistics.median(add_s) * 1e3:.2f} ms (one build of "
                   f"all {n:,}: {build_s:.2f} s); segments {sizes}; {n - mih.segments[-1][1]:,} codes unindexed; "
                   f"tables {mih.tables_nbytes / 2**20:.0f} MiB")

@@ -14,8 +14,8 @@ being read cannot be caught this way.)
 Threads: an index may be searched from several threads while other threads ``add`` or
 ``remove_ids``. Everything a read sees (codes, ids, device, file map) is one immutable
 :class:`_State`; a write builds a new state and swaps the reference under the index's lock (an
-add writes its codes only into buffer rows that no state shows yet, see
-``HammingIndex._append_codes``), so writers run one at a time, and each search (or ``save``,
+add writes its codes and ids only into buffer rows that no state shows yet, see
+``_GrowingRows``), so writers run one at a time, and each search (or ``save``,
 ``to_faiss``) reads the one state it picked up at its start: the index as it was before or after a
 concurrent write, never a mix. Nothing is copied per search; an old state lives until the last
 search holding it ends.
@@ -37,6 +37,7 @@ from torch import Tensor
 
 from cibhash_ext import index_file, ops
 from cibhash_ext.files import remove_stale_temporaries
+from cibhash_ext.id_runs import IdRuns
 from cibhash_ext.index_file import FORMAT_VERSION, MAGIC, MAX_CODES, MAX_NBITS, padding_mask
 
 __all__ = ["HammingIndex", "IDSelectorRange", "IDSelectorBatch", "IndexFileChangedError", "FORMAT_VERSION", "MAGIC"]
@@ -525,6 +526,37 @@ class _State:
             yield memoryview(np.ascontiguousarray(block, dtype="<i8").view(np.uint8))
 
 
+class _GrowingRows:
+    """Where an index's adds put rows (codes, or ids): a buffer whose first rows are a state's tensor.
+
+    The buffer grows by at least a quarter when it is full (the first add allocates exactly what it
+    needs), so an add writes its own rows only, and all adds together copy each row about four
+    times: an add of 10,000 codes to 9M took 31-33 ms when every add copied every code, and an add
+    with ids 1.2 s (most of it the clash check, see :mod:`cibhash_ext.id_runs`). A state holds a
+    view of the buffer's first rows, and an add writes only past the rows any state has shown, so a
+    search running on an older state never sees a row change. A tensor that is not the buffer's
+    longest view (a failed write put back, a removal, ids made from a range) gets a new buffer.
+    """
+
+    def __init__(self) -> None:
+        self.buffer: Tensor | None = None
+        self.shown = 0  # no view of the buffer holds rows past this one
+
+    def append(self, current: Tensor, extra: Tensor) -> Tensor:
+        """``current`` followed by ``extra`` (same dtype and row shape), as the first rows of the buffer."""
+        n, m = current.shape[0], extra.shape[0]
+        buffer = self.buffer
+        if (buffer is None or n != self.shown or n + m > buffer.shape[0] or current.data_ptr() != buffer.data_ptr()
+                or buffer.device != current.device or buffer.dtype != extra.dtype):
+            capacity = n + m if n == 0 else max(n + m, n + n // 4)
+            buffer = torch.empty((capacity, *extra.shape[1:]), dtype=extra.dtype, device=current.device)
+            buffer[:n] = current
+            self.buffer = buffer
+        buffer[n : n + m] = extra
+        self.shown = n + m
+        return buffer[: n + m]
+
+
 class HammingIndex:
     """Exact Hamming k-NN and radius search over binary codes, with user ids.
 
@@ -544,9 +576,11 @@ class HammingIndex:
     before or after each concurrent write, never a mix of the two, and never fails because of one;
     writes run one at a time (they take the index's lock). Unlike FAISS, no outside lock is needed.
     A search does not copy the database: a write builds a new state and swaps it in whole. An add
-    writes its codes into a buffer past the rows any state shows (the buffer grows by a quarter when
-    full, so the codes may hold up to a quarter more memory than they need), so its cost is that of
-    its own codes; an add with ids, and a removal, still copy the ids or the codes.
+    writes its codes (and ids) into buffers past the rows any state shows (a buffer grows by a
+    quarter when full, so the codes and ids may hold up to a quarter more memory than they need),
+    and checks given ids against sorted runs of the index's ids (:class:`~cibhash_ext.id_runs.IdRuns`,
+    8 more bytes per id, built by the first add that needs them), so its cost is that of its own codes
+    and ids. A removal still copies the codes and ids.
 
     Args:
         nbits (int): bits per code, 1 <= nbits <= 2^20.
@@ -563,10 +597,11 @@ class HammingIndex:
         device = torch.device(device)
         self._write_lock = threading.Lock()
         self._state = _State(torch.empty(0, self.code_size, dtype=torch.uint8, device=device), None, 0, device)
-        # Where adds put codes (see _append_codes): a state's codes are its first rows, and no state
-        # has shown rows past _shown.
-        self._buffer: Tensor | None = None
-        self._shown = 0
+        # Where adds put codes and ids (see _GrowingRows), and the ids of the last state an add
+        # needed them for (a weak reference to that state, and its IdRuns).
+        self._code_rows = _GrowingRows()
+        self._id_rows = _GrowingRows()
+        self._id_runs: tuple[weakref.ref, IdRuns] | None = None
 
     def __len__(self) -> int:
         return len(self._state)
@@ -675,54 +710,44 @@ class HammingIndex:
             if len(state) + n > MAX_CODES:
                 raise ValueError(f"codes: an index holds at most 2^{_POSITION_BITS} codes, {len(state)} + {n} is more")
             if ids is None and state.ids is None:
-                self._state = dataclasses.replace(state, codes=self._append_codes(state, packed))
+                self._state = dataclasses.replace(state, codes=self._code_rows.append(state.codes, packed))
                 return
+            runs = self._id_runs_of(state)
             if ids is None:
-                start = int(state.ids.max()) + 1 if len(state) else state.id_base
+                largest = runs.max()
+                start = state.id_base if largest is None else largest + 1
                 new_ids = torch.arange(start, start + n, dtype=torch.int64, device=state.device)
             else:
-                new_ids = self._check_new_ids(state, ids, n)
-            all_codes = self._append_codes(state, packed)
-            all_ids = torch.cat([state.ids_at(None), new_ids])
-            self._state = dataclasses.replace(state, codes=all_codes, ids=all_ids, id_base=0)
+                new_ids = self._check_new_ids(ids, n, runs, state.device)
+            codes = self._code_rows.append(state.codes, packed)
+            old_ids = state.ids_at(None) if state.ids is None else state.ids
+            self._state = dataclasses.replace(state, codes=codes, ids=self._id_rows.append(old_ids, new_ids), id_base=0)
+            self._id_runs = (weakref.ref(self._state), runs.extended(new_ids))
 
-    def _append_codes(self, state: _State, packed: Tensor) -> Tensor:
-        """``state``'s codes followed by ``packed``, as the first rows of the add buffer.
-
-        The buffer grows by at least a quarter when it is full (the first add allocates exactly what
-        it needs), so an add writes its own rows only, and all adds together copy each code about
-        four times: an add of 10,000 codes to 9M took 31-33 ms when every add copied every code. A
-        state is a view of the buffer's first rows, and an add writes only past the rows any state
-        has shown, so a search running on an older state never sees a row change. A state that is
-        not the buffer's longest (a failed write put back, a removal) gets a new buffer.
-        """
-        n, extra = len(state), packed.shape[0]
-        buffer = self._buffer
-        if (buffer is None or n != self._shown or n + extra > buffer.shape[0]
-                or state.codes.data_ptr() != buffer.data_ptr() or buffer.device != state.device):
-            capacity = n + extra if n == 0 else max(n + extra, n + n // 4)
-            buffer = torch.empty(capacity, self.code_size, dtype=torch.uint8, device=state.device)
-            buffer[:n] = state.codes
-            self._buffer = buffer
-        buffer[n : n + extra] = packed
-        self._shown = n + extra
-        return buffer[: n + extra]
+    def _id_runs_of(self, state: _State) -> IdRuns:
+        """The ids of ``state`` as sorted runs: kept from the add that made ``state``, else built (one
+        sort of all ids, after a load, a removal, or a write that was put back)."""
+        if self._id_runs is not None and self._id_runs[0]() is state:
+            return self._id_runs[1]
+        ids = state.ids_at(None)
+        runs = IdRuns.from_sorted(ids) if state.ids is None else IdRuns(ids)
+        self._id_runs = (weakref.ref(state), runs)
+        return runs
 
     @staticmethod
-    def _check_new_ids(state: _State, ids, n: int) -> Tensor:
+    def _check_new_ids(ids, n: int, runs: IdRuns, device: torch.device) -> Tensor:
         ids = _as_int64_ids(ids)
         if ids.shape != (n,):
             raise ValueError(f"ids must have shape ({n},), one per code, got {tuple(ids.shape)}")
-        ids = ids.to(state.device)
+        ids = ids.to(device)
         unique = torch.unique(ids)
         if unique.numel() != n:
             counts = torch.unique(ids, return_counts=True)
             dup = counts[0][counts[1] > 1][:5].tolist()
             raise ValueError(f"ids must be unique, got duplicates {dup}")
-        if len(state):
-            clash = ids[torch.isin(ids, state.ids_at(None))]
-            if clash.numel():
-                raise ValueError(f"ids already in the index: {clash[:5].tolist()}")
+        clash = ids[runs.present(ids)]
+        if clash.numel():
+            raise ValueError(f"ids already in the index: {clash[:5].tolist()}")
         return ids
 
     def remove_ids(self, ids) -> int:

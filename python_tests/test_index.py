@@ -355,6 +355,52 @@ def test_adds_write_only_their_own_codes_and_never_change_what_an_earlier_state_
         assert torch.equal(got, want)
 
 
+def test_adds_with_ids_refuse_every_id_in_the_index_and_never_change_what_an_earlier_state_shows():
+    """Adds with ids (in random order, then none after stored ids) write their ids past the rows any
+    state shows and check them against every id added before (kept in sorted runs between adds):
+    each earlier add's ids are refused, a removed id can come back, a failed add changes nothing."""
+    nbits = 32
+    codes = make_codes(2_000, nbits, seed=21)
+    pool = torch.from_numpy(np.random.default_rng(5).permutation(10_000))  # distinct ids, random order
+    index, views, given, added = HammingIndex(nbits), [], [], 0
+    # The ids' buffer grows like the codes' (300 exact, then to 375, 546, 682, 820, 970).
+    for size, fits in ((300, False), (5, False), (40, True), (1, True), (200, False), (17, False), (90, True),
+                       (3, True), (120, False), (64, False)):
+        new = pool[added : added + size]
+        before = index._snapshot().ids
+        index.add(codes[added : added + size], new)
+        after = index._snapshot().ids
+        kept = before is not None and after.untyped_storage().data_ptr() == before.untyped_storage().data_ptr()
+        assert kept == fits, added
+        added += size
+        given.append(new)
+        views.append((index.ids, torch.cat(given)))
+        for earlier in given:
+            clash = int(earlier[len(earlier) // 2])
+            with pytest.raises(ValueError, match=rf"ids already in the index: \[{clash}\]"):
+                index.add(codes[:2], torch.tensor([20_000 + added, clash]))
+    assert len(index) == added
+    with pytest.raises(ValueError, match=r"ids must be unique, got duplicates \[30000\]"):
+        index.add(codes[:3], torch.tensor([30_000, 30_001, 30_000]))
+    assert len(index) == added and 30_001 not in index.ids.tolist()
+    largest = int(pool[:added].max())
+    index.add(codes[added : added + 3])  # no ids: on from the largest id of any add
+    assert index.ids[-3:].tolist() == [largest + 1, largest + 2, largest + 3]
+    added += 3
+    removed = given[0][:10]
+    assert index.remove_ids(removed) == 10
+    index.add(codes[added : added + 10], removed)  # a removed id is free again
+    with pytest.raises(ValueError, match="ids already in the index"):
+        index.add(codes[:1], given[0][10:11])
+    for view, want in views:
+        assert torch.equal(view, want)
+    oracle = HammingIndex(nbits)
+    oracle.add(torch.cat([codes[10:added], codes[added : added + 10]]), index.ids)
+    queries = make_codes(20, nbits, seed=22)
+    for got, want in zip(index.search(queries, 25), oracle.search(queries, 25)):
+        assert torch.equal(got, want)
+
+
 def test_searches_stay_true_while_another_thread_adds_many_small_batches():
     """The add path that writes into spare rows, under concurrent searches: every (id, distance) a
     search returns is true of that id's code, and a search over a state taken early gives the same

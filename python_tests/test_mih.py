@@ -656,3 +656,29 @@ def test_errors_and_empty_index():
         mih.add(mih.codes[:1], torch.tensor([3]))
     assert len(mih) == 50 and "MIHIndex(nbits=16, ntotal=50" in repr(mih)
     assert mih.segments == [(0, 50)]  # one add: tables over every code
+
+
+def test_an_add_whose_tables_fail_leaves_its_ids_free(monkeypatch):
+    """A failed MIHIndex add puts the scan state back: its ids are not in the index, so they can be
+    added again, and the ids that are there are still refused."""
+    codes = clear_padding(random_codes(300, 4, torch.Generator().manual_seed(3)), 32)
+    mih = MIHIndex(32)
+    mih.add(codes[:200], torch.arange(200) * 2)
+
+    def fail(self, state, scan):
+        raise MemoryError("tables")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MIHIndex, "_extend", fail)
+        with pytest.raises(MemoryError):
+            mih.add(codes[200:250], torch.arange(200, 250) * 2 + 1)
+    assert len(mih) == 200
+    mih.add(codes[200:250], torch.arange(200, 250) * 2 + 1)
+    with pytest.raises(ValueError, match=r"ids already in the index: \[401\]"):
+        mih.add(codes[:1], torch.tensor([401]))
+    with pytest.raises(ValueError, match=r"ids already in the index: \[398\]"):
+        mih.add(codes[:1], torch.tensor([398]))
+    oracle = HammingIndex(32)
+    oracle.add(codes[:250], torch.cat([torch.arange(200) * 2, torch.arange(200, 250) * 2 + 1]))
+    for got, want in zip(mih.search(codes[:10], 20), oracle.search(codes[:10], 20)):
+        assert torch.equal(got, want)
