@@ -526,6 +526,26 @@ class _State:
             yield memoryview(np.ascontiguousarray(block, dtype="<i8").view(np.uint8))
 
 
+def _isin(elements: Tensor, test: Tensor) -> Tensor:
+    """``torch.isin(elements, test)``; on the CPU with more than 1,000 test ids through NumPy, which
+    measured 2-4x faster there (9M ids against 10,000: 283 ms against 1,239)."""
+    if elements.device.type == "cpu" and test.numel() > 1_000:
+        return torch.from_numpy(np.isin(elements.numpy(), test.numpy()))
+    return torch.isin(elements, test)
+
+
+def _without_rows(rows: Tensor, positions: Tensor) -> Tensor:
+    """A new tensor of ``rows`` without the rows at ``positions`` (sorted, unique), in order. A few
+    rows go by copying the runs between them (9M 8-byte codes less 10: 41 ms, where a boolean mask
+    took 148 ms), more by one gather (10,000: 155 ms against 253)."""
+    if positions.numel() <= 64:
+        bounds = [-1, *positions.tolist(), rows.shape[0]]
+        return torch.cat([rows[a + 1 : b] for a, b in zip(bounds, bounds[1:])])
+    keep = torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
+    keep[positions] = False
+    return rows.index_select(0, torch.nonzero(keep).reshape(-1))
+
+
 class _GrowingRows:
     """Where an index's adds put rows (codes, or ids): a buffer whose first rows are a state's tensor.
 
@@ -772,14 +792,17 @@ class HammingIndex:
             state = self._state
             self._require_writable(state, "remove_ids")
             ids = _as_int64_ids(ids)
+            ids = ids.reshape(-1).to(state.device)
             current = state.ids_at(None)
-            drop = torch.isin(current, ids.reshape(-1).to(state.device))
-            removed = int(drop.sum())
-            if removed:
-                keep = ~drop
-                codes = state.codes[keep].contiguous()
-                self._state = dataclasses.replace(state, codes=codes, ids=current[keep], id_base=0)
-            return removed
+            if state.ids is None:  # sequential ids: an id's position is id - id_base
+                positions = torch.unique(ids - state.id_base)
+                positions = positions[(positions >= 0) & (positions < len(state))]
+            else:
+                positions = torch.nonzero(_isin(current, ids)).reshape(-1)
+            if positions.numel():
+                codes = _without_rows(state.codes, positions)
+                self._state = dataclasses.replace(state, codes=codes, ids=_without_rows(current, positions), id_base=0)
+            return int(positions.numel())
 
     # ------------------------------------------------------------------------------------------
     # Search

@@ -87,6 +87,31 @@ def test_unpacked_and_packed_codes_are_the_same_index():
         assert torch.equal(d, results[0][0]) and torch.equal(i, results[0][1])
 
 
+@pytest.mark.parametrize("stored_ids", [False, True])
+@pytest.mark.parametrize("size", [0, 1, 3, 64, 65, 300, 1_500])
+def test_remove_ids_keeps_every_other_row_in_order(stored_ids, size):
+    """Removals of a few ids (copied run by run) and of many (gathered; from 1,000 ids looked up
+    through NumPy) leave exactly the other rows, in order, with sequential ids (positions = id -
+    id_base, here a slice's base of 100) and stored ones; ids repeated, absent or negative change
+    nothing."""
+    n = 2_000
+    codes = make_codes(n + 100, 24, seed=31)
+    whole = HammingIndex(24)
+    stored = torch.from_numpy(np.random.default_rng(2).permutation(10 * n)[: n + 100]) + 10**6
+    whole.add(codes, stored if stored_ids else None)
+    index = whole.slice(100, n + 100)
+    ids = index.ids
+    picked = np.random.default_rng(size).choice(n, size, replace=False)
+    if size >= 3:
+        picked[:3] = [0, n - 1, 1]  # the first rows and the last
+    gone = ids[torch.from_numpy(picked).long()]
+    asked = torch.cat([gone, gone[:2], torch.tensor([-7, 10**12, 99])])  # 99: below the slice's base
+    assert index.remove_ids(asked) == size
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[torch.from_numpy(picked).long()] = False
+    assert torch.equal(index.codes, codes[100:][keep]) and torch.equal(index.ids, ids[keep])
+
+
 def test_default_ids_are_sequential_after_the_largest():
     index = HammingIndex(8)
     index.add(make_codes(3, 8, 0))
