@@ -38,7 +38,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    print(f"# bench_index_writes {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | {cpu} | {os.cpu_count()} CPUs | "
+    print(f"# bench_index_writes {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | {cpu} | "
+          f"{os.cpu_count()} CPUs | "
           f"python {platform.python_version()} | torch {torch.__version__} | cibhash_ext {cibhash_ext.__version__} | "
           f"threads {args.threads}")
     rng = np.random.default_rng(0)
