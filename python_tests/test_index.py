@@ -426,17 +426,23 @@ def test_adds_with_ids_refuse_every_id_in_the_index_and_never_change_what_an_ear
         assert torch.equal(got, want)
 
 
-def test_searches_stay_true_while_another_thread_adds_many_small_batches():
-    """The add path that writes into spare rows, under concurrent searches: every (id, distance) a
-    search returns is true of that id's code, and a search over a state taken early gives the same
-    results at the end."""
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_searches_stay_true_while_another_thread_adds_many_small_batches(with_ids):
+    """The add path that writes codes (and ids, given in random order) into spare rows, under
+    concurrent searches: every (id, distance) a search returns is true of that id's code, and a
+    search over a state taken early gives the same results at the end."""
     import threading
     import time
 
     nbits, base, batch = 64, 20_000, 50
     code_of_id = make_codes(base + 2_000 * batch, nbits, seed=13).numpy()
+    order = np.random.default_rng(3).permutation(len(code_of_id)) if with_ids else np.arange(len(code_of_id))
+
+    def rows(start: int, stop: int):
+        return code_of_id[order[start:stop]], torch.from_numpy(order[start:stop]) if with_ids else None
+
     index = HammingIndex(nbits)
-    index.add(code_of_id[:base])
+    index.add(*rows(0, base))
     early = index._snapshot()
     queries = torch.from_numpy(code_of_id[:8])
     early_result = early.search_positions(queries, 10, index.chunk_bytes)
@@ -445,7 +451,7 @@ def test_searches_stay_true_while_another_thread_adds_many_small_batches():
     def writer():
         at = base
         while not stop.is_set() and at + batch <= len(code_of_id):
-            index.add(code_of_id[at : at + batch])
+            index.add(*rows(at, at + batch))
             at += batch
             counts["adds"] += 1
 
@@ -468,7 +474,8 @@ def test_searches_stay_true_while_another_thread_adds_many_small_batches():
         t.join()
     assert not failures, failures[:3]
     assert counts["adds"] >= 5 and counts["searches"] >= 5, counts
-    assert torch.equal(index.codes, torch.from_numpy(code_of_id[: len(index)]))
+    assert torch.equal(index.codes, torch.from_numpy(code_of_id[order[: len(index)]]))
+    assert torch.equal(index.ids, torch.from_numpy(order[: len(index)]))
     for got, want in zip(early.search_positions(queries, 10, index.chunk_bytes), early_result):
         assert torch.equal(got, want)
 
