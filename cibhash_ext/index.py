@@ -599,8 +599,8 @@ class HammingIndex:
     writes its codes (and ids) into buffers past the rows any state shows (a buffer grows by a
     quarter when full, so the codes and ids may hold up to a quarter more memory than they need),
     and checks given ids against sorted runs of the index's ids (:class:`~cibhash_ext.id_runs.IdRuns`,
-    8 more bytes per id, built by the first add that needs them), so its cost is that of its own codes
-    and ids. A removal still copies the codes and ids.
+    8 more bytes per id, built by the first add that gives ids), so its cost is that of its own codes
+    and ids. A removal still copies the codes and ids (and drops the buffers' spare rows and the runs).
 
     Args:
         nbits (int): bits per code, 1 <= nbits <= 2^20.
@@ -672,11 +672,12 @@ class HammingIndex:
         device = torch.device(device)
         with self._write_lock:
             state = self._state
-            if device.type == "cpu" and state.is_mmap:
+            if (device.type == "cpu" and state.is_mmap) or (device == state.device and not state.is_mmap):
                 return self
             codes = state.codes_tensor().to(device).contiguous()
             ids = None if state.ids is None else state.ids_at(None).to(device)
             self._state = _State(codes, ids, state.id_base, device)
+            self._forget_write_buffers()
         return self
 
     def slice(self, start: int, stop: int) -> "HammingIndex":
@@ -732,34 +733,49 @@ class HammingIndex:
             if ids is None and state.ids is None:
                 self._state = dataclasses.replace(state, codes=self._code_rows.append(state.codes, packed))
                 return
-            runs = self._id_runs_of(state)
             if ids is None:
-                largest = runs.max()
+                # The runs when an add made them (else one pass for the largest id, as no id is checked).
+                runs = self._kept_id_runs(state)
+                largest = runs.max() if runs is not None else int(state.ids.max()) if len(state) else None
                 start = state.id_base if largest is None else largest + 1
                 new_ids = torch.arange(start, start + n, dtype=torch.int64, device=state.device)
             else:
+                runs = self._id_runs_of(state)
                 new_ids = self._check_new_ids(ids, n, runs, state.device)
             codes = self._code_rows.append(state.codes, packed)
             old_ids = state.ids_at(None) if state.ids is None else state.ids
             self._state = dataclasses.replace(state, codes=codes, ids=self._id_rows.append(old_ids, new_ids), id_base=0)
-            self._id_runs = (weakref.ref(self._state), runs.extended(new_ids))
+            self._id_runs = None if runs is None else (weakref.ref(self._state), runs.extended(new_ids))
+
+    def _kept_id_runs(self, state: _State) -> IdRuns | None:
+        """The sorted runs of ``state``'s ids if the add that made ``state`` kept them."""
+        if self._id_runs is not None and self._id_runs[0]() is state:
+            return self._id_runs[1]
+        return None
 
     def _id_runs_of(self, state: _State) -> IdRuns:
         """The ids of ``state`` as sorted runs: kept from the add that made ``state``, else built (one
         sort of all ids, after a load, a removal, or a write that was put back)."""
-        if self._id_runs is not None and self._id_runs[0]() is state:
-            return self._id_runs[1]
-        ids = state.ids_at(None)
-        runs = IdRuns.from_sorted(ids) if state.ids is None else IdRuns(ids)
-        self._id_runs = (weakref.ref(state), runs)
+        runs = self._kept_id_runs(state)
+        if runs is None:
+            ids = state.ids_at(None)
+            runs = IdRuns.from_sorted(ids) if state.ids is None else IdRuns(ids)
+            self._id_runs = (weakref.ref(state), runs)
         return runs
+
+    def _forget_write_buffers(self) -> None:
+        """Drops the add buffers and id runs after a write that left them behind (a removal, a move):
+        the next add would make new ones anyway, and these would hold the old rows' memory."""
+        self._code_rows = _GrowingRows()
+        self._id_rows = _GrowingRows()
+        self._id_runs = None
 
     @staticmethod
     def _check_new_ids(ids, n: int, runs: IdRuns, device: torch.device) -> Tensor:
         ids = _as_int64_ids(ids)
         if ids.shape != (n,):
             raise ValueError(f"ids must have shape ({n},), one per code, got {tuple(ids.shape)}")
-        ids = ids.to(device)
+        ids = ids.to(device).contiguous()
         unique = torch.unique(ids)
         if unique.numel() != n:
             counts = torch.unique(ids, return_counts=True)
@@ -802,6 +818,7 @@ class HammingIndex:
             if positions.numel():
                 codes = _without_rows(state.codes, positions)
                 self._state = dataclasses.replace(state, codes=codes, ids=_without_rows(current, positions), id_base=0)
+                self._forget_write_buffers()
             return int(positions.numel())
 
     # ------------------------------------------------------------------------------------------

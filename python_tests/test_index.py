@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -421,6 +422,17 @@ def test_adds_with_ids_refuse_every_id_in_the_index_and_never_change_what_an_ear
         assert torch.equal(view, want)
     oracle = HammingIndex(nbits)
     oracle.add(torch.cat([codes[10:added], codes[added : added + 10]]), index.ids)
+    index.remove_ids(given[1][:2])  # a removal, then an add without ids: on from the largest id
+    oracle.remove_ids(given[1][:2])
+    assert index._code_rows.buffer is None and index._id_runs is None  # nothing of the old rows kept
+    largest = int(index.ids.max())
+    index.add(codes[:2])
+    oracle.add(codes[:2])
+    assert index.ids[-2:].tolist() == [largest + 1, largest + 2] and torch.equal(index.ids, oracle.ids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # strided ids: no warning from the lookup
+        index.add(codes[:3], torch.arange(40_000, 40_006)[::2])
+    oracle.add(codes[:3], torch.arange(40_000, 40_006)[::2])
     queries = make_codes(20, nbits, seed=22)
     for got, want in zip(index.search(queries, 25), oracle.search(queries, 25)):
         assert torch.equal(got, want)
