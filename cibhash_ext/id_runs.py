@@ -30,11 +30,15 @@ class IdRuns:
         self.runs: tuple[Tensor, ...] = (torch.sort(ids).values,) if ids.numel() else ()
 
     @classmethod
+    def _of(cls, runs) -> "IdRuns":
+        out = cls.__new__(cls)
+        out.runs = tuple(runs)
+        return out
+
+    @classmethod
     def from_sorted(cls, ids: Tensor) -> "IdRuns":
         """Ids already in increasing order (an index's sequential ids): one run, no sort."""
-        out = cls.__new__(cls)
-        out.runs = (ids,) if ids.numel() else ()
-        return out
+        return cls._of((ids,) if ids.numel() else ())
 
     def __len__(self) -> int:
         return sum(run.numel() for run in self.runs)
@@ -63,6 +67,4 @@ class IdRuns:
             joined = torch.cat([older, newer])
             # Ids that only grow (the common case: sequential or time-ordered keys) join in order.
             runs.append(joined if older[-1] < newer[0] else torch.sort(joined).values)
-        out = IdRuns.__new__(IdRuns)
-        out.runs = tuple(runs)
-        return out
+        return IdRuns._of(runs)

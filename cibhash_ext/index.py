@@ -346,6 +346,11 @@ class _State:
             return torch.from_numpy(picked).reshape(positions.shape).to(positions.device)
         return self.ids.clone() if positions is None else self.ids[positions]
 
+    def ids_unshared(self) -> Tensor:
+        """All ids, as the stored tensor itself (no copy: read it, never write it) or the range; the
+        writers' view, where :meth:`ids_at` returns a copy the caller may keep."""
+        return self.ids if isinstance(self.ids, Tensor) else self.ids_at(None)
+
     def has_stored_ids(self) -> bool:
         if self.ids is None:
             return self.id_base != 0 and len(self) > 0
@@ -743,8 +748,8 @@ class HammingIndex:
                 runs = self._id_runs_of(state)
                 new_ids = self._check_new_ids(ids, n, runs, state.device)
             codes = self._code_rows.append(state.codes, packed)
-            old_ids = state.ids_at(None) if state.ids is None else state.ids
-            self._state = dataclasses.replace(state, codes=codes, ids=self._id_rows.append(old_ids, new_ids), id_base=0)
+            all_ids = self._id_rows.append(state.ids_unshared(), new_ids)
+            self._state = dataclasses.replace(state, codes=codes, ids=all_ids, id_base=0)
             self._id_runs = None if runs is None else (weakref.ref(self._state), runs.extended(new_ids))
 
     def _kept_id_runs(self, state: _State) -> IdRuns | None:
@@ -758,7 +763,7 @@ class HammingIndex:
         sort of all ids, after a load, a removal, or a write that was put back)."""
         runs = self._kept_id_runs(state)
         if runs is None:
-            ids = state.ids_at(None)
+            ids = state.ids_unshared()
             runs = IdRuns.from_sorted(ids) if state.ids is None else IdRuns(ids)
             self._id_runs = (weakref.ref(state), runs)
         return runs
@@ -809,7 +814,7 @@ class HammingIndex:
             self._require_writable(state, "remove_ids")
             ids = _as_int64_ids(ids)
             ids = ids.reshape(-1).to(state.device)
-            current = state.ids_at(None)
+            current = state.ids_unshared()
             if state.ids is None:  # sequential ids: an id's position is id - id_base
                 positions = torch.unique(ids - state.id_base)
                 positions = positions[(positions >= 0) & (positions < len(state))]
